@@ -1,0 +1,172 @@
+"""One batching engine for the SDK's buffer and the agent's batch processor.
+
+A bounded queue in front of a worker thread that hands batches to an ``export`` callable
+when ``max_batch_size`` items are waiting or ``schedule_delay_millis`` has passed (with
+jitter, so pre-forked workers do not flush in lockstep). The producer side is a deque
+append and a length check: no lock, no I/O.
+
+``export(batch) -> bool``: ``True`` means "taken, keep going"; ``False`` means "I could not
+take it now (disk full, backend down); the batch is mine, back off and call me again with
+an empty batch until I say ``True``". The exporter, not the engine, owns its retry state.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from ._guard import background_error
+
+T = TypeVar("T")
+
+
+class BatchWorker(Generic[T]):
+    def __init__(
+        self,
+        export: Callable[[list[T]], bool],
+        *,
+        name: str,
+        max_queue_size: int = 65_536,
+        max_batch_size: int = 4_096,
+        schedule_delay_millis: float = 200.0,
+        max_backoff_millis: float = 5_000.0,
+    ) -> None:
+        if max_batch_size > max_queue_size:
+            raise ValueError("max_batch_size cannot exceed max_queue_size")
+        self._export = export
+        self.name = name
+        self.max_queue_size = max_queue_size
+        self.max_batch_size = max_batch_size
+        self.schedule_delay_millis = schedule_delay_millis
+        self.max_backoff_millis = max_backoff_millis
+        self.reinit()
+
+    def reinit(self) -> None:
+        """Fresh queue, locks and no thread: at construction, and in a forked child."""
+        self.queue: deque[T] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._space = threading.Condition(threading.Lock())
+        self._flush_waiters: list[threading.Event] = []
+        self._shutdown = False
+        self._deadline = float("inf")
+        self.healthy = True
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    # -- producer side -------------------------------------------------------------------
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def put(self, item: T, block_seconds: float = 0.0) -> bool:
+        """Enqueue; when full, wait up to ``block_seconds`` for room. False: not enqueued."""
+        queue = self.queue
+        if len(queue) < self.max_queue_size:
+            queue.append(item)
+            if len(queue) == self.max_batch_size:
+                self.wake()
+            return True
+        return self.put_when_room(item, block_seconds)
+
+    def put_when_room(self, item: T, block_seconds: float) -> bool:
+        """The slow path of :meth:`put`: the queue is full."""
+        self.wake()
+        if self._shutdown or block_seconds <= 0:
+            return False
+        deadline = time.monotonic() + block_seconds
+        with self._space:
+            while len(self.queue) >= self.max_queue_size:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._shutdown:
+                    return False
+                self._space.wait(left)
+        self.queue.append(item)
+        return True
+
+    # -- control -------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Export everything queued before this call. True if done within ``timeout``."""
+        if self._thread is None or not self._thread.is_alive():
+            return not self.queue
+        done = threading.Event()
+        with self._cond:
+            self._flush_waiters.append(done)
+            self._cond.notify()
+        return done.wait(timeout)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Drain and stop. True if everything was exported within ``timeout``. Idempotent."""
+        thread = self._thread
+        with self._cond:
+            self._shutdown = True
+            self._deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
+            self._cond.notify()
+        with self._space:
+            self._space.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            return not thread.is_alive() and not self.queue and self.healthy
+        return not self.queue and self.healthy
+
+    # -- worker --------------------------------------------------------------------------
+
+    def _delay(self) -> float:
+        # Up to 10% jitter: pre-forked workers started together should not flush together.
+        return self.schedule_delay_millis / 1000.0 * (0.9 + random.random() * 0.2)
+
+    def _call(self, batch: list[T]) -> bool:
+        try:
+            return self._export(batch)
+        except Exception as exc:
+            background_error(f"{self.name} export", exc)
+            return False
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while True:
+            with self._cond:
+                if not (self._shutdown or self._flush_waiters or len(self.queue) >= self.max_batch_size):
+                    self._cond.wait(backoff or self._delay())
+                waiters, self._flush_waiters = self._flush_waiters, []
+                stopping, deadline = self._shutdown, self._deadline
+            if not self.healthy:
+                self.healthy = self._call([])
+                backoff = 0.0 if self.healthy else min(max(backoff * 2, 0.05), self.max_backoff_millis / 1000.0)
+                if stopping and time.monotonic() >= deadline:
+                    break
+                if not self.healthy:
+                    with self._cond:
+                        self._flush_waiters[:0] = waiters
+                    continue
+            while self.healthy:
+                queue, batch = self.queue, []
+                try:
+                    for _ in range(self.max_batch_size):
+                        batch.append(queue.popleft())
+                except IndexError:
+                    pass
+                self.healthy = self._call(batch)
+                with self._space:
+                    self._space.notify_all()
+                if not batch or (stopping and time.monotonic() >= deadline):
+                    break
+            if not self.healthy:
+                backoff = 0.05
+                with self._cond:
+                    self._flush_waiters[:0] = waiters
+                if not (stopping and time.monotonic() >= deadline):
+                    continue
+            for w in waiters:
+                w.set()
+            if stopping and (not self.queue or time.monotonic() >= deadline):
+                break

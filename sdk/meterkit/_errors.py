@@ -1,0 +1,71 @@
+"""Exceptions meterkit raises. In production mode none of them reach the caller after setup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class MeterkitError(Exception):
+    """Base class of every error meterkit raises."""
+
+
+class ConfigError(MeterkitError):
+    """Bad configuration given to :func:`meterkit.configure` or a :class:`meterkit.Client`."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a catalog file, a measurement or a backfill row.
+
+    ``reason`` is a stable, machine-readable code (``unknown_meter``, ``wrong_type``, ...);
+    ``message`` says it for people.
+    """
+
+    reason: str
+    message: str
+    meter: str | None = None
+    field: str | None = None
+    file: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.file:
+            where.append(f"{self.file}:{self.line}" if self.line else self.file)
+        elif self.line:
+            where.append(f"line {self.line}")
+        if self.meter:
+            where.append(f"meter {self.meter!r}")
+        if self.field:
+            where.append(f"field {self.field!r}")
+        prefix = ", ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class CatalogError(MeterkitError):
+    """A meters.yaml file that cannot be used. ``problems`` lists every error, not just the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in the meter catalog:\n{lines}")
+
+
+class MeasurementError(MeterkitError, ValueError):
+    """A measurement that cannot be recorded: names the meter, the field and the reason."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        super().__init__(str(problem))
+
+    @property
+    def reason(self) -> str:
+        return self.problem.reason
+
+    @property
+    def meter(self) -> str | None:
+        return self.problem.meter
+
+    @property
+    def field(self) -> str | None:
+        return self.problem.field

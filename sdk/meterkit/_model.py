@@ -1,0 +1,279 @@
+"""The measurement: m3ter's ingest shape, and the one validation every path shares.
+
+A measurement on the wire (and in the spool) is a JSON object::
+
+    {"uid": "...", "meter": "api_calls", "account": "acme", "ts": "2026-11-22T20:04:00.123Z",
+     "ets": "...", "who": {...}, "what": {...}, "where": {...}, "other": {...},
+     "metadata": {...}, "measure": {...}, "income": {...}, "cost": {...}}
+
+String categories hold strings, numeric categories hold finite numbers; empty categories
+are left out. :func:`build` is used by the SDK's flusher, by strict mode at the call site,
+by backfill and by the agent, so a measurement means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from ._errors import MeasurementError, Problem
+from ._timefmt import iso_ms, parse_ts
+
+if TYPE_CHECKING:
+    from ._catalog import Catalog
+
+STRING_CATEGORIES = ("who", "what", "where", "other", "metadata")
+NUMERIC_CATEGORIES = ("measure", "income", "cost")
+CATEGORIES = STRING_CATEGORIES + NUMERIC_CATEGORIES
+
+#: m3ter: at most fifteen data fields and fifteen derived fields per meter.
+MAX_DATA_FIELDS = 15
+MAX_DERIVED_FIELDS = 15
+#: m3ter: codes are at most 80 characters.
+MAX_CODE_LENGTH = 80
+#: m3ter: Metadata values are at most 256 characters.
+MAX_METADATA_LENGTH = 256
+#: Clocks drift; a measurement more than this far ahead of the recorder's clock is refused
+#: rather than billed in a period that has not happened yet.
+MAX_FUTURE_SKEW_NS = 5 * 60 * 1_000_000_000
+
+#: A uid travels as an idempotency key (m3ter uid, CloudEvents id, Stripe identifier);
+#: Stripe's identifier allows 100 characters, the tightest of them.
+MAX_UID_LENGTH = 100
+
+FIELD_CODE_RE = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,79}\Z")
+METER_CODE_RE = re.compile(r"[A-Za-z0-9_$][A-Za-z0-9_$.:\-]{0,79}\Z")
+
+
+def problem(reason: str, message: str, meter: str | None = None, field: str | None = None) -> MeasurementError:
+    return MeasurementError(Problem(reason, message, meter=meter, field=field))
+
+
+def _string_value(meter: str, category: str, code: str, value: object) -> str:
+    if isinstance(value, str):
+        if category == "metadata" and len(value) > MAX_METADATA_LENGTH:
+            raise problem(
+                "metadata_too_long",
+                f"Metadata value is {len(value)} characters; at most {MAX_METADATA_LENGTH} are allowed",
+                meter,
+                f"{category}.{code}",
+            )
+        return value
+    # An int identifier (a user id, a shard number) is written as its decimal text.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise problem(
+        "wrong_type",
+        f"{category.upper()} fields take strings, got {type(value).__name__} {value!r:.40}",
+        meter,
+        f"{category}.{code}",
+    )
+
+
+def _number_value(meter: str, category: str, code: str, value: object) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise problem(
+            "wrong_type",
+            f"{category.upper()} fields take numbers, got {type(value).__name__} {value!r:.40}",
+            meter,
+            f"{category}.{code}",
+        )
+    if isinstance(value, int):
+        return value
+    number = float(value)
+    if not math.isfinite(number):
+        raise problem(
+            "not_finite",
+            f"{category.upper()} value is {value}; only finite numbers are billable",
+            meter,
+            f"{category}.{code}",
+        )
+    return number
+
+
+def check_ts(meter: str, name: str, value: object, now_ns: int) -> int:
+    """Validate a caller-given timestamp and return it as nanoseconds since the epoch."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        ns = value
+    else:
+        try:
+            ns = parse_ts(value)
+        except ValueError as exc:
+            raise problem("bad_timestamp", str(exc), meter, name) from None
+    if ns > now_ns + MAX_FUTURE_SKEW_NS:
+        raise problem(
+            "ts_in_future",
+            f"{name} is {(ns - now_ns) / 1e9:.0f} s ahead of this clock;"
+            f" at most {MAX_FUTURE_SKEW_NS // 1_000_000_000} s is accepted",
+            meter,
+            name,
+        )
+    return ns
+
+
+_good_meters: set[str] = set()
+_good_codes: set[str] = set()
+_CACHE_LIMIT = 10_000  # codes are few; stop caching if a caller invents them per event
+
+
+def _meter_ok(meter: object) -> bool:
+    if meter in _good_meters:
+        return True
+    if isinstance(meter, str) and METER_CODE_RE.match(meter):
+        if len(_good_meters) < _CACHE_LIMIT:
+            _good_meters.add(meter)
+        return True
+    return False
+
+
+def _code_ok(code: object) -> bool:
+    if code in _good_codes:
+        return True
+    if isinstance(code, str) and FIELD_CODE_RE.match(code):
+        if len(_good_codes) < _CACHE_LIMIT:
+            _good_codes.add(code)
+        return True
+    return False
+
+
+def build(
+    meter: object,
+    account: object,
+    ts_ns: int,
+    uid: object,
+    values: Sequence[Mapping[str, object] | None],
+    *,
+    ets: object = None,
+    catalog: Catalog | None = None,
+    now_ns: int | None = None,
+    user_ts: object = None,
+) -> dict[str, Any]:
+    """Validate one measurement and return its wire shape.
+
+    ``values`` holds one mapping (or ``None``) per category, in :data:`CATEGORIES` order.
+    ``ts_ns`` is the recording time; ``user_ts``, when given, is a caller-supplied
+    timestamp that replaces it after validation. Raises :class:`MeasurementError` naming
+    the meter, the field and the reason. This runs once per measurement in the flusher,
+    so the common case (known codes, plain str/int/float values) takes the short paths.
+    """
+    if not _meter_ok(meter):
+        raise problem(
+            "bad_meter_code",
+            f"meter code must be 1-80 letters, digits or _$.:- characters, got {meter!r:.90}",
+            None,
+        )
+    assert isinstance(meter, str)
+    if type(account) is not str or not account or account.isspace():
+        raise problem(
+            "missing_account",
+            "no account: pass account= or set one with meterkit.context(account=...)",
+            meter,
+            "account",
+        )
+    if type(uid) is not str or not 0 < len(uid) <= MAX_UID_LENGTH:
+        raise problem(
+            "bad_uid",
+            f"uid must be a string of 1-{MAX_UID_LENGTH} characters, got {uid!r:.60}",
+            meter,
+            "uid",
+        )
+    if user_ts is not None or ets is not None:
+        if now_ns is None:
+            now_ns = time.time_ns()
+        if user_ts is not None:
+            ts_ns = check_ts(meter, "ts", user_ts, now_ns)
+    out: dict[str, Any] = {"uid": uid, "meter": meter, "account": account, "ts": iso_ms(ts_ns)}
+    if ets is not None:
+        assert now_ns is not None
+        ets_ns = check_ts(meter, "ets", ets, now_ns)
+        if ets_ns < ts_ns:
+            raise problem("bad_timestamp", "ets (end) is before ts (start)", meter, "ets")
+        out["ets"] = iso_ms(ets_ns)
+
+    known = catalog.meters.get(meter) if catalog is not None else None
+    if catalog is not None and known is None:
+        raise problem("unknown_meter", f"meter {meter!r} is not in the catalog {catalog.source}", meter)
+
+    count = 0
+    for category, given in zip(CATEGORIES, values, strict=True):
+        if not given:
+            continue
+        numeric = category in NUMERIC_CATEGORIES
+        clean: dict[str, Any] = {}
+        for code, value in given.items():
+            if known is not None:
+                expected = known.field_categories.get(code)
+                if expected != category:
+                    raise _misplaced(meter, category, code, expected)
+            elif not _code_ok(code):
+                raise problem(
+                    "bad_field_code",
+                    f"field code {code!r:.90} is not letters, digits, _ or $ (max 80)",
+                    meter,
+                    f"{category}.{code}",
+                )
+            if value is None:
+                continue
+            kind = type(value)
+            if numeric:
+                if kind is int or (kind is float and math.isfinite(value)):  # type: ignore[arg-type]
+                    clean[code] = value
+                else:
+                    clean[code] = _number_value(meter, category, code, value)
+            elif kind is str and (category != "metadata" or len(value) <= MAX_METADATA_LENGTH):  # type: ignore[arg-type]
+                clean[code] = value
+            else:
+                clean[code] = _string_value(meter, category, code, value)
+        if clean:
+            count += len(clean)
+            out[category] = clean
+    if count > MAX_DATA_FIELDS:
+        raise problem("too_many_fields", f"{count} data fields; a meter has at most {MAX_DATA_FIELDS}", meter)
+    return out
+
+
+def _misplaced(meter: str, category: str, code: str, expected: str | None) -> MeasurementError:
+    if expected is None:
+        return problem(
+            "unknown_field",
+            f"meter {meter!r} has no data field {code!r}",
+            meter,
+            f"{category}.{code}",
+        )
+    return problem(
+        "wrong_category",
+        f"{code!r} is a {expected.upper()} field of meter {meter!r}, not {category.upper()}",
+        meter,
+        f"{category}.{code}",
+    )
+
+
+class UidSource:
+    """Measurement ids that cost a counter increment, not a uuid4.
+
+    Each process draws 74 random bits once; a measurement's uid is those bits followed by
+    a 48-bit counter, laid out as an RFC 9562 version-8 UUID. Two processes collide only
+    if they draw the same 74 bits. After ``fork()`` the child draws anew (see
+    :meth:`reseed`), so parent and child never share a prefix.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        rand = int.from_bytes(os.urandom(10), "big") >> 6  # 74 bits
+        hi = rand >> 26  # 48 bits: time_low + time_mid fields
+        mid = (rand >> 14) & 0xFFF  # 12 bits after the version nibble
+        low = rand & 0x3FFF  # 14 bits after the variant bits
+        self.prefix = f"{hi >> 16:08x}-{hi & 0xFFFF:04x}-8{mid:03x}-{0x8000 | low:04x}-"
+        # itertools.count's __next__ is atomic under the GIL: a lock-free sequence.
+        self.next = itertools.count(1).__next__
+
+    def format(self, n: int) -> str:
+        return f"{self.prefix}{n & 0xFFFFFFFFFFFF:012x}"

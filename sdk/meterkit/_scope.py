@@ -1,0 +1,109 @@
+"""``meterkit.context(...)``: values that fill every measurement recorded inside a scope.
+
+A scope lives in a :class:`contextvars.ContextVar`, so it follows ``await`` and tasks, and
+threads started with a copied context (``contextvars.copy_context().run``, or executors
+that copy it). Nested scopes merge; the inner value wins; an explicit argument to
+``record`` wins over any scope.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+SCOPED_CATEGORIES = ("who", "what", "where", "other", "metadata")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    account: str | None
+    who: Mapping[str, Any] | None = None
+    what: Mapping[str, Any] | None = None
+    where: Mapping[str, Any] | None = None
+    other: Mapping[str, Any] | None = None
+    metadata: Mapping[str, Any] | None = None
+
+    def merged(self, account: str | None, values: Mapping[str, Mapping[str, Any] | None]) -> Scope:
+        def merge(category: str) -> Mapping[str, Any] | None:
+            mine: Mapping[str, Any] | None = getattr(self, category)
+            theirs = values.get(category)
+            if not theirs:
+                return mine
+            return {**mine, **theirs} if mine else dict(theirs)
+
+        return Scope(account if account is not None else self.account, *(merge(c) for c in SCOPED_CATEGORIES))
+
+
+EMPTY = Scope(None)
+current_scope: ContextVar[Scope] = ContextVar("meterkit_scope", default=EMPTY)
+
+
+class context:
+    # lower-case on purpose: it reads like a function, `with meterkit.context(account="acme"):`
+    """Fill ``account`` and Who/What/Where/Other/Metadata values of measurements in a scope.
+
+    Usable as ``with``, ``async with`` and as a decorator of sync or async functions.
+    """
+
+    def __init__(
+        self,
+        account: str | None = None,
+        *,
+        who: Mapping[str, Any] | None = None,
+        what: Mapping[str, Any] | None = None,
+        where: Mapping[str, Any] | None = None,
+        other: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._account = account
+        self._values = {
+            "who": who,
+            "what": what,
+            "where": where,
+            "other": other,
+            "metadata": metadata,
+        }
+        self._tokens: list[Token[Scope]] = []
+
+    def _copy(self) -> context:
+        return context(self._account, **self._values)
+
+    def __enter__(self) -> Scope:
+        scope = current_scope.get().merged(self._account, self._values)
+        self._tokens.append(current_scope.set(scope))
+        return scope
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        current_scope.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> Scope:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(et, ev, tb)
+
+    def __call__(self, fn: F) -> F:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                with self._copy():
+                    return await fn(*args, **kwargs)
+
+            return awrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self._copy():
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]

@@ -1,0 +1,140 @@
+"""Configuration: explicit argument, then ``METERKIT_*`` environment variable, then default.
+
+A bad argument raises :class:`ConfigError` (the caller can fix it now); a bad environment
+value logs a warning and falls back to the default (a typo in a deployment manifest must
+not take the application down). Names carry their unit (``..._MILLIS``, ``..._BYTES``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_type_hints
+
+from pydantic import TypeAdapter, ValidationError
+
+from ._errors import ConfigError
+from ._guard import logger
+
+ENV_CATALOG = "METERKIT_CATALOG"
+ENV_SPOOL_DIR = "METERKIT_SPOOL_DIR"
+ENV_MODE = "METERKIT_MODE"
+ENV_DURABILITY = "METERKIT_DURABILITY"
+ENV_FLUSH_INTERVAL_MILLIS = "METERKIT_FLUSH_INTERVAL_MILLIS"
+ENV_MAX_QUEUE_SIZE = "METERKIT_MAX_QUEUE_SIZE"
+ENV_MAX_BATCH_SIZE = "METERKIT_MAX_BATCH_SIZE"
+ENV_QUEUE_FULL_TIMEOUT_MILLIS = "METERKIT_QUEUE_FULL_TIMEOUT_MILLIS"
+ENV_MAX_SEGMENT_BYTES = "METERKIT_MAX_SEGMENT_BYTES"
+ENV_MAX_SEGMENT_AGE_SECONDS = "METERKIT_MAX_SEGMENT_AGE_SECONDS"
+ENV_MAX_SPOOL_BYTES = "METERKIT_MAX_SPOOL_BYTES"
+ENV_FSYNC = "METERKIT_FSYNC"
+ENV_SHUTDOWN_TIMEOUT_MILLIS = "METERKIT_SHUTDOWN_TIMEOUT_MILLIS"
+
+
+def default_spool_dir() -> Path:
+    """``$XDG_STATE_HOME/meterkit/spool``, else ``~/.local/state/meterkit/spool``."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "meterkit" / "spool"
+
+
+Mode = Literal["production", "strict"]
+Durability = Literal["buffered", "sync"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved SDK settings. See the README's configuration table for each one."""
+
+    catalog: Path | None = None
+    spool_dir: Path = Path()
+    mode: Mode = "production"
+    durability: Durability = "buffered"
+    flush_interval_millis: int = 200
+    max_queue_size: int = 65_536
+    max_batch_size: int = 4_096
+    queue_full_timeout_millis: int = 1_000
+    max_segment_bytes: int = 64 * 1024 * 1024
+    max_segment_age_seconds: float = 300.0
+    max_spool_bytes: int = 1024 * 1024 * 1024
+    fsync: bool = False
+    shutdown_timeout_millis: int = 5_000
+
+
+_ENV = {
+    "catalog": ENV_CATALOG,
+    "spool_dir": ENV_SPOOL_DIR,
+    "mode": ENV_MODE,
+    "durability": ENV_DURABILITY,
+    "flush_interval_millis": ENV_FLUSH_INTERVAL_MILLIS,
+    "max_queue_size": ENV_MAX_QUEUE_SIZE,
+    "max_batch_size": ENV_MAX_BATCH_SIZE,
+    "queue_full_timeout_millis": ENV_QUEUE_FULL_TIMEOUT_MILLIS,
+    "max_segment_bytes": ENV_MAX_SEGMENT_BYTES,
+    "max_segment_age_seconds": ENV_MAX_SEGMENT_AGE_SECONDS,
+    "max_spool_bytes": ENV_MAX_SPOOL_BYTES,
+    "fsync": ENV_FSYNC,
+    "shutdown_timeout_millis": ENV_SHUTDOWN_TIMEOUT_MILLIS,
+}
+
+_POSITIVE = {
+    "flush_interval_millis",
+    "max_queue_size",
+    "max_batch_size",
+    "max_segment_bytes",
+    "max_segment_age_seconds",
+    "max_spool_bytes",
+}
+
+
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {name: TypeAdapter(hint) for name, hint in get_type_hints(Settings).items()}
+
+
+def _check(name: str, value: Any) -> Any:
+    parsed = _ADAPTERS[name].validate_python(value, strict=False)
+    if name in _POSITIVE and parsed <= 0:
+        raise ValueError(f"{name} must be positive")
+    if name == "queue_full_timeout_millis" and parsed < 0:
+        raise ValueError(f"{name} cannot be negative")
+    return parsed
+
+
+def resolve(**given: Any) -> Settings:
+    """Build :class:`Settings` from arguments (``None`` = not given), environment and defaults."""
+    unknown = set(given) - set(_ENV)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}; known: {', '.join(_ENV)}")
+    values: dict[str, Any] = {}
+    for name, env in _ENV.items():
+        value = given.get(name)
+        if value is not None:
+            try:
+                values[name] = _check(name, value)
+            except (ValidationError, ValueError) as exc:
+                raise ConfigError(f"{name}={value!r} is not valid: {_first(exc)}") from None
+            continue
+        raw = os.environ.get(env)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[name] = _check(name, raw)
+        except (ValidationError, ValueError) as exc:
+            logger.log(
+                logging.WARNING,
+                "meterkit: ignoring %s=%r (%s); using the default",
+                env,
+                raw,
+                _first(exc),
+            )
+    values.setdefault("spool_dir", default_spool_dir())
+    settings = Settings(**values)
+    if settings.max_batch_size > settings.max_queue_size:
+        raise ConfigError("max_batch_size cannot exceed max_queue_size")
+    return settings
+
+
+def _first(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return str(exc.errors()[0]["msg"])
+    return str(exc)

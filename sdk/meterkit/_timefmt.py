@@ -1,0 +1,51 @@
+"""UTC timestamps in m3ter's ingest format, millisecond precision, cheaply."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+_last_second = -1
+_last_prefix = ""
+
+
+def iso_ms(ns: int) -> str:
+    """Format nanoseconds since the epoch as ``YYYY-MM-DDTHH:MM:SS.mmmZ``.
+
+    The seconds part is cached: a flusher formats thousands of timestamps per second
+    and nearly all share a second, so this costs a division and an f-string.
+    """
+    global _last_second, _last_prefix
+    second, rest = divmod(ns, 1_000_000_000)
+    if second != _last_second:
+        _last_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = second
+    return f"{_last_prefix}.{rest // 1_000_000:03d}Z"
+
+
+def parse_ts(value: object) -> int:
+    """Turn a timestamp given by a caller into nanoseconds since the epoch (UTC).
+
+    Accepts a timezone-aware ``datetime`` or an ISO 8601 string with an offset or ``Z``.
+    Naive datetimes and strings without an offset are refused: a billing event whose
+    time zone is a guess is a dispute waiting to happen.
+    """
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"not an ISO 8601 timestamp: {value!r}") from None
+    else:
+        raise ValueError(f"expected a timezone-aware datetime or ISO 8601 string, got {type(value).__name__}")
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"timestamp {value!s} has no time zone; give UTC explicitly")
+    delta = dt.astimezone(timezone.utc) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

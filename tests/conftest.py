@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import meterkit
+from meterkit import _api, _guard
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CATALOG = EXAMPLES / "meters.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _raise_background_errors() -> Iterator[None]:
+    """A background error swallowed by meterkit fails the test that caused it."""
+    _guard.RAISE_BACKGROUND_ERRORS = True
+    _guard.captured.clear()
+    _guard._logged.clear()
+    yield
+    _guard.RAISE_BACKGROUND_ERRORS = False
+    errors, _guard.captured[:] = list(_guard.captured), []
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture(autouse=True)
+def _no_global_client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Each test starts unconfigured, with the default spool pointing into its tmp dir."""
+    for name in list(__import__("os").environ):
+        if name.startswith("METERKIT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    yield
+    meterkit.shutdown(5)
+    _api._client = None
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def catalog() -> meterkit.Catalog:
+    return meterkit.load_catalog(CATALOG)
