@@ -180,10 +180,11 @@ class Client:
             if self.strict:
                 raise
         except Exception as exc:
-            if self.strict and isinstance(exc, MeterkitError | TypeError | AttributeError):
-                raise
-            self._count_loss("internal_error", meter if isinstance(meter, str) else "?", None)
-            _guard.background_error("record", exc)
+            # Misuse such as measure="x" (not a mapping): name it, never raise in production.
+            error = MeasurementError(Problem("bad_argument", f"record() arguments unusable: {exc}", _name(meter)))
+            if self.strict:
+                raise error from exc
+            self._reject_raw({"meter": _name(meter), "account": repr(account)}, error)
 
     def _record_checked(self, item: tuple[Any, ...]) -> None:
         """Strict mode and sync durability: validate (and in sync mode, write) right here."""
@@ -320,17 +321,20 @@ class Client:
         return controls
 
     def _reject(self, item: tuple[Any, ...] | Measurement, exc: MeasurementError) -> None:
+        self._reject_raw(item if isinstance(item, dict) else _raw(item), exc)
+
+    def _reject_raw(self, raw: dict[str, Any], exc: MeasurementError) -> None:
+        """Count, log once per (meter, reason), and keep the measurement in ``rejected/``."""
         p = exc.problem
-        meter = p.meter or (item[_METER] if isinstance(item, tuple) else item.get("meter"))
-        meter = meter if isinstance(meter, str) else repr(meter)
-        self._count_loss(f"rejected:{p.reason}", meter, None)
+        meter = _name(p.meter or raw.get("meter"))
+        account = raw.get("account")
+        self._count_loss(f"rejected:{p.reason}", meter, account if isinstance(account, str) else None)
         _guard.log_once(
             ("reject", meter, p.reason),
             logging.WARNING,
             "meterkit: measurement rejected (%s); further ones for this meter and reason are counted, not logged",
             p,
         )
-        raw = item if isinstance(item, dict) else _raw(item)
         entry = {
             "at": iso_ms(_time_ns()),
             "reason": p.reason,
@@ -441,6 +445,10 @@ class BatchResult:
 
     def __repr__(self) -> str:
         return f"BatchResult(accepted={self.accepted}, rejected={self.rejected})"
+
+
+def _name(meter: object) -> str:
+    return meter if isinstance(meter, str) else repr(meter)
 
 
 def _raw(item: tuple[Any, ...]) -> dict[str, Any]:
