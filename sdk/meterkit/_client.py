@@ -116,6 +116,8 @@ class Client:
         self._worker.start()
 
     def _reset_counters(self) -> None:
+        self._next_seq = self._uids.next
+        self._checked = self.strict or self._sync
         self._queue = self._worker.queue
         self._max_queue = self._worker.max_queue_size
         self._batch_size = self._worker.max_batch_size
@@ -149,7 +151,7 @@ class Client:
         """Record one measurement. See :func:`meterkit.record`."""
         try:
             item = (
-                self._uids.next(),
+                self._next_seq(),
                 _time_ns(),
                 meter,
                 account,
@@ -166,7 +168,7 @@ class Client:
                 income and dict(income),
                 cost and dict(cost),
             )
-            if self.strict or self._sync:
+            if self._checked:
                 self._record_checked(item)
                 return
             queue = self._queue

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import time
+from time import perf_counter
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _api
 from ._guard import background_error
 from ._model import CATEGORIES
 
@@ -36,19 +37,35 @@ def active_meter() -> Metering | None:
 class Metering:
     """One measurement being built by a ``meter`` block. Its dicts may be changed freely."""
 
+    __slots__ = (
+        "_started",
+        "_token",
+        "account",
+        "cost",
+        "income",
+        "measure",
+        "metadata",
+        "other",
+        "spec",
+        "what",
+        "where",
+        "who",
+    )
+
     def __init__(self, spec: meter) -> None:
+        f = spec.fields
         self.spec = spec
         self.account: str | None = spec.account
-        self.who = dict(spec.fields["who"])
-        self.what = dict(spec.fields["what"])
-        self.where = dict(spec.fields["where"])
-        self.other = dict(spec.fields["other"])
-        self.metadata = dict(spec.fields["metadata"])
-        self.measure = dict(spec.fields["measure"])
-        self.income = dict(spec.fields["income"])
-        self.cost = dict(spec.fields["cost"])
-        self._started = time.perf_counter()
+        self.who: dict[str, Any] = {**f["who"]}
+        self.what: dict[str, Any] = {**f["what"]}
+        self.where: dict[str, Any] = {**f["where"]}
+        self.other: dict[str, Any] = {**f["other"]}
+        self.metadata: dict[str, Any] = {**f["metadata"]}
+        self.measure: dict[str, Any] = {**f["measure"]}
+        self.income: dict[str, Any] = {**f["income"]}
+        self.cost: dict[str, Any] = {**f["cost"]}
         self._token: Token[Metering | None] | None = None
+        self._started = perf_counter()
 
     def set(self, *, account: str | None = None, **categories: Mapping[str, Any]) -> None:
         """Add or replace fields: ``m.set(measure={"bytes": n}, who={"user": u})``."""
@@ -63,15 +80,11 @@ class Metering:
         spec = self.spec
         try:
             if spec.duration is not None:
-                self.measure[spec.duration] = time.perf_counter() - self._started
+                self.measure[spec.duration] = perf_counter() - self._started
             if spec.outcome is not None:
                 category, _, code = spec.outcome.rpartition(".")
                 getattr(self, category or "other")[code] = "error" if failed else "ok"
-            client = spec.client
-            if client is None:
-                from ._api import get_client
-
-                client = get_client()
+            client = spec.client or _api._client or _api.get_client()
         except Exception as exc:  # never let bookkeeping hide the user's own result
             background_error("meter block", exc)
             return
