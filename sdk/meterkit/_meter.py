@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-from time import perf_counter
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
+from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
