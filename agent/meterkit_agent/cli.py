@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -212,6 +213,218 @@ def backfill(
     typer.echo(f"{file}: {result.accepted} measurement(s) spooled, {result.rejected} rejected")
     if result.rejected:
         raise typer.Exit(1)
+
+
+agent_app = typer.Typer(help="Run and inspect the sidecar agent.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The embedded m3ter-compatible backend.", no_args_is_help=True)
+app.add_typer(agent_app, name="agent")
+app.add_typer(ledger_app, name="ledger")
+
+
+def _configure_logging(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s"
+    )
+
+
+def _agent_config(
+    config: Path | None,
+    spool_dir: Path | None,
+    catalog: Path | None,
+    to: str | None,
+    org: str,
+    token: str | None,
+    state_dir: Path | None,
+    ledger_db: str | None,
+) -> Any:
+    from .config import ConfigFileError, load_config, simple_config
+
+    try:
+        if config is not None:
+            return load_config(config)
+        return simple_config(
+            spool_dir=spool_dir, catalog=catalog, to=to, org=org, token=token, state_dir=state_dir, ledger_db=ledger_db
+        )
+    except ConfigFileError as exc:
+        for line in exc.problems:
+            typer.echo(line, err=True)
+        raise typer.Exit(2) from None
+    except meterkit.CatalogError as exc:
+        for p in exc.problems:
+            typer.echo(f"{p}  [{p.reason}]", err=True)
+        raise typer.Exit(2) from None
+
+
+@agent_app.command("run")
+def agent_run(
+    config: Annotated[Path | None, typer.Option("--config", help="agent.yaml (Collector shape)")] = None,
+    spool_dir: Annotated[Path | None, typer.Option("--spool-dir", help="spool to deliver (no --config)")] = None,
+    catalog: Annotated[Path | None, typer.Option("--catalog", help="meters.yaml to validate and derive with")] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="m3ter-compatible ingest base URL; default: the local SQLite ledger")
+    ] = None,
+    org: Annotated[str, typer.Option("--org", help="organisation id")] = "default",
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="METERKIT_AGENT_TOKEN", help="bearer token for --to")
+    ] = None,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="checkpoint, dead letters, status")] = None,
+    ledger_db: Annotated[str | None, typer.Option("--ledger-db", help="database URL of the embedded ledger")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Deliver spooled measurements until SIGTERM, then drain and exit."""
+    from .agent import Agent
+
+    _configure_logging(verbose)
+    cfg = _agent_config(config, spool_dir, catalog, to, org, token, state_dir, ledger_db)
+    raise typer.Exit(Agent(cfg).run_forever())
+
+
+@agent_app.command("validate-config")
+def agent_validate_config(file: Annotated[Path, typer.Argument(help="agent.yaml")]) -> None:
+    """Check an agent configuration; print every problem."""
+    cfg = _agent_config(file, None, None, None, "default", None, None, None)
+    pipe = cfg.pipeline
+    typer.echo(
+        f"{file}: ok; pipeline {', '.join(pipe.receivers)} -> {', '.join(pipe.processors) or '(none)'}"
+        f" -> {', '.join(pipe.exporters)}"
+    )
+
+
+@agent_app.command("status")
+def agent_status(
+    state_dir: Annotated[Path | None, typer.Option("--state-dir")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Print the agent's health counters (from its status file)."""
+    import time
+
+    from .config import default_state_dir
+    from .metrics import read_status
+
+    directory = state_dir or default_state_dir()
+    status = read_status(directory)
+    if status is None:
+        raise _fail(f"no status in {directory}: is an agent running with this --state-dir?", 1)
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+        return
+    age = time.time() - float(status.get("at", 0))
+    typer.echo(f"agent pid {status.get('pid')}, status written {age:.0f} s ago")
+    for name, points in sorted(status.get("metrics", {}).items()):
+        short = name.removeprefix("meterkit.agent.")
+        for p in points:
+            attrs = ", ".join(f"{k}={v}" for k, v in p.get("attributes", {}).items())
+            label = f"{short}{{{attrs}}}" if attrs else short
+            if "value" in p:
+                typer.echo(f"  {label:<48}{p['value']:>14,}")
+            else:
+                mean = p["sum"] / p["count"] if p["count"] else 0
+                typer.echo(f"  {label:<48}{p['count']:>14,}  mean {mean:.3f} s, max {p['max']:.3f} s")
+
+
+@ledger_app.command("serve")
+def ledger_serve(
+    db: Annotated[str | None, typer.Option("--db", help="sqlite:///path or postgresql://...")] = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8765,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="require this bearer token")
+    ] = None,
+    catalog: Annotated[
+        Path | None, typer.Option("--catalog", help="refuse measurements the catalog does not allow")
+    ] = None,
+) -> None:
+    """Serve the ledger's m3ter-compatible ingest API and usage queries."""
+    import uvicorn
+
+    from .config import default_ledger_url
+    from .ledger import Ledger
+    from .ledger.app import create_app
+
+    url = db or default_ledger_url()
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        cat = meterkit.load_catalog(catalog) if catalog else None
+    except meterkit.CatalogError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        ledger = Ledger(url)
+    except Exception as exc:  # a bad URL or an unreachable database: say which, not a traceback
+        raise _fail(f"cannot open ledger database: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    typer.echo(f"ledger on http://{host}:{port} ({ledger.engine.dialect.name})", err=True)
+    uvicorn.run(create_app(ledger, token=token, catalog=cat), host=host, port=port, log_level="warning")
+
+
+@app.command("usage")
+def usage(
+    meter: Annotated[str, typer.Option("--meter")],
+    url: Annotated[str, typer.Option("--url", help="ledger base URL")] = "http://127.0.0.1:8765",
+    org: Annotated[str, typer.Option("--org")] = "default",
+    account: Annotated[str | None, typer.Option("--account")] = None,
+    start: Annotated[str | None, typer.Option("--from")] = None,
+    end: Annotated[str | None, typer.Option("--to")] = None,
+    aggregation: Annotated[str, typer.Option("--aggregation")] = "SUM",
+    field: Annotated[str | None, typer.Option("--field")] = None,
+    bucket: Annotated[str | None, typer.Option("--bucket", help="hour, day or month")] = None,
+    group_by: Annotated[list[str] | None, typer.Option("--group-by")] = None,
+    quantity_per_unit: Annotated[float, typer.Option("--quantity-per-unit")] = 1.0,
+    rounding: Annotated[str, typer.Option("--rounding")] = "NONE",
+    token: Annotated[str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Query usage from a ledger and print it as a table."""
+    import requests
+
+    params: dict[str, Any] = {
+        "meter": meter,
+        "aggregation": aggregation,
+        "quantityPerUnit": quantity_per_unit,
+        "rounding": rounding,
+    }
+    for key, value in (("account", account), ("from", start), ("to", end), ("field", field), ("bucket", bucket)):
+        if value is not None:
+            params[key] = value
+    if group_by:
+        params["groupBy"] = group_by
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = requests.get(
+            f"{url.rstrip('/')}/organizations/{org}/usage", params=params, headers=headers, timeout=30
+        )
+    except requests.RequestException as exc:
+        raise _fail(f"cannot reach {url}: {type(exc).__name__}") from None
+    if response.status_code != 200:
+        raise _fail(f"{url} answered {response.status_code}: {response.text[:500]}")
+    data = response.json()["data"]
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    print_table(data)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        typer.echo("(no usage)")
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    typer.echo("  ".join(c.ljust(w) if c != "value" else c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        typer.echo(
+            "  ".join(v.rjust(w) if c == "value" else v.ljust(w) for v, c, w in zip(r, columns, widths, strict=True))
+        )
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
 
 
 def main() -> None:

@@ -277,3 +277,39 @@ class UidSource:
 
     def format(self, n: int) -> str:
         return f"{self.prefix}{n & 0xFFFFFFFFFFFF:012x}"
+
+
+#: The keys a measurement may have on the wire.
+WIRE_KEYS = frozenset({"uid", "meter", "account", "ts", "ets", *CATEGORIES})
+
+
+def validate_wire(raw: object, catalog: Catalog | None = None, now_ns: int | None = None) -> dict[str, Any]:
+    """Check a measurement received in wire shape (from a spool, a request, a file).
+
+    Same rules as :func:`build`; also refuses unknown keys and a missing ``ts``. Returns the
+    normalised measurement or raises :class:`MeasurementError`.
+    """
+    if not isinstance(raw, dict):
+        raise problem("bad_shape", "a measurement must be a JSON object")
+    meter = raw.get("meter")
+    label = meter if isinstance(meter, str) else None
+    unknown = sorted(str(k) for k in raw if k not in WIRE_KEYS)
+    if unknown:
+        raise problem("unknown_key", f"unknown key(s) {', '.join(unknown)}", label)
+    if not raw.get("ts"):
+        raise problem("missing_ts", "ts is required", label, "ts")
+    values = [raw.get(c) for c in CATEGORIES]
+    for category, v in zip(CATEGORIES, values, strict=True):
+        if v is not None and not isinstance(v, dict):
+            raise problem("bad_shape", f"{category} must be an object of field code to value", label, category)
+    return build(
+        meter,
+        raw.get("account"),
+        0,
+        raw.get("uid"),
+        values,
+        ets=raw.get("ets"),
+        catalog=catalog,
+        now_ns=now_ns,
+        user_ts=raw["ts"],
+    )

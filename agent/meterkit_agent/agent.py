@@ -1,0 +1,306 @@
+"""The agent: receivers → processors → exporters, with the spool as its queue.
+
+One delivery worker (the SDK's :class:`BatchWorker`, the same batching engine) takes frames
+in the order the receivers read them, runs the processors, hands the batch to every
+exporter (retrying transient failures with exponential backoff and jitter, honouring
+``Retry-After``), stores refused measurements in the dead-letter store, and only then
+advances the checkpoint. A crash anywhere replays from the checkpoint; uids make the
+replay harmless. Fully acknowledged segments are retired.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import tenacity
+
+from meterkit._batch import BatchWorker
+from meterkit._guard import background_error
+from meterkit._spool import KIND_MEASUREMENT, private_dir
+from meterkit._timefmt import parse_ts
+
+from .config import AgentConfig, BatchConfig, HttpReceiverConfig, RetryConfig, SpoolReceiverConfig
+from .delivery import Rejected, RetryLater
+from .exporters import Exporter, build_exporter
+from .metrics import AgentMetrics
+from .processors import Processor, build_processor
+from .receivers import Envelope, SpoolReceiver
+from .state import Checkpoint, DeadLetters
+
+logger = logging.getLogger("meterkit.agent")
+
+
+class _Wait:
+    """Exponential backoff with jitter, but never sooner than the server's Retry-After."""
+
+    def __init__(self, retry: RetryConfig) -> None:
+        self._backoff = tenacity.wait_exponential_jitter(
+            initial=retry.initial_interval_millis / 1000.0, max=retry.max_interval_millis / 1000.0
+        )
+
+    def __call__(self, state: tenacity.RetryCallState) -> float:
+        wait = float(self._backoff(state))
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetryLater) and exc.retry_after is not None:
+            wait = max(wait, exc.retry_after)
+        return wait
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        pipe = config.pipeline
+        self.state_dir = private_dir(config.service.state_dir)
+        self.checkpoint = Checkpoint(self.state_dir)
+        self.dead_letters = DeadLetters(self.state_dir)
+        self._stopping = threading.Event()
+        self._drain_deadline = float("inf")
+        self.sdk_losses: Counter[str] = Counter()
+
+        batch_cfg = BatchConfig()
+        self.processors: list[Processor] = []
+        for cid in pipe.processors:
+            cfg = config.component("processors", cid)
+            if isinstance(cfg, BatchConfig):
+                batch_cfg = cfg
+            else:
+                proc = build_processor(cid, cfg)
+                if proc is not None:
+                    self.processors.append(proc)
+        self.batch_cfg = batch_cfg
+        self.exporters: list[Exporter] = []
+        self._retry_cfg: dict[str, RetryConfig] = {}
+        for cid in pipe.exporters:
+            cfg = config.component("exporters", cid)
+            exporter = build_exporter(cid, cfg)
+            self.exporters.append(exporter)
+            self._retry_cfg[exporter.name] = getattr(cfg, "retry", RetryConfig())
+
+        self.worker: BatchWorker[Envelope] = BatchWorker(
+            self._export,
+            name="meterkit-agent-delivery",
+            max_queue_size=max(10 * batch_cfg.max_measurements, 10_000),
+            max_batch_size=batch_cfg.max_measurements,
+            schedule_delay_millis=batch_cfg.timeout_millis,
+            max_backoff_millis=5_000,
+        )
+        self.metrics = AgentMetrics(self.state_dir, lambda: len(self.worker.queue))
+        self._pending: list[Envelope] | None = None
+
+        self.receivers: list[SpoolReceiver] = []
+        self.http_servers: list[Any] = []
+        for cid in pipe.receivers:
+            cfg = config.component("receivers", cid)
+            if isinstance(cfg, SpoolReceiverConfig):
+                self._add_spool(cfg.directory, cfg.poll_interval_millis / 1000.0)
+            elif isinstance(cfg, HttpReceiverConfig):
+                from .http_receiver import HttpReceiver
+
+                spool = self.state_dir / "http-spool" / cid.replace("/", "_")
+                self.http_servers.append(HttpReceiver(cfg, spool, self.config))
+                self._add_spool(spool, 0.05)
+
+    def _add_spool(self, directory: Path, poll: float) -> None:
+        self.receivers.append(
+            SpoolReceiver(
+                Path(directory),
+                self.checkpoint,
+                self._emit,
+                poll_interval=poll,
+                on_corrupt=lambda _key, n: self.metrics.corrupt_bytes.add(n),
+            )
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.worker.start()
+        for receiver in self.receivers:
+            receiver.start()
+        for server in self.http_servers:
+            server.start()
+        logger.info(
+            "meterkit agent started: %d receiver(s), exporters %s",
+            len(self.receivers),
+            [e.name for e in self.exporters],
+        )
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop reading, deliver what was read within ``timeout``, checkpoint, close."""
+        if timeout is None:
+            timeout = self.config.service.drain_timeout_millis / 1000.0
+        self._drain_deadline = time.monotonic() + timeout
+        self._stopping.set()
+        for server in self.http_servers:
+            server.stop()
+        for receiver in self.receivers:
+            receiver.stop()
+        drained = self.worker.shutdown(timeout)
+        for exporter in self.exporters:
+            exporter.shutdown()
+        self.metrics.shutdown()
+        self.dead_letters.close()
+        if not drained:
+            logger.warning(
+                "meterkit agent: stopped before everything read was acknowledged; it will be replayed on restart"
+            )
+        return drained
+
+    def run_forever(self) -> int:
+        done = threading.Event()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            logger.info("meterkit agent: %s received, draining", signal.Signals(signum).name)
+            done.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        done.wait()
+        return 0 if self.stop() else 1
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Deliver everything read so far (receivers keep running)."""
+        return self.worker.flush(timeout)
+
+    # -- the pipeline --------------------------------------------------------------------
+
+    def _emit(self, envelope: Envelope) -> bool:
+        return self.worker.put(envelope, 0.5)
+
+    def _export(self, batch: list[Envelope]) -> bool:
+        """Called by the delivery worker only. False: keep the batch and try again later."""
+        if self._pending is not None:
+            if not self._deliver(self._pending):
+                return False
+            self._pending = None
+        if batch and not self._deliver(batch):
+            self._pending = batch
+            return False
+        return True
+
+    def _deliver(self, batch: list[Envelope]) -> bool:
+        records: list[dict[str, Any]] = []
+        read_ns: list[int] = []
+        broken: list[tuple[Any, str, str]] = []
+        positions: dict[str, int] = {}
+        for env in batch:
+            positions[env.source] = max(positions.get(env.source, 0), env.end)
+            try:
+                body = orjson.loads(env.payload)
+            except orjson.JSONDecodeError as exc:
+                broken.append((env.payload.decode("utf-8", "replace"), "invalid:not_json", str(exc)))
+                continue
+            if env.kind == KIND_MEASUREMENT:
+                records.append(body)
+                read_ns.append(env.read_ns)
+            else:
+                self._control(body)
+        self.metrics.received.add(len(records))
+
+        rejected: list[Rejected] = []
+        for process in self.processors:
+            records, refused = process(records)
+            rejected.extend(refused)
+        for exporter in self.exporters:
+            try:
+                refused = self._with_retries(exporter, records)
+            except RetryLater:
+                return False  # stopping, or a long outage: the worker backs off and calls again
+            rejected.extend(refused)
+        refused_uids = {id(r.measurement) for r in rejected}
+        delivered = [m for m in records if id(m) not in refused_uids]
+
+        # Dead letters are stored before the checkpoint moves past them.
+        self.dead_letters.add("agent", [(r.measurement, r.reason, r.detail) for r in rejected] + broken)
+        for r in rejected:
+            self.metrics.dead_lettered.add(1, {"reason": r.reason})
+        self.checkpoint.advance(positions)
+        self.metrics.delivered.add(len(delivered))
+        now = time.time_ns()
+        for m in delivered:
+            with contextlib.suppress(KeyError, ValueError):
+                self.metrics.latency.record(max(0.0, (now - parse_ts(m["ts"])) / 1e9))
+        self._retire()
+        return True
+
+    def _with_retries(self, exporter: Exporter, records: list[dict[str, Any]]) -> list[Rejected]:
+        retry = self._retry_cfg.get(exporter.name, RetryConfig())
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            # Keep trying while running (the spool holds everything); give up only to let a
+            # shutdown finish within its deadline, or to let the worker back off after a
+            # long outage and pick up where it was.
+            if self._stopping.is_set() and time.monotonic() >= self._drain_deadline:
+                return True
+            return (state.seconds_since_start or 0.0) > 120
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            self.metrics.retried.add(1)
+            exc = state.outcome.exception() if state.outcome else None
+            logger.warning("meterkit agent: %s: %s; retrying in %.1f s", exporter.name, exc, state.upcoming_sleep)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(RetryLater),
+            wait=_Wait(retry),
+            stop=stop,
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(exporter.export, records)
+
+    def _sleep(self, seconds: float) -> None:
+        """Back off, but never past the drain deadline once stopping."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self._stopping.is_set():
+                end = min(end, self._drain_deadline)
+                time.sleep(max(0.0, min(left, 0.05)))
+            else:
+                self._stopping.wait(left)
+
+    def _control(self, body: Any) -> None:
+        if isinstance(body, dict) and body.get("type") == "losses":
+            for e in body.get("entries", []):
+                reason = str(e.get("reason"))
+                count = int(e.get("count", 0))
+                self.sdk_losses[reason] += count
+                self.metrics.sdk_lost.add(count, {"reason": reason})
+
+    def _retire(self) -> None:
+        retention = self.config.service.retain_segments_hours
+        for receiver in self.receivers:
+            for seg in receiver.retirable():
+                try:
+                    if retention > 0:
+                        target = private_dir(self.state_dir / "retained")
+                        shutil.move(str(seg.path), target / seg.path.name)
+                    else:
+                        seg.path.unlink(missing_ok=True)
+                except OSError as exc:
+                    background_error("segment retirement", exc)
+                    continue
+                receiver.forget(seg)
+                self.checkpoint.forget(seg.key)
+        if retention > 0:
+            self._purge_retained(retention)
+
+    def _purge_retained(self, hours: float) -> None:
+        folder = self.state_dir / "retained"
+        cutoff = time.time() - hours * 3600
+        for path in folder.glob("*.mks"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except OSError:
+                continue

@@ -1,0 +1,146 @@
+"""The HTTP receiver: ``POST /v1/measurements`` with a JSON batch or NDJSON.
+
+Accepted measurements are appended to the agent's own spool and fsynced before the answer,
+so a 200 means "durable". A request with a bad measurement is refused whole with a 400
+naming every bad one (index, uid, reason), so the client can fix or drop them and resend.
+Listens on 127.0.0.1 unless configured otherwise; a bearer token, if set, is compared in
+constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from meterkit import MeasurementError, load_catalog
+from meterkit._model import validate_wire
+from meterkit._spool import KIND_MEASUREMENT, SegmentWriter, encode_frame
+
+from .config import AgentConfig, HttpReceiverConfig, ValidateConfig
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def create_receiver_app(cfg: HttpReceiverConfig, writer: SegmentWriter, catalog: Any) -> FastAPI:
+    app = FastAPI(title="meterkit agent HTTP receiver", version="1")
+    token = cfg.token.get_secret_value().encode() if cfg.token else None
+    lock = threading.Lock()
+
+    @app.get("/health")
+    def health() -> Response:
+        return _json({"status": "ok"})
+
+    @app.post("/v1/measurements")
+    async def receive(request: Request) -> Response:
+        if token is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token):
+                return _json({"message": "missing or wrong bearer token"}, 401)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cfg.max_request_bytes:
+            return _json({"message": f"request is {declared} bytes; at most {cfg.max_request_bytes}"}, 413)
+        body = await request.body()
+        if len(body) > cfg.max_request_bytes:
+            return _json({"message": f"request is {len(body)} bytes; at most {cfg.max_request_bytes}"}, 413)
+        items, problem = _parse(body, request.headers.get("content-type", ""))
+        if problem:
+            return _json({"message": problem}, 400)
+        good, errors = [], []
+        now = time.time_ns()
+        for index, raw in enumerate(items):
+            try:
+                good.append(validate_wire(raw, catalog, now))
+            except MeasurementError as exc:
+                uid = raw.get("uid") if isinstance(raw, dict) else None
+                errors.append(
+                    {
+                        "index": index,
+                        "uid": uid,
+                        "reason": exc.reason,
+                        "field": exc.field,
+                        "message": exc.problem.message,
+                    }
+                )
+        if errors:
+            return _json(
+                {
+                    "message": f"{len(errors)} of {len(items)} measurements are invalid; none were accepted",
+                    "errors": errors,
+                },
+                400,
+            )
+        data = b"".join(encode_frame(KIND_MEASUREMENT, orjson.dumps(m)) for m in good)
+        with lock:
+            writer.write(data, len(good))
+        return _json({"accepted": len(good)})
+
+    return app
+
+
+def _parse(body: bytes, content_type: str) -> tuple[list[Any], str | None]:
+    if "ndjson" in content_type or "jsonlines" in content_type:
+        items = []
+        for number, line in enumerate(body.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                return [], f"line {number} is not JSON: {exc}"
+        return items, None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return [], f"body is not JSON: {exc}"
+    if isinstance(doc, dict) and isinstance(doc.get("measurements"), list):
+        return doc["measurements"], None
+    if isinstance(doc, list):
+        return doc, None
+    return [], 'expected {"measurements": [...]}, a JSON array, or NDJSON'
+
+
+class HttpReceiver:
+    def __init__(self, cfg: HttpReceiverConfig, spool: Path, agent_config: AgentConfig) -> None:
+        catalog_path = next(
+            (c.catalog for c in agent_config.processors.values() if isinstance(c, ValidateConfig) and c.catalog), None
+        )
+        catalog = load_catalog(catalog_path) if catalog_path else None
+        self.writer = SegmentWriter(spool, f"http{os.getpid()}", fsync=True, max_segment_age_seconds=60)
+        host, _, port = cfg.endpoint.rpartition(":")
+        app = create_receiver_app(cfg, self.writer, catalog)
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=int(port), log_level="warning", lifespan="off")
+        )
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.server.run, name="http-receiver", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    @property
+    def port(self) -> int:
+        servers = getattr(self.server, "servers", [])
+        for s in servers:
+            for sock in s.sockets:
+                return int(sock.getsockname()[1])
+        return 0
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self.writer.seal()

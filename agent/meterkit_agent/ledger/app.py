@@ -1,0 +1,150 @@
+"""The ledger's HTTP API: m3ter's ingest shape, plus usage queries.
+
+- ``POST /organizations/{orgId}/measurements`` with ``{"measurements": [...]}``: at most
+  1,000 measurements and 512,000 bytes per request (m3ter's ingest limits). A request with
+  any bad measurement is refused whole with a 400 naming each bad one by index and uid, so
+  a client can resend the rest; a measurement whose uid is already stored is accepted and
+  ignored (never an error, never a second count).
+- ``GET /organizations/{orgId}/usage``: aggregations per account, bucket and segment.
+- ``GET /health``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+import zlib
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import Response
+
+from meterkit import Catalog, MeasurementError
+from meterkit._model import validate_wire
+
+from .store import Ledger, UsageQuery
+
+MAX_MEASUREMENTS = 1_000
+MAX_REQUEST_BYTES = 512_000
+
+
+def create_app(ledger: Ledger, *, token: str | None = None, catalog: Catalog | None = None) -> FastAPI:
+    app = FastAPI(
+        title="meterkit ledger",
+        version="1",
+        description="An m3ter-compatible ingest API and usage queries, backed by SQLite or PostgreSQL.",
+    )
+    expected = token.encode() if token else None
+
+    def authorize(request: Request) -> None:
+        if expected is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
+            raise HTTPException(
+                status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    auth = [Depends(authorize)]
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "measurements": ledger.count()}
+
+    @app.post("/organizations/{org_id}/measurements", dependencies=auth)
+    async def ingest(org_id: str, request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+            return _error(413, f"request is {declared} bytes; at most {MAX_REQUEST_BYTES} are accepted")
+        body = await request.body()
+        if request.headers.get("content-encoding", "").lower() == "gzip":
+            # Bounded: a small gzip body must not expand past the limit (a zip bomb).
+            inflater = zlib.decompressobj(wbits=31)
+            try:
+                body = inflater.decompress(body, MAX_REQUEST_BYTES + 1)
+            except zlib.error as exc:
+                return _error(400, f"body is not valid gzip: {exc}")
+        if len(body) > MAX_REQUEST_BYTES:
+            return _error(413, f"request is {len(body)} bytes; at most {MAX_REQUEST_BYTES} are accepted")
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return _error(400, f"body is not JSON: {exc}")
+        items = doc.get("measurements") if isinstance(doc, dict) else None
+        if not isinstance(items, list):
+            return _error(400, 'body must be {"measurements": [...]}')
+        if len(items) > MAX_MEASUREMENTS:
+            return _error(400, f"{len(items)} measurements; at most {MAX_MEASUREMENTS} per request")
+        good, errors = [], []
+        now = time.time_ns()
+        for index, raw in enumerate(items):
+            try:
+                good.append(validate_wire(raw, catalog, now))
+            except MeasurementError as exc:
+                uid = raw.get("uid") if isinstance(raw, dict) else None
+                p = exc.problem
+                errors.append({"index": index, "uid": uid, "reason": p.reason, "field": p.field, "message": p.message})
+        if errors:
+            return _error(400, f"{len(errors)} of {len(items)} measurements are invalid; none were stored", errors)
+        new, duplicates = await _run(ledger.ingest, org_id, good)
+        return _json({"result": "accepted", "accepted": new, "duplicates": duplicates})
+
+    @app.get("/organizations/{org_id}/usage", dependencies=auth)
+    async def usage(
+        org_id: str,
+        meter: str,
+        account: str | None = None,
+        start: Annotated[str | None, Query(alias="from")] = None,
+        end: Annotated[str | None, Query(alias="to")] = None,
+        aggregation: str = "SUM",
+        field: str | None = None,
+        bucket: str | None = None,
+        group_by: Annotated[list[str] | None, Query(alias="groupBy")] = None,
+        quantity_per_unit: Annotated[float, Query(alias="quantityPerUnit")] = 1.0,
+        rounding: str = "NONE",
+    ) -> Response:
+        query = UsageQuery(
+            meter=meter,
+            account=account,
+            start=start,
+            end=end,
+            aggregation=aggregation.upper(),
+            target=field,
+            bucket=bucket.lower() if bucket else None,
+            group_by=tuple(group_by or ()),
+            quantity_per_unit=quantity_per_unit,
+            rounding=rounding.upper(),
+        )
+        try:
+            data = await _run(ledger.usage, org_id, query)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        return _json({"data": data})
+
+    @app.get("/organizations/{org_id}/measurements/{uid}", dependencies=auth)
+    async def get_measurement(org_id: str, uid: str) -> Response:
+        found = await _run(ledger.get, org_id, uid)
+        if found is None:
+            return _error(404, f"no measurement with uid {uid!r}")
+        return _json(found)
+
+    return app
+
+
+async def _run(fn: Any, *args: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)
+
+
+def _json(body: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
+
+
+def _error(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> Response:
+    body: dict[str, Any] = {"message": message}
+    if errors is not None:
+        body["errors"] = errors
+    return _json(body, status_code=status)

@@ -1,0 +1,108 @@
+"""The agent's own health, through the OpenTelemetry metrics API.
+
+Instruments (all prefixed ``meterkit.agent.``): ``received``, ``delivered``, ``retried``,
+``rejected``, ``dead_lettered`` (with attribute ``reason``), ``sdk_lost`` (losses the SDKs
+reported in their control records, by ``reason``), ``corrupt_bytes``, ``queue_depth``
+(observable), ``delivery_latency`` (seconds from record to acknowledgement, histogram).
+A periodic reader writes a snapshot to ``<state_dir>/status.json`` for ``meterkit agent
+status``; any other OpenTelemetry exporter can be added to the same provider.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+
+class StatusFileExporter(MetricExporter):
+    """Writes the latest cumulative values to a JSON file, atomically."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(preferred_temporality={})
+        self.path = path
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        snapshot: dict[str, Any] = {"at": time.time(), "pid": os.getpid(), "metrics": {}}
+        for rm in metrics_data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    points = []
+                    for p in metric.data.data_points:
+                        attrs = dict(p.attributes or {})
+                        if hasattr(p, "value"):
+                            points.append({"attributes": attrs, "value": p.value})
+                        elif isinstance(p, HistogramDataPoint):
+                            points.append(
+                                {
+                                    "attributes": attrs,
+                                    "count": p.count,
+                                    "sum": p.sum,
+                                    "max": p.max,
+                                    "buckets": list(p.bucket_counts),
+                                    "bounds": list(p.explicit_bounds),
+                                }
+                            )
+                    snapshot["metrics"][metric.name] = points
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(snapshot))
+        os.replace(tmp, self.path)
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
+class AgentMetrics:
+    def __init__(self, state_dir: Path, queue_depth: Callable[[], int], interval_millis: int = 1000) -> None:
+        self.reader = PeriodicExportingMetricReader(
+            StatusFileExporter(state_dir / "status.json"),
+            export_interval_millis=interval_millis,
+        )
+        latency_view = View(
+            instrument_name="meterkit.agent.delivery_latency",
+            aggregation=ExplicitBucketHistogramAggregation([0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300]),
+        )
+        self.provider = MeterProvider(metric_readers=[self.reader], views=[latency_view])
+        meter = self.provider.get_meter("meterkit.agent", "0.1.0")
+        self.received = meter.create_counter("meterkit.agent.received", unit="{measurement}")
+        self.delivered = meter.create_counter("meterkit.agent.delivered", unit="{measurement}")
+        self.retried = meter.create_counter("meterkit.agent.retried", unit="{request}")
+        self.rejected = meter.create_counter("meterkit.agent.rejected", unit="{measurement}")
+        self.dead_lettered = meter.create_counter("meterkit.agent.dead_lettered", unit="{measurement}")
+        self.sdk_lost = meter.create_counter("meterkit.agent.sdk_lost", unit="{measurement}")
+        self.corrupt_bytes = meter.create_counter("meterkit.agent.corrupt_bytes", unit="By")
+        self.latency = meter.create_histogram("meterkit.agent.delivery_latency", unit="s")
+
+        def observe(_options: CallbackOptions) -> Sequence[Observation]:
+            return [Observation(queue_depth())]
+
+        meter.create_observable_gauge("meterkit.agent.queue_depth", callbacks=[observe], unit="{frame}")
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+
+def read_status(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = orjson.loads((state_dir / "status.json").read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    return data

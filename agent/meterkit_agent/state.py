@@ -1,0 +1,123 @@
+"""The agent's durable state: the spool checkpoint and the dead-letter store."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from meterkit._spool import private_dir
+from meterkit._timefmt import iso_ms
+
+
+class Checkpoint:
+    """Per segment: the offset up to which every frame has been acknowledged.
+
+    Written atomically (temp file, fsync, rename) after every acknowledged batch, so a
+    crash at any moment leaves either the old or the new checkpoint, never half of one.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = private_dir(state_dir) / "checkpoint.json"
+        try:
+            self.offsets: dict[str, int] = {k: int(v) for k, v in orjson.loads(self.path.read_bytes()).items()}
+        except FileNotFoundError:
+            self.offsets = {}
+
+    def get(self, key: str) -> int:
+        return self.offsets.get(key, 0)
+
+    def advance(self, positions: dict[str, int]) -> None:
+        for key, offset in positions.items():
+            if offset > self.offsets.get(key, 0):
+                self.offsets[key] = offset
+        self.save()
+
+    def forget(self, key: str) -> None:
+        if self.offsets.pop(key, None) is not None:
+            self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, orjson.dumps(self.offsets))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+
+
+class DeadLetters:
+    """Measurements that cannot be delivered as they are, with the reason. Kept until replayed."""
+
+    def __init__(self, state_dir: Path) -> None:
+        path = private_dir(state_dir) / "deadletter.db"
+        fresh = not path.exists()
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        if fresh:
+            os.chmod(path, 0o600)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            """CREATE TABLE IF NOT EXISTS dead_letters (
+                   id INTEGER PRIMARY KEY AUTOINCREMENT,
+                   at TEXT NOT NULL, stage TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
+                   uid TEXT, meter TEXT, account TEXT, body TEXT NOT NULL,
+                   replayed_at TEXT)"""
+        )
+
+    def add(self, stage: str, entries: list[tuple[Any, str, str]]) -> None:
+        """Store (measurement, reason, detail) entries durably, in one transaction."""
+        if not entries:
+            return
+        now = iso_ms(time.time_ns())
+        rows = []
+        for body, reason, detail in entries:
+            m = body if isinstance(body, dict) else {}
+            rows.append(
+                (
+                    now,
+                    stage,
+                    reason,
+                    detail,
+                    _s(m.get("uid")),
+                    _s(m.get("meter")),
+                    _s(m.get("account")),
+                    orjson.dumps(body, default=repr).decode(),
+                )
+            )
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO dead_letters (at, stage, reason, detail, uid, meter, account, body)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            self._db.execute("COMMIT")
+
+    def list(self, include_replayed: bool = False) -> list[dict[str, Any]]:
+        query = "SELECT id, at, stage, reason, detail, uid, meter, account, body, replayed_at FROM dead_letters"
+        if not include_replayed:
+            query += " WHERE replayed_at IS NULL"
+        with self._lock:
+            cur = self._db.execute(query + " ORDER BY id")
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _s(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
