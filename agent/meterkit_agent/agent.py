@@ -39,6 +39,20 @@ from .state import Checkpoint, DeadLetters
 logger = logging.getLogger("meterkit.agent")
 
 
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT. Install it first thing, so a signal that arrives
+    while the agent is still starting up drains it instead of killing it."""
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.info("meterkit agent: %s received, draining", signal.Signals(signum).name)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return done
+
+
 class _Wait:
     """Exponential backoff with jitter, but never sooner than the server's Retry-After."""
 
@@ -155,15 +169,10 @@ class Agent:
             )
         return drained
 
-    def run_forever(self) -> int:
-        done = threading.Event()
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            logger.info("meterkit agent: %s received, draining", signal.Signals(signum).name)
-            done.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+    def run_forever(self, done: threading.Event | None = None) -> int:
+        """Run until SIGTERM/SIGINT (or ``done`` is set), then drain. 0 if fully drained."""
+        if done is None:
+            done = stop_on_signals()
         self.start()
         done.wait()
         return 0 if self.stop() else 1

@@ -274,11 +274,12 @@ def agent_run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Deliver spooled measurements until SIGTERM, then drain and exit."""
-    from .agent import Agent
+    from .agent import Agent, stop_on_signals
 
+    done = stop_on_signals()
     _configure_logging(verbose)
     cfg = _agent_config(config, spool_dir, catalog, to, org, token, state_dir, ledger_db)
-    raise typer.Exit(Agent(cfg).run_forever())
+    raise typer.Exit(Agent(cfg).run_forever(done))
 
 
 @agent_app.command("validate-config")

@@ -150,9 +150,7 @@ class Ledger:
         self.engine = make_engine(url)
         metadata.create_all(self.engine)
         dialect = self.engine.dialect.name
-        self._insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(
-            measurements
-        ).on_conflict_do_nothing()
+        self._insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
 
     def close(self) -> None:
         self.engine.dispose()
@@ -174,9 +172,18 @@ class Ledger:
             return 0, 0
         # The same uid twice within one request counts once.
         unique = list({row["uid"]: row for row in rows}.values())
+        new = 0
         with self.engine.begin() as conn:
-            result = conn.execute(self._insert, unique)
-            new = result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(unique)
+            for start in range(0, len(unique), 1000):
+                # One multi-row INSERT; RETURNING names exactly the rows that were new
+                # (rowcount is unreliable for batched inserts that skip conflicts).
+                stmt = (
+                    self._insert_fn(measurements)
+                    .values(unique[start : start + 1000])
+                    .on_conflict_do_nothing()
+                    .returning(measurements.c.uid)
+                )
+                new += len(conn.execute(stmt).all())
         return new, len(rows) - new
 
     def count(self, org: str | None = None) -> int:

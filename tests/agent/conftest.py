@@ -1,0 +1,273 @@
+"""Real parts: the ledger and the agent run as processes on 127.0.0.1, PostgreSQL as a
+real server, and a fault-injecting HTTP proxy sits between agent and ledger."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+TOKEN = "test-token-4f9a"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll a condition; never a bare sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def cli_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "meterkit_agent.cli", *args]
+
+
+@dataclass
+class Proc:
+    args: list[str]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log.open("ab")
+        self.popen = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.popen is not None
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+        return self.popen.wait(30)
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+@dataclass
+class LedgerServer:
+    url: str
+    db: str
+    proc: Proc
+
+    def get(self, path: str, **params: Any) -> Any:
+        r = requests.get(f"{self.url}{path}", params=params, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def count(self) -> int:
+        return int(self.get("/health")["measurements"])
+
+    def restart(self) -> None:
+        self.proc.kill(signal.SIGKILL)
+        self.proc.start()
+        wait_for(self.healthy, what="ledger restart")
+
+    def healthy(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+
+def start_ledger(tmp_path: Path, db: str | None = None, extra: tuple[str, ...] = ()) -> LedgerServer:
+    port = free_port()
+    db = db or f"sqlite:///{tmp_path / 'ledger.db'}"
+    proc = Proc(
+        cli_cmd("ledger", "serve", "--db", db, "--port", str(port), "--token", TOKEN, *extra), tmp_path / "ledger.log"
+    ).start()
+    server = LedgerServer(f"http://127.0.0.1:{port}", db, proc)
+    wait_for(server.healthy, what="ledger start")
+    return server
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[LedgerServer]:
+    server = start_ledger(tmp_path)
+    yield server
+    server.proc.kill(signal.SIGTERM)
+
+
+class FaultProxy:
+    """Forwards POSTs to a target, misbehaving on command: status codes, delays, resets."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.plan: list[Any] = []  # each entry consumed by one request: int status, ("delay", s), "reset"
+        self.lock = threading.Lock()
+        self.seen: list[dict[str, str]] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                with proxy.lock:
+                    action = proxy.plan.pop(0) if proxy.plan else None
+                    proxy.seen.append({k.lower(): v for k, v in self.headers.items()})
+                if action == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.connection.close()
+                    return
+                if isinstance(action, tuple) and action[0] == "delay":
+                    time.sleep(action[1])
+                if isinstance(action, int):
+                    self.send_response(action)
+                    if action == 429:
+                        self.send_header("Retry-After", "1")
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"{}")
+                    return
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")
+                }
+                try:
+                    r = requests.post(proxy.target + self.path, data=body, headers=headers, timeout=30)
+                except requests.RequestException:
+                    self.send_response(502)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def proxy(ledger: LedgerServer) -> Iterator[FaultProxy]:
+    p = FaultProxy(ledger.url)
+    yield p
+    p.close()
+
+
+def write_agent_config(
+    tmp_path: Path, spool: Path, to: str, catalog: Path | None = None, extra_receivers: str = ""
+) -> Path:
+    catalog_line = f"catalog: {catalog}" if catalog else ""
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        f"""
+receivers:
+  spool: {{directory: {spool}, poll_interval_millis: 50}}
+{extra_receivers}
+processors:
+  validate: {{{catalog_line}}}
+  batch: {{max_measurements: 500, timeout_millis: 100}}
+exporters:
+  m3ter:
+    base_url: {to}
+    org_id: test-org
+    token: ${{LEDGER_TOKEN}}
+    retry: {{initial_interval_millis: 50, max_interval_millis: 500, request_timeout_millis: 1000}}
+service:
+  state_dir: {tmp_path / "agent-state"}
+  drain_timeout_millis: 5000
+  pipelines:
+    usage:
+      receivers: [spool{", http" if extra_receivers else ""}]
+      processors: [validate, batch]
+      exporters: [m3ter]
+"""
+    )
+    return cfg
+
+
+def start_agent(tmp_path: Path, config: Path) -> Proc:
+    """Start the agent and wait until it says it has started (its signal handlers are in)."""
+    log = tmp_path / "agent.log"
+    before = log.read_text().count("meterkit agent started") if log.exists() else 0
+    proc = Proc(cli_cmd("agent", "run", "--config", str(config), "-v"), log, env={"LEDGER_TOKEN": TOKEN}).start()
+    wait_for(lambda: log.read_text().count("meterkit agent started") > before or not proc.alive(), what="agent start")
+    return proc
+
+
+# -- PostgreSQL: a real server, started once per test session -----------------------------
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found and "/usr/local/bin" not in found:
+        return found
+    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return versions[-1] if versions else found
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries not found; .ci/run installs them")
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    root = os.geteuid() == 0
+    base = Path(tempfile.mkdtemp(prefix="meterkit-pg-"))
+    data = base / "data"
+    port = free_port()
+    as_user: list[str] = ["runuser", "-u", "postgres", "--"] if root else []
+    if root:
+        shutil.chown(base, "postgres")
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data), "-U", "meterkit", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(
+        [*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    try:
+        yield f"postgresql://meterkit@127.0.0.1:{port}/postgres"
+    finally:
+        with contextlib.suppress(Exception):
+            subprocess.run(
+                [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60
+            )
+        shutil.rmtree(base, ignore_errors=True)
