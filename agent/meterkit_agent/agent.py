@@ -195,6 +195,8 @@ class Agent:
         if batch and not self._deliver(batch):
             self._pending = batch
             return False
+        if not batch:
+            self._retire()  # a segment sealed after its last batch was acknowledged
         return True
 
     def _deliver(self, batch: list[Envelope]) -> bool:

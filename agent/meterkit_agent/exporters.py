@@ -91,14 +91,16 @@ class IngestExporter:
 
     def _isolate(self, chunk: list[dict[str, Any]], response: requests.Response) -> list[Rejected]:
         """A final 4xx: find the bad measurements, deliver the rest."""
-        answer = _answer(response)
         named = _named_errors(response, len(chunk))
         if named:
-            bad = [Rejected(chunk[i], f"rejected_by_backend:{reason}", answer) for i, reason in named.items()]
+            bad = [
+                Rejected(chunk[i], f"rejected_by_backend:{reason}", f"HTTP {response.status_code}: {detail}")
+                for i, (reason, detail) in named.items()
+            ]
             rest = [m for i, m in enumerate(chunk) if i not in named]
             return bad + (self._deliver(rest) if rest else [])
         if len(chunk) == 1:
-            return [Rejected(chunk[0], f"rejected_by_backend:http_{response.status_code}", answer)]
+            return [Rejected(chunk[0], f"rejected_by_backend:http_{response.status_code}", _answer(response))]
         middle = len(chunk) // 2
         return self._deliver(chunk[:middle]) + self._deliver(chunk[middle:])
 
@@ -116,8 +118,9 @@ def _answer(response: requests.Response) -> str:
     return f"HTTP {response.status_code}: {text[:2000]}"
 
 
-def _named_errors(response: requests.Response, size: int) -> dict[int, str]:
-    """Indices of bad records, if the backend names them (meterkit's ledger does)."""
+def _named_errors(response: requests.Response, size: int) -> dict[int, tuple[str, str]]:
+    """Bad records by index, with (reason, that record's error), if the backend names them
+    (meterkit's ledger does)."""
     try:
         body = response.json()
     except ValueError:
@@ -125,10 +128,10 @@ def _named_errors(response: requests.Response, size: int) -> dict[int, str]:
     errors = body.get("errors") if isinstance(body, dict) else None
     if not isinstance(errors, list):
         return {}
-    named: dict[int, str] = {}
+    named: dict[int, tuple[str, str]] = {}
     for e in errors:
         if isinstance(e, dict) and isinstance(e.get("index"), int) and 0 <= e["index"] < size:
-            named[e["index"]] = str(e.get("reason") or "invalid")
+            named[e["index"]] = (str(e.get("reason") or "invalid"), orjson.dumps(e).decode())
     return named
 
 

@@ -157,6 +157,8 @@ class Meter:
     custom_fields: Mapping[str, str | int | float]
     #: data-field code -> category name ("measure"), for validating measurements quickly
     field_categories: Mapping[str, str] = field(repr=False, default_factory=dict)
+    #: the same, plus derived fields: what a measurement may carry after derivation
+    wire_categories: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @property
     def is_global(self) -> bool:
@@ -357,4 +359,5 @@ def _check_meter(model: _MeterModel, raw: dict[str, Any], org_custom: dict[str, 
         ),
         custom_fields=custom,
         field_categories={f.code: f.category.value for f in model.data_fields},
+        wire_categories={f.code: f.category.value for f in (*model.data_fields, *model.derived_fields)},
     )

@@ -153,13 +153,16 @@ def build(
     catalog: Catalog | None = None,
     now_ns: int | None = None,
     user_ts: object = None,
+    derived: bool = False,
 ) -> dict[str, Any]:
     """Validate one measurement and return its wire shape.
 
     ``values`` holds one mapping (or ``None``) per category, in :data:`CATEGORIES` order.
     ``ts_ns`` is the recording time; ``user_ts``, when given, is a caller-supplied
     timestamp that replaces it after validation. Raises :class:`MeasurementError` naming
-    the meter, the field and the reason. This runs once per measurement in the flusher,
+    the meter, the field and the reason. ``derived`` allows values for the meter's derived
+    fields (computed by the agent; an application does not send them). This runs once per
+    measurement in the flusher,
     so the common case (known codes, plain str/int/float values) takes the short paths.
     """
     if not _meter_ok(meter):
@@ -199,6 +202,7 @@ def build(
     known = catalog.meters.get(meter) if catalog is not None else None
     if catalog is not None and known is None:
         raise problem("unknown_meter", f"meter {meter!r} is not in the catalog {catalog.source}", meter)
+    categories = (known.wire_categories if derived else known.field_categories) if known is not None else None
 
     count = 0
     for category, given in zip(CATEGORIES, values, strict=True):
@@ -207,8 +211,8 @@ def build(
         numeric = category in NUMERIC_CATEGORIES
         clean: dict[str, Any] = {}
         for code, value in given.items():
-            if known is not None:
-                expected = known.field_categories.get(code)
+            if categories is not None:
+                expected = categories.get(code)
                 if expected != category:
                     raise _misplaced(meter, category, code, expected)
             elif not _code_ok(code):
@@ -312,4 +316,5 @@ def validate_wire(raw: object, catalog: Catalog | None = None, now_ns: int | Non
         catalog=catalog,
         now_ns=now_ns,
         user_ts=raw["ts"],
+        derived=True,
     )

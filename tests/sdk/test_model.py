@@ -178,3 +178,19 @@ def test_uids_are_uuid_shaped_unique_and_new_after_reseed() -> None:
     prefix = source.prefix
     source.reseed()
     assert source.prefix != prefix
+
+
+def test_derived_fields_travel_on_the_wire_but_are_not_recorded_by_applications(catalog: meterkit.Catalog) -> None:
+    from meterkit._model import validate_wire
+
+    wire = {
+        "uid": "u",
+        "meter": "data_downloaded",
+        "account": "a",
+        "ts": "2026-01-01T00:00:00Z",
+        "measure": {"bytes": 1, "mib": 0.5},
+    }
+    assert validate_wire(wire, catalog)["measure"] == {"bytes": 1, "mib": 0.5}
+    with pytest.raises(MeasurementError) as info:
+        build("data_downloaded", "a", 0, "u", [None] * 5 + [{"mib": 1}, None, None], catalog=catalog)
+    assert info.value.reason == "unknown_field"
