@@ -138,6 +138,20 @@ def bench_burst(spool: Path) -> dict[str, Any]:
     return result
 
 
+def end_to_end() -> dict[str, Any]:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import e2e
+
+    return {
+        "pipeline": e2e.run_meterkit(200_000, 4),
+        "burst_50k": {
+            "meterkit": e2e.run_meterkit_burst(50_000),
+            "segment": e2e.run_segment(50_000),
+            "otel_otlp_logs": e2e.run_otel_logs(50_000),
+        },
+    }
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         print(
@@ -184,6 +198,42 @@ def main() -> None:
     print()
     for name, value, note in rows:
         print(f"{name:<{width}}{value:>12}   {note}")
+    print("\nend to end: 4 application threads → spool → agent → ledger (HTTP, SQLite), all on this machine")
+    e2e_results = end_to_end()
+    results["end_to_end"] = e2e_results
+    p = e2e_results["pipeline"]
+    lat = p["latency_at_half_rate"]
+    e2e_rows = [
+        (
+            "delivered end to end",
+            f"{p['throughput_per_s']:,}/s",
+            f"{p['n']:,} measurements in {p['delivered_s']} s; target ≥ 100,000/s",
+        ),
+        ("agent CPU", f"{p['agent_cpu_us_per_measurement']} µs", f"per measurement ({p['agent_cpu_s']} s in all)"),
+        ("agent peak RSS", f"{p['agent_peak_rss_mib']} MiB", "target < 200 MB"),
+        (
+            "record → ack at half rate",
+            f"p99 ≤ {lat['p99_s_at_most']} s",
+            f"p50 ≤ {lat['p50_s_at_most']} s at {p['half_rate_per_s']:,}/s; target p99 < 2 s",
+        ),
+        ("lost / duplicated", f"{p['lost']} / {p['duplicated']}", f"sums match: {p['sum_matches']}"),
+    ]
+    for name, peer in (
+        ("meterkit", "meterkit"),
+        ("segment", "Segment analytics-python"),
+        ("otel_otlp_logs", "OTel OTLP/HTTP log exporter"),
+    ):
+        b = e2e_results["burst_50k"][name]
+        e2e_rows.append(
+            (
+                f"burst of 50,000: {peer}",
+                f"{b['delivered']:,}",
+                f"delivered, {b['lost']:,} lost ({b['lost'] / b['sent']:.0%})",
+            )
+        )
+    width = max(len(r[0]) for r in e2e_rows) + 2
+    for name, value, note in e2e_rows:
+        print(f"{name:<{width}}{value:>16}   {note}")
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {OUT}")
 

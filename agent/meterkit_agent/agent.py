@@ -26,7 +26,7 @@ import tenacity
 from meterkit._batch import BatchWorker
 from meterkit._guard import background_error
 from meterkit._spool import KIND_MEASUREMENT, private_dir
-from meterkit._timefmt import parse_ts
+from meterkit._timefmt import wire_ts_ns
 
 from .config import AgentConfig, BatchConfig, HttpReceiverConfig, RetryConfig, SpoolReceiverConfig
 from .delivery import Rejected, RetryLater
@@ -240,7 +240,7 @@ class Agent:
         now = time.time_ns()
         for m in delivered:
             with contextlib.suppress(KeyError, ValueError):
-                self.metrics.latency.record(max(0.0, (now - parse_ts(m["ts"])) / 1e9))
+                self.metrics.latency.record(max(0.0, (now - wire_ts_ns(m["ts"])) / 1e9))
         self._retire()
         return True
 

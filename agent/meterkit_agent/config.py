@@ -185,7 +185,13 @@ class AgentConfig(BaseModel):
         return getattr(self, kind)[cid]
 
 
-def substitute_env(text: str, source: str = "config") -> str:
+def substitute_env(doc: Any, source: str = "config") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in the string values of a parsed document.
+
+    Done after parsing, so a value from the environment can never change the YAML's
+    structure, and comments are left alone. A value that is only a reference and resolves
+    to an empty string becomes ``null`` (an optional setting left unset).
+    """
     missing: list[str] = []
 
     def repl(m: re.Match[str]) -> str:
@@ -197,7 +203,17 @@ def substitute_env(text: str, source: str = "config") -> str:
             return ""
         return value
 
-    out = _ENV_REF.sub(repl, text)
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, str) and "${" in value:
+            out = _ENV_REF.sub(repl, value)
+            return None if out == "" and _ENV_REF.fullmatch(value) else out
+        return value
+
+    out = walk(doc)
     if missing:
         raise ConfigFileError(
             [f"{source}: environment variable {name} is not set (referenced as ${{{name}}})" for name in missing]
@@ -274,14 +290,13 @@ def load_config(path: str | Path) -> AgentConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigFileError([f"{p}: cannot read: {exc.strerror}"]) from None
-    text = substitute_env(text, str(p))
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigFileError([f"{p}{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    return parse_config(doc, str(p))
+    return parse_config(substitute_env(doc, str(p)), str(p))
 
 
 def simple_config(

@@ -23,7 +23,7 @@ from meterkit import MeasurementError
 from meterkit._model import validate_wire
 
 from .config import FileExporterConfig, HttpExporterConfig, LedgerExporterConfig, M3terExporterConfig, RetryConfig
-from .delivery import Rejected, RetryLater, chunks, classify, idempotency_key, parse_retry_after
+from .delivery import Encoded, Rejected, RetryLater, chunks, classify, idempotency_key, parse_retry_after, request_body
 from .ledger.store import Ledger
 
 USER_AGENT = "meterkit-agent/0.1"
@@ -65,11 +65,11 @@ class IngestExporter:
             rejected.extend(self._deliver(chunk))
         return rejected
 
-    def _post(self, chunk: list[dict[str, Any]]) -> requests.Response:
-        body = gzip.compress(orjson.dumps({"measurements": chunk}), compresslevel=1)
+    def _post(self, chunk: list[Encoded]) -> requests.Response:
+        body = gzip.compress(request_body(chunk), compresslevel=1)
         headers = {
             **self.headers(),
-            "Idempotency-Key": idempotency_key(m["uid"] for m in chunk),
+            "Idempotency-Key": idempotency_key(m["uid"] for m, _ in chunk),
             "Content-Encoding": "gzip",
         }
         self.requests_sent += 1
@@ -78,7 +78,7 @@ class IngestExporter:
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise RetryLater(f"{type(exc).__name__}: {_short(exc)}") from None
 
-    def _deliver(self, chunk: list[dict[str, Any]]) -> list[Rejected]:
+    def _deliver(self, chunk: list[Encoded]) -> list[Rejected]:
         response = self._post(chunk)
         outcome = classify(response.status_code)
         if outcome == "ok":
@@ -89,18 +89,18 @@ class IngestExporter:
             raise RetryLater(f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After")))
         return self._isolate(chunk, response)
 
-    def _isolate(self, chunk: list[dict[str, Any]], response: requests.Response) -> list[Rejected]:
+    def _isolate(self, chunk: list[Encoded], response: requests.Response) -> list[Rejected]:
         """A final 4xx: find the bad measurements, deliver the rest."""
         named = _named_errors(response, len(chunk))
         if named:
             bad = [
-                Rejected(chunk[i], f"rejected_by_backend:{reason}", f"HTTP {response.status_code}: {detail}")
+                Rejected(chunk[i][0], f"rejected_by_backend:{reason}", f"HTTP {response.status_code}: {detail}")
                 for i, (reason, detail) in named.items()
             ]
             rest = [m for i, m in enumerate(chunk) if i not in named]
             return bad + (self._deliver(rest) if rest else [])
         if len(chunk) == 1:
-            return [Rejected(chunk[0], f"rejected_by_backend:http_{response.status_code}", _answer(response))]
+            return [Rejected(chunk[0][0], f"rejected_by_backend:http_{response.status_code}", _answer(response))]
         middle = len(chunk) // 2
         return self._deliver(chunk[:middle]) + self._deliver(chunk[middle:])
 

@@ -78,7 +78,9 @@ class AgentMetrics:
         )
         latency_view = View(
             instrument_name="meterkit.agent.delivery_latency",
-            aggregation=ExplicitBucketHistogramAggregation([0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300]),
+            aggregation=ExplicitBucketHistogramAggregation(
+                [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300]
+            ),
         )
         self.provider = MeterProvider(metric_readers=[self.reader], views=[latency_view])
         meter = self.provider.get_meter("meterkit.agent", "0.1.0")

@@ -12,7 +12,7 @@ import responses
 from pydantic import SecretStr
 
 from meterkit_agent.config import HttpExporterConfig, M3terExporterConfig, RetryConfig
-from meterkit_agent.delivery import RetryLater, chunks, classify, idempotency_key, parse_retry_after
+from meterkit_agent.delivery import RetryLater, chunks, classify, idempotency_key, parse_retry_after, request_body
 from meterkit_agent.exporters import HttpExporter, M3terExporter
 
 
@@ -64,7 +64,8 @@ def test_chunks_respect_count_and_bytes() -> None:
     records = [{"uid": str(i), "metadata": {"pad": "x" * 200}} for i in range(2500)]
     out = list(chunks(records, 1000, 100_000))
     assert sum(len(c) for c in out) == 2500
-    assert all(len(c) <= 1000 and len(orjson.dumps({"measurements": c})) <= 100_000 for c in out)
+    assert all(len(c) <= 1000 and len(request_body(c)) <= 100_000 for c in out)
+    assert orjson.loads(request_body(out[0])) == {"measurements": [r for r, _ in out[0]]}
 
 
 def m(uid: str) -> dict[str, Any]:

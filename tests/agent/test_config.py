@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meterkit_agent.config import ConfigFileError, HttpReceiverConfig, M3terExporterConfig, load_config, simple_config
+from tests.conftest import EXAMPLES
+
+
+def test_the_example_configuration_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("M3TER_CLIENT_ID", "id")
+    monkeypatch.setenv("M3TER_CLIENT_SECRET", "s3cr3t-value")
+    cfg = load_config(EXAMPLES / "agent.yaml")
+    assert cfg.pipeline.processors == ["validate", "derive", "enrich", "batch"]
+    http = cfg.receivers["http"]
+    assert isinstance(http, HttpReceiverConfig) and http.token is None  # ${VAR:-} left it unset
+    m3ter = cfg.exporters["m3ter"]
+    assert isinstance(m3ter, M3terExporterConfig) and m3ter.client_secret is not None
+    assert "s3cr3t-value" not in repr(cfg)  # secrets never show in reprs or logs
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(ConfigFileError) as info:
+        load_config(path)
+    return info.value.problems
+
+
+def test_environment_values_cannot_change_the_structure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORG", "acme\nexporters: {}")
+    cfg = load_config(
+        write(
+            tmp_path,
+            "# ${NOT_A_VARIABLE} in a comment is ignored\n"
+            "receivers: {spool: {}}\n"
+            "exporters: {ledger: {org_id: '${ORG}'}}\n"
+            "service: {pipelines: {p: {receivers: [spool], exporters: [ledger]}}}\n",
+        )
+    )
+    assert cfg.exporters["ledger"].org_id == "acme\nexporters: {}"
+
+
+def test_every_problem_is_listed(tmp_path: Path) -> None:
+    found = problems(
+        write(
+            tmp_path,
+            "receivers: {spool: {poll_interval_millis: -1}, http/public: {endpoint: 'nowhere'}}\n"
+            "processors: {batch: {max_measurements: 5000}}\n"
+            "exporters: {m3ter: {org_id: o}}\n"
+            "extra: 1\n"
+            "service: {pipelines: {a: {receivers: [spool, kafka], processors: [batch], exporters: [m3ter]}}}\n",
+        )
+    )
+    text = "\n".join(found)
+    assert "unknown top-level key 'extra'" in text
+    assert "receivers.spool.poll_interval_millis" in text
+    assert "receivers.http/public.endpoint: endpoint must be host:port" in text
+    assert "processors.batch.max_measurements" in text
+    assert "give token, or client_id and client_secret" in text
+    assert "'kafka' is not defined under receivers" in text
+
+
+def test_one_pipeline_only(tmp_path: Path) -> None:
+    found = problems(
+        write(
+            tmp_path,
+            "receivers: {spool: {}}\nexporters: {file: {path: x}}\n"
+            "service: {pipelines: {a: {receivers: [spool], exporters: [file]},"
+            " b: {receivers: [spool], exporters: [file]}}}\n",
+        )
+    )
+    assert any("exactly one pipeline" in p for p in found)
+
+
+def test_simple_config_defaults_to_the_embedded_ledger(tmp_path: Path) -> None:
+    cfg = simple_config(spool_dir=tmp_path / "s", state_dir=tmp_path / "state")
+    assert cfg.pipeline.exporters == ["ledger"]
+    cfg = simple_config(to="http://127.0.0.1:8765", token="t")
+    assert cfg.pipeline.exporters == ["m3ter"]
