@@ -16,6 +16,7 @@ import shutil
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,14 @@ from meterkit._guard import background_error
 from meterkit._spool import KIND_MEASUREMENT, private_dir
 from meterkit._timefmt import wire_ts_ns
 
+from .audit import Journal, compress_uids, totals, uid_digest
 from .config import AgentConfig, BatchConfig, HttpReceiverConfig, RetryConfig, SpoolReceiverConfig
-from .delivery import Rejected, RetryLater
+from .delivery import Rejected, RetryLater, idempotency_key
 from .exporters import Exporter, build_exporter
 from .metrics import AgentMetrics
 from .processors import Processor, build_processor
 from .receivers import Envelope, SpoolReceiver
-from .state import Checkpoint, DeadLetters
+from .state import REPLAY_SPOOL, Checkpoint, DeadLetters
 
 logger = logging.getLogger("meterkit.agent")
 
@@ -75,6 +77,10 @@ class Agent:
         pipe = config.pipeline
         self.state_dir = private_dir(config.service.state_dir)
         self.checkpoint = Checkpoint(self.state_dir)
+        self.journal = Journal(self.state_dir)
+        for entry in self.journal.tail_after(self.checkpoint.journal_seq):
+            # Journal appended, checkpoint file not yet written when the agent stopped.
+            self.checkpoint.advance(entry.get("positions") or {}, int(entry["seq"]), save=False)
         self.dead_letters = DeadLetters(self.state_dir)
         self._stopping = threading.Event()
         self._drain_deadline = float("inf")
@@ -122,8 +128,13 @@ class Agent:
                 spool = self.state_dir / "http-spool" / cid.replace("/", "_")
                 self.http_servers.append(HttpReceiver(cfg, spool, self.config))
                 self._add_spool(spool, 0.05)
+        # `meterkit dlq replay` hands dead letters back through this spool.
+        self.replay_dir = self.state_dir / REPLAY_SPOOL
+        self._add_spool(self.replay_dir, 0.5)
 
     def _add_spool(self, directory: Path, poll: float) -> None:
+        if any(r.directory == Path(directory) for r in self.receivers):
+            return
         self.receivers.append(
             SpoolReceiver(
                 Path(directory),
@@ -201,9 +212,10 @@ class Agent:
 
     def _deliver(self, batch: list[Envelope]) -> bool:
         records: list[dict[str, Any]] = []
-        read_ns: list[int] = []
         broken: list[tuple[Any, str, str]] = []
         positions: dict[str, int] = {}
+        sources: dict[str, tuple[str, list[str]]] = {}  # segment -> (writer, uids)
+        journal: list[dict[str, Any]] = []
         for env in batch:
             positions[env.source] = max(positions.get(env.source, 0), env.end)
             try:
@@ -213,29 +225,57 @@ class Agent:
                 continue
             if env.kind == KIND_MEASUREMENT:
                 records.append(body)
-                read_ns.append(env.read_ns)
+                if isinstance(body, dict) and isinstance(body.get("uid"), str):
+                    sources.setdefault(env.source, (env.writer, []))[1].append(body["uid"])
             else:
                 self._control(body)
+                if isinstance(body, dict) and body.get("type") in ("tally", "losses"):
+                    journal.append({**body, "type": f"sdk_{body['type']}", "source": env.source, "writer": env.writer})
         self.metrics.received.add(len(records))
 
         rejected: list[Rejected] = []
         for process in self.processors:
             records, refused = process(records)
             rejected.extend(refused)
+        answers: list[dict[str, Any]] = []
         for exporter in self.exporters:
             try:
                 refused = self._with_retries(exporter, records)
             except RetryLater:
                 return False  # stopping, or a long outage: the worker backs off and calls again
             rejected.extend(refused)
-        refused_uids = {id(r.measurement) for r in rejected}
-        delivered = [m for m in records if id(m) not in refused_uids]
+            answers.append({"exporter": exporter.name, "status": "acknowledged", "refused": len(refused)})
+        refused_ids = {id(r.measurement) for r in rejected}
+        delivered = [m for m in records if id(m) not in refused_ids]
 
-        # Dead letters are stored before the checkpoint moves past them.
+        # Dead letters are stored, then the journal entry (which carries the checkpoint
+        # positions) is appended and fsynced, then the checkpoint file follows. A crash
+        # before the journal append replays the batch; after it, the journal says where
+        # to resume.
         self.dead_letters.add("agent", [(r.measurement, r.reason, r.detail) for r in rejected] + broken)
+        if rejected or broken:
+            journal.append(self._dead_letter_entry(rejected, broken))
+        delivered_uids = {m["uid"] for m in delivered}
+        journal.append(
+            {
+                "type": "delivery",
+                "batch": uuid.uuid4().hex,
+                "idempotency_key": idempotency_key(delivered_uids),
+                "uid_digest": uid_digest(delivered_uids),
+                "count": len(delivered),
+                "totals": totals(delivered),
+                "sources": [
+                    {"segment": seg, "writer": writer, "uids": compress_uids(u for u in uids if u in delivered_uids)}
+                    for seg, (writer, uids) in sources.items()
+                ],
+                "exporters": answers,
+                "positions": positions,
+            }
+        )
+        self.journal.append(journal)
+        self.checkpoint.advance(positions, self.journal.seq)
         for r in rejected:
             self.metrics.dead_lettered.add(1, {"reason": r.reason})
-        self.checkpoint.advance(positions)
         self.metrics.delivered.add(len(delivered))
         now = time.time_ns()
         for m in delivered:
@@ -243,6 +283,19 @@ class Agent:
                 self.metrics.latency.record(max(0.0, (now - wire_ts_ns(m["ts"])) / 1e9))
         self._retire()
         return True
+
+    @staticmethod
+    def _dead_letter_entry(rejected: list[Rejected], broken: list[tuple[Any, str, str]]) -> dict[str, Any]:
+        reasons = Counter(r.reason for r in rejected) + Counter(reason for _, reason, _ in broken)
+        measurements = [r.measurement for r in rejected if isinstance(r.measurement, dict)]
+        uids = [m["uid"] for m in measurements if isinstance(m.get("uid"), str)]
+        return {
+            "type": "dead_letter",
+            "count": len(rejected) + len(broken),
+            "reasons": dict(reasons),
+            "totals": totals(measurements),
+            "uids": compress_uids(uids),
+        }
 
     def _with_retries(self, exporter: Exporter, records: list[dict[str, Any]]) -> list[Rejected]:
         retry = self._retry_cfg.get(exporter.name, RetryConfig())

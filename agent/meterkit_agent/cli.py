@@ -406,6 +406,306 @@ def usage(
     print_table(data)
 
 
+audit_app = typer.Typer(help="The audit journal: verify it, trace a measurement.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: list, inspect, correct and replay.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(dlq_app, name="dlq")
+
+StateDir = Annotated[Path | None, typer.Option("--state-dir", help="the agent's state directory")]
+
+
+def _state(state_dir: Path | None) -> Path:
+    from .config import default_state_dir
+
+    return state_dir or default_state_dir()
+
+
+@audit_app.command("verify")
+def audit_verify(
+    state_dir: StateDir = None,
+    head: Annotated[
+        str | None, typer.Option("--head", help="a previously exported head hash the chain must end at")
+    ] = None,
+) -> None:
+    """Walk the hash chain; report the first broken link."""
+    from .audit import verify
+
+    journal = _state(state_dir) / "journal.jsonl"
+    verdict = verify(journal, head)
+    if verdict.ok:
+        typer.echo(f"{journal}: ok, {verdict.entries:,} entries, head {verdict.head}")
+        return
+    where = f"line {verdict.line} (entry {verdict.seq})" if verdict.line else "the end"
+    typer.echo(f"{journal}: BROKEN at {where}: {verdict.reason}", err=True)
+    typer.echo(f"the first {verdict.entries:,} entries are intact", err=True)
+    raise typer.Exit(1)
+
+
+@audit_app.command("head")
+def audit_head(state_dir: StateDir = None) -> None:
+    """Print the chain head (seq and hash) to store elsewhere or sign."""
+    from .audit import verify
+
+    journal = _state(state_dir) / "journal.jsonl"
+    verdict = verify(journal)
+    if not verdict.ok:
+        raise _fail(f"{journal} is broken: {verdict.reason}; run `meterkit audit verify`", 1)
+    typer.echo(json.dumps({"journal": str(journal), "entries": verdict.entries, "head": verdict.head}))
+
+
+@audit_app.command("show")
+def audit_show(
+    uid: Annotated[str, typer.Option("--uid", help="the measurement's uid")], state_dir: StateDir = None
+) -> None:
+    """Trace one measurement: who recorded it, which segment, which batch, which acknowledgement."""
+    from .audit import contains_uid, read_entries
+
+    journal = _state(state_dir) / "journal.jsonl"
+    if not journal.exists():
+        raise _fail(f"no journal at {journal}", 1)
+    found = 0
+    for line, e in read_entries(journal):
+        if not isinstance(e, dict):
+            typer.echo(f"warning: line {line}: {e}", err=True)
+            continue
+        kind = e.get("type")
+        if kind == "delivery":
+            for s in e.get("sources", []):
+                if contains_uid(s.get("uids", {}), uid):
+                    found += 1
+                    pid, _, host = str(s.get("writer", "?@?")).partition("@")
+                    typer.echo(f"recorded by   pid {pid} on {host}")
+                    typer.echo(f"spooled in    {s.get('segment')}")
+                    typer.echo(f"delivered in  batch {e.get('batch')} (journal entry {e.get('seq')}, {e.get('at')})")
+                    typer.echo(f"              Idempotency-Key {e.get('idempotency_key')}")
+                    for a in e.get("exporters", []):
+                        typer.echo(f"acknowledged  by {a.get('exporter')}: {a.get('status')}")
+        elif kind in ("dead_letter", "replay", "repair") and contains_uid(e.get("uids", {}), uid):
+            found += 1
+            what = {
+                "dead_letter": f"dead-lettered ({', '.join(e.get('reasons', {}))})",
+                "replay": "replayed",
+                "repair": "re-sent by repair",
+            }[kind]
+            typer.echo(f"{what:<13} journal entry {e.get('seq')}, {e.get('at')}")
+    if not found:
+        raise _fail(f"uid {uid} is not in the journal (not delivered yet, or never recorded)", 1)
+
+
+def _backend(config: Path | None, backend_url: str | None, ledger_db: str | None, org: str, token: str | None) -> Any:
+    """The backend view and an exporter to repair with, from an agent config or flags."""
+    from .config import LedgerExporterConfig, M3terExporterConfig, load_config
+    from .exporters import LedgerExporter, M3terExporter
+    from .reconcile import LedgerDbBackend, LedgerHttpBackend
+
+    if config is not None:
+        cfg = load_config(config)
+        exporter_cfg = cfg.component("exporters", cfg.pipeline.exporters[0])
+        if isinstance(exporter_cfg, LedgerExporterConfig):
+            return (
+                LedgerDbBackend(exporter_cfg.db, exporter_cfg.org_id),
+                LedgerExporter("ledger", exporter_cfg),
+                cfg.service.state_dir,
+            )
+        if isinstance(exporter_cfg, M3terExporterConfig):
+            tok = exporter_cfg.token.get_secret_value() if exporter_cfg.token else None
+            return (
+                LedgerHttpBackend(exporter_cfg.base_url, exporter_cfg.org_id, tok),
+                M3terExporter("m3ter", exporter_cfg),
+                cfg.service.state_dir,
+            )
+        raise _fail("reconcile needs a backend it can query: a ledger (ledger exporter) or an m3ter-compatible one")
+    if backend_url:
+        exporter = M3terExporter("m3ter", M3terExporterConfig(base_url=backend_url, org_id=org, token=token or "none"))
+        return LedgerHttpBackend(backend_url, org, token), exporter, None
+    from .config import default_ledger_url
+
+    db = ledger_db or default_ledger_url()
+    return LedgerDbBackend(db, org), LedgerExporter("ledger", LedgerExporterConfig(db=db, org_id=org)), None
+
+
+@app.command("reconcile")
+def reconcile_cmd(
+    start: Annotated[str | None, typer.Option("--from", help="period start, ISO 8601 (default: 24 hours ago)")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="period end, ISO 8601 (default: now)")] = None,
+    meter: Annotated[str | None, typer.Option("--meter")] = None,
+    account: Annotated[str | None, typer.Option("--account")] = None,
+    state_dir: StateDir = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="the agent's agent.yaml: state dir and backend")
+    ] = None,
+    backend_url: Annotated[
+        str | None, typer.Option("--backend", help="ledger base URL (default: the embedded ledger database)")
+    ] = None,
+    ledger_db: Annotated[str | None, typer.Option("--ledger-db")] = None,
+    org: Annotated[str, typer.Option("--org")] = "default",
+    token: Annotated[str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN")] = None,
+    spool_dir: Annotated[list[Path] | None, typer.Option("--spool-dir", help="live spool(s) to repair from")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    do_repair: Annotated[
+        bool, typer.Option("--repair", help="re-send measurements missing at the backend, then check again")
+    ] = False,
+    html_out: Annotated[Path | None, typer.Option("--html", help="also write a self-contained HTML report")] = None,
+) -> None:
+    """Compare what SDKs recorded, what the agent delivered and what the backend holds."""
+    from .reconcile import ReconcileError, period_default, reconcile, repair
+    from .report import render
+
+    default_start, default_end = period_default()
+    backend, exporter, cfg_state = _backend(config, backend_url, ledger_db, org, token)
+    directory = state_dir or cfg_state or _state(None)
+    try:
+        report = reconcile(directory, backend, start or default_start, end or default_end, meter, account)
+        if do_repair and any(d.kind == "missing_at_backend" for d in report.differences):
+            result = repair(directory, report, backend, exporter, list(spool_dir or []))
+            typer.echo(f"repair: re-sent {result.resent:,}, refused {result.refused:,}", err=True)
+            for (m, a), n in result.unrecoverable.items():
+                typer.echo(
+                    f"repair: {n:,} of {m}/{a} cannot be re-sent: their spool segments are gone"
+                    " (keep them with service.retain_segments_hours)",
+                    err=True,
+                )
+            report = reconcile(directory, backend, start or default_start, end or default_end, meter, account)
+    except ReconcileError as exc:
+        raise _fail(str(exc), 2) from None
+    if html_out is not None:
+        html_out.write_text(render(report), encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_report(report)
+    raise typer.Exit(1 if report.unexplained else 0)
+
+
+def _print_report(report: Any) -> None:
+    typer.echo(f"period {report.start} .. {report.end}; journal verified ({report.journal_entries:,} entries)")
+    for note in report.notes:
+        typer.echo(f"note: {note}")
+    if report.empty:
+        typer.echo("nothing was recorded, delivered or stored in this period: nothing to reconcile")
+        return
+    table = [
+        {
+            "meter": r.meter,
+            "account": r.account,
+            "recorded": r.recorded.count,
+            "sdk lost": sum(r.sdk_lost.values()),
+            "dead": r.dead_lettered.count,
+            "delivered": r.delivered.count,
+            "backend": r.backend.count,
+        }
+        for r in report.rows
+    ]
+    print_table(table)
+    if report.differences:
+        typer.echo("")
+        for d in report.differences:
+            mark = "explained  " if d.explained else "UNEXPLAINED"
+            typer.echo(f"{mark} {d.kind:<19} {d.meter}/{d.account}: {d.count:,}  {d.detail}")
+    typer.echo("")
+    if report.unexplained:
+        typer.echo(f"NOT reconciled: {len(report.unexplained)} unexplained difference(s)")
+    else:
+        typer.echo("reconciled: every difference is explained")
+
+
+@dlq_app.command("list")
+def dlq_list(state_dir: StateDir = None, include_replayed: Annotated[bool, typer.Option("--all")] = False) -> None:
+    """Dead letters waiting for a decision."""
+    from .state import DeadLetters
+
+    dead = DeadLetters(_state(state_dir))
+    rows = dead.rows(include_replayed)
+    if not rows:
+        typer.echo("no dead letters")
+        return
+    print_table(
+        [
+            {k: r[k] for k in ("id", "at", "reason", "meter", "account", "uid")} | {"replayed": r["replayed_at"] or ""}
+            for r in rows
+        ]
+    )
+
+
+@dlq_app.command("show")
+def dlq_show(dead_id: Annotated[int, typer.Argument(metavar="ID")], state_dir: StateDir = None) -> None:
+    """One dead letter: the measurement, the reason and the backend's answer."""
+    from .state import DeadLetters
+
+    row = DeadLetters(_state(state_dir)).get(dead_id)
+    if row is None:
+        raise _fail(f"no dead letter {dead_id}", 1)
+    body = row.pop("body")
+    for key, value in row.items():
+        typer.echo(f"{key:<12}{value if value is not None else ''}")
+    typer.echo("measurement " + json.dumps(json.loads(body), indent=2))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    state_dir: StateDir = None,
+    fix_file: Annotated[
+        Path | None, typer.Option("--fix-file", help="JSON lines of corrected measurements, matched by uid")
+    ] = None,
+    ids: Annotated[list[int] | None, typer.Option("--id", help="replay only these (default: all waiting)")] = None,
+) -> None:
+    """Hand dead letters (corrected from --fix-file where given) back to the agent.
+
+    They keep their original uid. They are written to the agent's replay spool and
+    delivered by the agent, running or at its next start; still-bad ones come back here.
+    """
+    from .state import DeadLetters, write_replay
+
+    directory = _state(state_dir)
+    fixes: dict[str, dict[str, Any]] = {}
+    if fix_file is not None:
+        for number, line in enumerate(fix_file.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                fixed = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise _fail(f"{fix_file}:{number}: not JSON: {exc}") from None
+            if not isinstance(fixed, dict) or not isinstance(fixed.get("uid"), str):
+                raise _fail(f"{fix_file}:{number}: a correction must be a measurement with its original uid")
+            fixes[fixed["uid"]] = fixed
+    dead = DeadLetters(directory)
+    rows = [r for r in dead.rows() if not ids or r["id"] in ids]
+    if not rows:
+        typer.echo("nothing to replay")
+        return
+    measurements = []
+    for r in rows:
+        original = json.loads(r["body"])
+        uid = original.get("uid") if isinstance(original, dict) else None
+        measurements.append(fixes.get(uid, original) if uid else original)
+    unused = set(fixes) - {json.loads(r["body"]).get("uid") for r in rows if r["body"].startswith("{")}
+    for uid in sorted(unused):
+        typer.echo(f"warning: {fix_file}: uid {uid} matches no waiting dead letter", err=True)
+    from .audit import Journal, compress_uids, totals
+
+    originals = [o for o in (json.loads(r["body"]) for r in rows) if isinstance(o, dict)]
+    path = write_replay(directory, measurements)
+    # The journal moves these out of "dead-lettered" and records what was handed back
+    # (a correction may change the meter or account) as newly recorded.
+    Journal(directory).append(
+        [
+            {
+                "type": "replay",
+                "count": len(measurements),
+                "dead_letter_ids": [r["id"] for r in rows],
+                "uids": compress_uids(
+                    m["uid"] for m in measurements if isinstance(m, dict) and isinstance(m.get("uid"), str)
+                ),
+                "original_totals": totals(originals),
+                "totals": totals(m for m in measurements if isinstance(m, dict)),
+            }
+        ]
+    )
+    dead.mark_replayed([r["id"] for r in rows])
+    typer.echo(f"{len(rows)} dead letter(s) handed to the agent ({len(fixes) - len(unused)} corrected) in {path}")
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         typer.echo("(no usage)")

@@ -23,8 +23,9 @@ from fastapi.responses import Response
 
 from meterkit import MeasurementError, load_catalog
 from meterkit._model import validate_wire
-from meterkit._spool import KIND_MEASUREMENT, SegmentWriter, encode_frame
+from meterkit._spool import KIND_CONTROL, KIND_MEASUREMENT, SegmentWriter, encode_frame
 
+from .audit import totals
 from .config import AgentConfig, HttpReceiverConfig, ValidateConfig
 
 
@@ -80,9 +81,12 @@ def create_receiver_app(cfg: HttpReceiverConfig, writer: SegmentWriter, catalog:
                 },
                 400,
             )
-        data = b"".join(encode_frame(KIND_MEASUREMENT, orjson.dumps(m)) for m in good)
+        # A tally travels with the records, as the SDK writes one: reconciliation counts
+        # what the HTTP receiver accepted as "recorded".
+        tally = encode_frame(KIND_CONTROL, orjson.dumps({"type": "tally", "entries": totals(good)}))
+        data = b"".join(encode_frame(KIND_MEASUREMENT, orjson.dumps(m)) for m in good) + tally
         with lock:
-            writer.write(data, len(good))
+            writer.write(data, len(good) + 1)
         return _json({"accepted": len(good)})
 
     return app

@@ -31,6 +31,7 @@ class Envelope:
     """One frame on its way: the segment it came from and where it ends there."""
 
     source: str  # "<spool dir>/<segment name>": the checkpoint key
+    writer: str  # "<pid>@<host>" from the segment header: who recorded it
     end: int
     kind: int
     payload: bytes
@@ -135,7 +136,7 @@ class SpoolReceiver:
                     )
             for frame in result.frames:
                 end = frame.offset + FRAME_HEADER_SIZE + len(frame.payload)
-                envelope = Envelope(key, end, frame.kind, frame.payload, time.time_ns())
+                envelope = Envelope(key, f"{seg.pid}@{seg.host}", end, frame.kind, frame.payload, time.time_ns())
                 while not self.emit(envelope):
                     if self._stop.is_set():
                         return busy

@@ -24,19 +24,26 @@ class Checkpoint:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = private_dir(state_dir) / "checkpoint.json"
+        #: the journal entry this checkpoint includes; later entries' positions are re-applied
+        self.journal_seq = 0
         try:
-            self.offsets: dict[str, int] = {k: int(v) for k, v in orjson.loads(self.path.read_bytes()).items()}
+            doc = orjson.loads(self.path.read_bytes())
         except FileNotFoundError:
-            self.offsets = {}
+            doc = {}
+        self.offsets: dict[str, int] = {k: int(v) for k, v in doc.get("offsets", {}).items()}
+        self.journal_seq = int(doc.get("journal_seq", 0))
 
     def get(self, key: str) -> int:
         return self.offsets.get(key, 0)
 
-    def advance(self, positions: dict[str, int]) -> None:
+    def advance(self, positions: dict[str, int], journal_seq: int | None = None, save: bool = True) -> None:
         for key, offset in positions.items():
             if offset > self.offsets.get(key, 0):
                 self.offsets[key] = offset
-        self.save()
+        if journal_seq is not None:
+            self.journal_seq = max(self.journal_seq, journal_seq)
+        if save:
+            self.save()
 
     def forget(self, key: str) -> None:
         if self.offsets.pop(key, None) is not None:
@@ -46,7 +53,7 @@ class Checkpoint:
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, orjson.dumps(self.offsets))
+            os.write(fd, orjson.dumps({"journal_seq": self.journal_seq, "offsets": self.offsets}))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -102,7 +109,7 @@ class DeadLetters:
             )
             self._db.execute("COMMIT")
 
-    def list(self, include_replayed: bool = False) -> list[dict[str, Any]]:
+    def rows(self, include_replayed: bool = False) -> list[dict[str, Any]]:
         query = "SELECT id, at, stage, reason, detail, uid, meter, account, body, replayed_at FROM dead_letters"
         if not include_replayed:
             query += " WHERE replayed_at IS NULL"
@@ -111,12 +118,44 @@ class DeadLetters:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
+    def get(self, dead_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT id, at, stage, reason, detail, uid, meter, account, body, replayed_at"
+                " FROM dead_letters WHERE id = ?",
+                (dead_id,),
+            )
+            row = cur.fetchone()
+            return dict(zip([d[0] for d in cur.description], row, strict=True)) if row else None
+
+    def mark_replayed(self, ids: list[int]) -> None:
+        now = iso_ms(time.time_ns())
+        with self._lock:
+            self._db.executemany("UPDATE dead_letters SET replayed_at = ? WHERE id = ?", [(now, i) for i in ids])
+
     def count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").fetchone()[0])
 
     def close(self) -> None:
         self._db.close()
+
+
+REPLAY_SPOOL = "replay-spool"
+
+
+def write_replay(state_dir: Path, measurements: list[Any]) -> Path:
+    """Write measurements to the agent's replay spool as one sealed segment."""
+    from meterkit._spool import KIND_MEASUREMENT, SegmentWriter, encode_frame
+
+    writer = SegmentWriter(state_dir / REPLAY_SPOOL, "replay" + os.urandom(2).hex(), fsync=True)
+    writer.write(
+        b"".join(encode_frame(KIND_MEASUREMENT, orjson.dumps(m, default=repr)) for m in measurements), len(measurements)
+    )
+    path = writer.path
+    writer.seal()
+    assert path is not None
+    return path
 
 
 def _s(value: Any) -> str | None:

@@ -123,6 +123,16 @@ def create_app(ledger: Ledger, *, token: str | None = None, catalog: Catalog | N
             return _error(400, str(exc))
         return _json({"data": data})
 
+    @app.get("/organizations/{org_id}/uids", dependencies=auth)
+    async def list_uids(
+        org_id: str,
+        meter: str | None = None,
+        account: str | None = None,
+        start: Annotated[str | None, Query(alias="from")] = None,
+        end: Annotated[str | None, Query(alias="to")] = None,
+    ) -> Response:
+        return _json({"uids": await _run(ledger.uids, org_id, meter, account, start, end)})
+
     @app.get("/organizations/{org_id}/measurements/{uid}", dependencies=auth)
     async def get_measurement(org_id: str, uid: str) -> Response:
         found = await _run(ledger.get, org_id, uid)

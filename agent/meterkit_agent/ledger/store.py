@@ -223,6 +223,27 @@ class Ledger:
             for (body,) in result:
                 yield orjson.loads(body)
 
+    def uids(
+        self,
+        org: str,
+        meter: str | None = None,
+        account: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+    ) -> list[str]:
+        """The uids stored for the filters, for reconciliation and repair."""
+        c = measurements.c
+        query = sa.select(c.uid).where(c.org == org)
+        for column, value in ((c.meter, meter), (c.account, account)):
+            if value is not None:
+                query = query.where(column == value)
+        if start is not None:
+            query = query.where(c.ts >= start)
+        if end is not None:
+            query = query.where(c.ts < end)
+        with self.engine.connect() as conn:
+            return [uid for (uid,) in conn.execute(query)]
+
     def usage(self, org: str, q: UsageQuery) -> list[dict[str, Any]]:
         """Aggregate per account (and bucket and group fields). Raises ValueError on a bad query."""
         bad = q.problems()
