@@ -30,7 +30,7 @@ from meterkit._spool import KIND_MEASUREMENT, private_dir
 from meterkit._timefmt import wire_ts_ns
 
 from .audit import Journal, compress_uids, totals, uid_digest
-from .config import AgentConfig, BatchConfig, HttpReceiverConfig, RetryConfig, SpoolReceiverConfig
+from .config import AgentConfig, BatchConfig, HttpReceiverConfig, OtlpReceiverConfig, RetryConfig, SpoolReceiverConfig
 from .delivery import Rejected, RetryLater, idempotency_key
 from .exporters import Exporter, build_exporter
 from .metrics import AgentMetrics
@@ -122,11 +122,13 @@ class Agent:
             cfg = config.component("receivers", cid)
             if isinstance(cfg, SpoolReceiverConfig):
                 self._add_spool(cfg.directory, cfg.poll_interval_millis / 1000.0)
-            elif isinstance(cfg, HttpReceiverConfig):
+            elif isinstance(cfg, HttpReceiverConfig):  # http, and otlp (a subclass)
                 from .http_receiver import HttpReceiver
 
                 spool = self.state_dir / "http-spool" / cid.replace("/", "_")
-                self.http_servers.append(HttpReceiver(cfg, spool, self.config))
+                self.http_servers.append(
+                    HttpReceiver(cfg, spool, self.config, otlp=isinstance(cfg, OtlpReceiverConfig))
+                )
                 self._add_spool(spool, 0.05)
         # `meterkit dlq replay` hands dead letters back through this spool.
         self.replay_dir = self.state_dir / REPLAY_SPOOL

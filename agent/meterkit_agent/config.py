@@ -77,6 +77,10 @@ class HttpReceiverConfig(_Strict):
         return v
 
 
+class OtlpReceiverConfig(HttpReceiverConfig):
+    endpoint: str = "127.0.0.1:4318"  # OTLP/HTTP's registered port, on loopback
+
+
 class ValidateConfig(_Strict):
     catalog: Path | None = None
 
@@ -152,7 +156,11 @@ class ServiceConfig(_Strict):
         return v
 
 
-RECEIVERS: dict[str, type[BaseModel]] = {"spool": SpoolReceiverConfig, "http": HttpReceiverConfig}
+RECEIVERS: dict[str, type[BaseModel]] = {
+    "spool": SpoolReceiverConfig,
+    "http": HttpReceiverConfig,
+    "otlp": OtlpReceiverConfig,
+}
 PROCESSORS: dict[str, type[BaseModel]] = {
     "validate": ValidateConfig,
     "derive": DeriveConfig,

@@ -115,14 +115,22 @@ def _parse(body: bytes, content_type: str) -> tuple[list[Any], str | None]:
 
 
 class HttpReceiver:
-    def __init__(self, cfg: HttpReceiverConfig, spool: Path, agent_config: AgentConfig) -> None:
+    """Serves a receiver app (meterkit's JSON API, or OTLP/HTTP logs) in a thread."""
+
+    def __init__(self, cfg: HttpReceiverConfig, spool: Path, agent_config: AgentConfig, otlp: bool = False) -> None:
         catalog_path = next(
             (c.catalog for c in agent_config.processors.values() if isinstance(c, ValidateConfig) and c.catalog), None
         )
         catalog = load_catalog(catalog_path) if catalog_path else None
         self.writer = SegmentWriter(spool, f"http{os.getpid()}", fsync=True, max_segment_age_seconds=60)
         host, _, port = cfg.endpoint.rpartition(":")
-        app = create_receiver_app(cfg, self.writer, catalog)
+        if otlp:
+            from .otlp_receiver import create_otlp_app
+
+            token = cfg.token.get_secret_value().encode() if cfg.token else None
+            app = create_otlp_app(self.writer, catalog, token, cfg.max_request_bytes, threading.Lock())
+        else:
+            app = create_receiver_app(cfg, self.writer, catalog)
         self.server = uvicorn.Server(
             uvicorn.Config(app, host=host, port=int(port), log_level="warning", lifespan="off")
         )

@@ -233,11 +233,12 @@ def catalog_from_dict(doc: Any, source: str = "<memory>") -> Catalog:
     if not isinstance(doc, dict) or not isinstance(doc.get("meters"), list):
         report("bad_shape", "the catalog needs a top-level 'meters:' list", _line(doc, 1))
         raise CatalogError(problems)
-    unknown = sorted(k for k in doc if k not in ("meters", "custom_fields", "__line__"))
+    # span_rules belong to meterkit.otel, which checks them; they may share this file.
+    unknown = sorted(k for k in doc if k not in ("meters", "custom_fields", "span_rules", "__line__"))
     for key in unknown:
         report(
             "bad_shape",
-            f"unknown top-level key {key!r}; expected 'meters' and 'custom_fields'",
+            f"unknown top-level key {key!r}; expected 'meters', 'custom_fields' or 'span_rules'",
             _line(doc, 1),
         )
 

@@ -24,6 +24,7 @@ from ._batch import BatchWorker
 from ._catalog import Catalog, load_catalog
 from ._errors import ConfigError, MeasurementError, MeterkitError, Problem
 from ._model import CATEGORIES, NUMERIC_CATEGORIES, UidSource, build
+from ._otel_context import current_context_getter
 from ._scope import EMPTY, SCOPED_CATEGORIES, Scope, current_scope
 from ._settings import Settings, resolve
 from ._sinks import MemorySink, Sink, SinkUnavailable, SpoolSink
@@ -35,6 +36,7 @@ _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 # Field positions in the hot-path tuple.
 _SEQ, _NOW, _METER, _ACCOUNT, _TS, _ETS, _UID, _SCOPE = range(8)
 _FIELDS = slice(8, 16)  # who, what, where, other, metadata, measure, income, cost
+_OTEL = 16  # the OpenTelemetry context at record time, or None
 _SCOPED = tuple(enumerate(SCOPED_CATEGORIES))
 
 Measurement = dict[str, Any]
@@ -65,6 +67,7 @@ class Client:
         max_spool_bytes: int | None = None,
         fsync: bool | None = None,
         shutdown_timeout_millis: int | None = None,
+        otel_context: bool | None = None,
         sink: Sink | None = None,
     ) -> None:
         self.settings: Settings = resolve(
@@ -81,6 +84,7 @@ class Client:
             max_spool_bytes=max_spool_bytes,
             fsync=fsync,
             shutdown_timeout_millis=shutdown_timeout_millis,
+            otel_context=otel_context,
         )
         s = self.settings
         self.catalog: Catalog | None = (
@@ -90,6 +94,7 @@ class Client:
         self._sync = s.durability == "sync"
         self._block_seconds = s.queue_full_timeout_millis / 1000.0
         self._uids = UidSource()
+        self._otel_context = current_context_getter() if s.otel_context else None
         if sink is None:
             try:
                 sink = SpoolSink(
@@ -167,6 +172,7 @@ class Client:
                 measure and dict(measure),
                 income and dict(income),
                 cost and dict(cost),
+                self._otel_context and self._otel_context(),
             )
             if self._checked:
                 self._record_checked(item)
@@ -239,9 +245,29 @@ class Client:
                 inherited = getattr(scope, category)
                 if inherited:
                     values[i] = {**inherited, **values[i]} if values[i] else inherited
+        otel = item[_OTEL]
+        if otel:  # an empty Context is falsy: no span, no baggage, nothing to do
+            values, account = self._apply_otel(otel, meter, account, values)
         if uid is None:
             uid = f"{self._uids.prefix}{seq & 0xFFFFFFFFFFFF:012x}"
         return build(meter, account, now, uid, values, ets=ets, catalog=self.catalog, now_ns=now, user_ts=ts)
+
+    def _apply_otel(self, ctx: Any, meter: Any, account: Any, values: Any) -> tuple[Any, Any]:
+        """Baggage and trace ids, below everything the caller or a scope gave."""
+        from ._otel_context import extract, placed
+
+        baggage_account, fields = extract(ctx)
+        if self.catalog is not None:
+            known = self.catalog.meters.get(meter) if isinstance(meter, str) else None
+            fields = placed(fields, known.field_categories if known else {})
+        if not fields and baggage_account is None:
+            return values, account
+        values = list(values)
+        for i, category in _SCOPED:
+            extra = fields.get(category)
+            if extra:
+                values[i] = {**extra, **values[i]} if values[i] else extra
+        return values, account if account is not None else baggage_account
 
     def _export(self, batch: list[Any]) -> bool:
         """Called by the flusher thread only. False: the sink is unavailable, back off."""

@@ -31,6 +31,7 @@ ENV_MAX_SEGMENT_AGE_SECONDS = "METERKIT_MAX_SEGMENT_AGE_SECONDS"
 ENV_MAX_SPOOL_BYTES = "METERKIT_MAX_SPOOL_BYTES"
 ENV_FSYNC = "METERKIT_FSYNC"
 ENV_SHUTDOWN_TIMEOUT_MILLIS = "METERKIT_SHUTDOWN_TIMEOUT_MILLIS"
+ENV_OTEL_CONTEXT = "METERKIT_OTEL_CONTEXT"
 
 
 def default_spool_dir() -> Path:
@@ -60,6 +61,7 @@ class Settings:
     max_spool_bytes: int = 1024 * 1024 * 1024
     fsync: bool = False
     shutdown_timeout_millis: int = 5_000
+    otel_context: bool = True
 
 
 _ENV = {
@@ -76,6 +78,7 @@ _ENV = {
     "max_spool_bytes": ENV_MAX_SPOOL_BYTES,
     "fsync": ENV_FSYNC,
     "shutdown_timeout_millis": ENV_SHUTDOWN_TIMEOUT_MILLIS,
+    "otel_context": ENV_OTEL_CONTEXT,
 }
 
 _POSITIVE = {

@@ -1,0 +1,72 @@
+"""What a measurement takes from OpenTelemetry's context, when the application uses it.
+
+- **Trace link.** A measurement recorded while a span is active carries the span's ids as
+  ``metadata.trace_id`` (32 hex) and ``metadata.span_id`` (16 hex): Metadata, because ids
+  are high-cardinality and never segmented. With a catalog, they are kept only if the
+  meter declares fields with those codes (in any string category), so a catalog stays the
+  single source of truth for what a meter carries. Switch off with ``otel_context=False``
+  (``METERKIT_OTEL_CONTEXT=0``).
+- **Baggage.** A gateway sets the billed account once and every downstream service's
+  meters pick it up: baggage ``meterkit.account`` fills ``account``, and
+  ``meterkit.<category>.<code>`` (who, what, where, other, metadata) fills that field.
+  Precedence: an explicit argument, then ``meterkit.context``, then baggage.
+
+The hot path only captures the current context object (one contextvar read); everything
+here runs in the flusher thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+TRACE_ID = "trace_id"
+SPAN_ID = "span_id"
+BAGGAGE_PREFIX = "meterkit."
+_STRING_CATEGORIES = ("who", "what", "where", "other", "metadata")
+
+
+def current_context_getter() -> Callable[[], Any] | None:
+    """``opentelemetry.context.get_current`` if OpenTelemetry's API is installed."""
+    try:
+        from opentelemetry import context
+    except ImportError:  # pragma: no cover - opentelemetry-api is a dependency
+        return None
+    return context.get_current
+
+
+def extract(ctx: Any) -> tuple[str | None, dict[str, dict[str, str]]]:
+    """(account from baggage, {category: {code: value}}) for a captured OTel context."""
+    from opentelemetry import baggage, trace
+
+    fields: dict[str, dict[str, str]] = {}
+    account: str | None = None
+    for key, value in baggage.get_all(ctx).items():
+        if not key.startswith(BAGGAGE_PREFIX) or not isinstance(value, str):
+            continue
+        rest = key[len(BAGGAGE_PREFIX) :]
+        if rest == "account":
+            account = value
+            continue
+        category, _, code = rest.partition(".")
+        if category in _STRING_CATEGORIES and code:
+            fields.setdefault(category, {})[code] = value
+    span_context = trace.get_current_span(ctx).get_span_context()
+    if span_context.is_valid:
+        fields.setdefault("metadata", {})
+        fields["metadata"][TRACE_ID] = format(span_context.trace_id, "032x")
+        fields["metadata"][SPAN_ID] = format(span_context.span_id, "016x")
+    return account, fields
+
+
+def placed(fields: dict[str, dict[str, str]], categories: Mapping[str, str] | None) -> dict[str, dict[str, str]]:
+    """With a catalog meter's field categories: keep only declared codes, in their category."""
+    if categories is None:
+        return fields
+    out: dict[str, dict[str, str]] = {}
+    for values in fields.values():
+        for code, value in values.items():
+            category = categories.get(code)
+            if category in _STRING_CATEGORIES:
+                out.setdefault(category, {})[code] = value
+    return out
