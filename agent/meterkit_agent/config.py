@@ -127,6 +127,31 @@ class HttpExporterConfig(_Strict):
     retry: RetryConfig = RetryConfig()
 
 
+class OpenMeterExporterConfig(_Strict):
+    base_url: str = "https://openmeter.cloud"
+    token: SecretStr | None = None
+    source: str = "meterkit"  # CloudEvents source: with the uid as id, OpenMeter's idempotency key
+    types: dict[str, str] = {}  # meter code -> CloudEvents type (default: the meter code)
+    retry: RetryConfig = RetryConfig()
+
+
+class StripeMeterConfig(_Strict):
+    event_name: str | None = None  # default: the meter code
+    value_field: str  # "measure.calls", or a bare code looked up in the numeric categories
+    customer_payload_key: str = "stripe_customer_id"
+    value_payload_key: str = "value"
+
+
+class StripeExporterConfig(_Strict):
+    api_key: SecretStr
+    base_url: str = "https://api.stripe.com"
+    meters: dict[str, StripeMeterConfig]
+    customers: dict[str, str] = {}  # account -> Stripe customer id (default: the account is the id)
+    # Stripe allows 1,000 meter events a second in live mode (less in test mode); stay under it.
+    max_requests_per_second: float = Field(100, gt=0, le=1000)
+    retry: RetryConfig = RetryConfig()
+
+
 class LedgerExporterConfig(_Strict):
     db: str = Field(default_factory=default_ledger_url)
     org_id: str = "default"
@@ -170,6 +195,8 @@ PROCESSORS: dict[str, type[BaseModel]] = {
 EXPORTERS: dict[str, type[BaseModel]] = {
     "m3ter": M3terExporterConfig,
     "http": HttpExporterConfig,
+    "openmeter": OpenMeterExporterConfig,
+    "stripe": StripeExporterConfig,
     "ledger": LedgerExporterConfig,
     "file": FileExporterConfig,
 }

@@ -256,4 +256,8 @@ def build_exporter(cid: str, cfg: Any) -> Exporter:
         return LedgerExporter(cid, cfg)
     if kind == "file":
         return FileExporter(cid, cfg)
+    if kind in ("openmeter", "stripe"):
+        from .backends import OpenMeterExporter, StripeMeterEventsExporter
+
+        return OpenMeterExporter(cid, cfg) if kind == "openmeter" else StripeMeterEventsExporter(cid, cfg)
     raise ValueError(f"unknown exporter type {kind!r}")

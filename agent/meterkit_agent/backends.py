@@ -1,0 +1,163 @@
+"""Exporters for backends with their own event shapes: OpenMeter and Stripe.
+
+Measurement → OpenMeter CloudEvent (``POST {base}/api/v1/events``, batch JSON):
+
+===============  =======================================================
+``id``           the measurement's ``uid`` (with ``source``: OpenMeter's idempotency key)
+``source``       the exporter's ``source`` setting (default ``meterkit``)
+``type``         ``types[meter]``, else the meter code
+``subject``      ``account``
+``time``         ``ts``
+``data``         every field by its code: ``{"bytes": 4096, "user": "u1", ...}``
+===============  =======================================================
+
+Measurement → Stripe meter event (``POST {base}/v1/billing/meter_events``, form-encoded,
+one request a measurement, paced under ``max_requests_per_second``):
+
+================================  ==========================================
+``event_name``                    ``meters[meter].event_name``, else the meter code
+``payload[stripe_customer_id]``   ``customers[account]``, else ``account``
+``payload[value]``                the ``value_field`` of the measurement
+``identifier``                    ``uid`` (Stripe de-duplicates it for 24 hours)
+``timestamp``                     ``ts`` in Unix seconds (Stripe: at most 35 days old)
+``Idempotency-Key`` header        ``uid``
+================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import orjson
+import requests
+
+from meterkit._timefmt import wire_ts_ns
+
+from .config import OpenMeterExporterConfig, StripeExporterConfig
+from .delivery import Encoded, Rejected, RetryLater, classify, idempotency_key, parse_retry_after
+from .exporters import USER_AGENT, IngestExporter, _answer, _short
+
+CATEGORIES = ("who", "what", "where", "other", "metadata", "measure", "income", "cost")
+STRIPE_MAX_AGE_SECONDS = 35 * 86_400
+
+
+def cloudevent(m: dict[str, Any], source: str, types: dict[str, str]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for category in CATEGORIES:
+        data.update(m.get(category) or {})
+    return {
+        "specversion": "1.0",
+        "id": m["uid"],
+        "source": source,
+        "type": types.get(m["meter"], m["meter"]),
+        "subject": m["account"],
+        "time": m["ts"],
+        "data": data,
+    }
+
+
+class OpenMeterExporter(IngestExporter):
+    def __init__(self, name: str, cfg: OpenMeterExporterConfig) -> None:
+        super().__init__(name, f"{cfg.base_url.rstrip('/')}/api/v1/events", cfg.retry)
+        self.cfg = cfg
+        self.session.headers["Content-Type"] = "application/cloudevents-batch+json"
+        if cfg.token is not None:
+            self.session.headers["Authorization"] = f"Bearer {cfg.token.get_secret_value()}"
+
+    def export(self, records: list[dict[str, Any]]) -> list[Rejected]:
+        events = [cloudevent(m, self.cfg.source, self.cfg.types) for m in records]
+        by_id = {e["id"]: m for e, m in zip(events, records, strict=True)}
+        rejected = super().export(events)
+        return [Rejected(by_id.get(r.measurement["id"], r.measurement), r.reason, r.detail) for r in rejected]
+
+    def _post(self, chunk: list[Encoded]) -> requests.Response:
+        body = b"[" + b",".join(data for _, data in chunk) + b"]"
+        headers = {"Idempotency-Key": idempotency_key(e["id"] for e, _ in chunk)}
+        self.requests_sent += 1
+        try:
+            return self.session.post(self.url, data=body, headers=headers, timeout=self.timeout)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise RetryLater(f"{type(exc).__name__}: {_short(exc)}") from None
+
+
+class StripeMeterEventsExporter:
+    def __init__(self, name: str, cfg: StripeExporterConfig) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.url = f"{cfg.base_url.rstrip('/')}/v1/billing/meter_events"
+        self.timeout = cfg.retry.request_timeout_millis / 1000.0
+        self.session = requests.Session()
+        self.session.headers.update(
+            {"User-Agent": USER_AGENT, "Authorization": f"Bearer {cfg.api_key.get_secret_value()}"}
+        )
+        self._interval = 1.0 / cfg.max_requests_per_second
+        self._next_at = 0.0
+        self._lock = threading.Lock()
+
+    def form(self, m: dict[str, Any]) -> dict[str, str] | Rejected:
+        meter = self.cfg.meters.get(m["meter"])
+        if meter is None:
+            return Rejected(m, "stripe:unmapped_meter", f"no stripe.meters entry for meter {m['meter']!r}")
+        category, _, code = meter.value_field.rpartition(".")
+        value = (
+            (m.get(category) or {}).get(code)
+            if category
+            else next((m[c][code] for c in ("measure", "income", "cost") if code in (m.get(c) or {})), None)
+        )
+        if value is None:
+            return Rejected(m, "stripe:no_value", f"measurement has no {meter.value_field!r} to send as the value")
+        ts = wire_ts_ns(m["ts"]) // 1_000_000_000
+        if ts < time.time() - STRIPE_MAX_AGE_SECONDS:
+            return Rejected(m, "stripe:too_old", "Stripe takes meter events at most 35 days old")
+        return {
+            "event_name": meter.event_name or m["meter"],
+            f"payload[{meter.customer_payload_key}]": self.cfg.customers.get(m["account"], m["account"]),
+            f"payload[{meter.value_payload_key}]": orjson.dumps(value).decode(),
+            "identifier": m["uid"],
+            "timestamp": str(ts),
+        }
+
+    def _pace(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            wait = self._next_at - now
+            self._next_at = max(now, self._next_at) + self._interval
+        if wait > 0:
+            time.sleep(wait)
+
+    def export(self, records: list[dict[str, Any]]) -> list[Rejected]:
+        rejected: list[Rejected] = []
+        for m in records:
+            form = self.form(m)
+            if isinstance(form, Rejected):
+                rejected.append(form)
+                continue
+            self._pace()
+            try:
+                response = self.session.post(
+                    self.url, data=form, headers={"Idempotency-Key": m["uid"]}, timeout=self.timeout
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                # Earlier events of this batch are in; a retry re-sends them with the same
+                # identifier, which Stripe de-duplicates.
+                raise RetryLater(f"{type(exc).__name__}: {_short(exc)}") from None
+            outcome = classify(response.status_code)
+            if outcome == "retry":
+                raise RetryLater(f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After")))
+            if outcome == "isolate":
+                reason = _stripe_code(response)
+                rejected.append(Rejected(m, f"rejected_by_backend:{reason}", _answer(response)))
+        return rejected
+
+    def shutdown(self) -> None:
+        self.session.close()
+
+
+def _stripe_code(response: requests.Response) -> str:
+    try:
+        error = response.json().get("error", {})
+    except ValueError:
+        return f"http_{response.status_code}"
+    return str(error.get("code") or error.get("type") or f"http_{response.status_code}")
