@@ -113,7 +113,7 @@ class Agent:
             schedule_delay_millis=batch_cfg.timeout_millis,
             max_backoff_millis=5_000,
         )
-        self.metrics = AgentMetrics(self.state_dir, lambda: len(self.worker.queue))
+        self.metrics = AgentMetrics(self.state_dir, lambda: len(self.worker.queue), telemetry=config.service.telemetry)
         self._pending: list[Envelope] | None = None
 
         self.receivers: list[SpoolReceiver] = []

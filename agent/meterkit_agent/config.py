@@ -167,8 +167,36 @@ class PipelineConfig(_Strict):
     exporters: Annotated[list[str], Field(min_length=1)]
 
 
+class OtlpMetricsConfig(_Strict):
+    endpoint: str = "http://127.0.0.1:4318/v1/metrics"
+    headers: dict[str, SecretStr] = {}
+    interval_millis: int = Field(10_000, gt=0)
+
+
+class PrometheusConfig(_Strict):
+    endpoint: str = "127.0.0.1:9464"  # loopback unless you say otherwise
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("endpoint must be host:port, e.g. 127.0.0.1:9464")
+        return v
+
+
+class MetricsTelemetryConfig(_Strict):
+    otlp: OtlpMetricsConfig | None = None
+    prometheus: PrometheusConfig | None = None
+
+
+class TelemetryConfig(_Strict):
+    metrics: MetricsTelemetryConfig = MetricsTelemetryConfig()
+
+
 class ServiceConfig(_Strict):
     state_dir: Path = Field(default_factory=default_state_dir)
+    telemetry: TelemetryConfig = TelemetryConfig()
     drain_timeout_millis: int = Field(10_000, gt=0)
     retain_segments_hours: float = Field(0, ge=0)
     pipelines: dict[str, PipelineConfig]

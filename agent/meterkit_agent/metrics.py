@@ -70,8 +70,34 @@ class StatusFileExporter(MetricExporter):
         pass
 
 
+def telemetry_readers(telemetry: Any) -> list[Any]:
+    """Metric readers for ``service.telemetry.metrics``: OTLP/HTTP and a Prometheus endpoint."""
+    readers: list[Any] = []
+    metrics = telemetry.metrics if telemetry is not None else None
+    if metrics is not None and metrics.otlp is not None:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        headers = {k: v.get_secret_value() for k, v in metrics.otlp.headers.items()}
+        readers.append(
+            PeriodicExportingMetricReader(
+                OTLPMetricExporter(endpoint=metrics.otlp.endpoint, headers=headers),
+                export_interval_millis=metrics.otlp.interval_millis,
+            )
+        )
+    if metrics is not None and metrics.prometheus is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        host, _, port = metrics.prometheus.endpoint.rpartition(":")
+        start_http_server(int(port), addr=host)
+        readers.append(PrometheusMetricReader())
+    return readers
+
+
 class AgentMetrics:
-    def __init__(self, state_dir: Path, queue_depth: Callable[[], int], interval_millis: int = 1000) -> None:
+    def __init__(
+        self, state_dir: Path, queue_depth: Callable[[], int], interval_millis: int = 1000, telemetry: Any = None
+    ) -> None:
         self.reader = PeriodicExportingMetricReader(
             StatusFileExporter(state_dir / "status.json"),
             export_interval_millis=interval_millis,
@@ -82,7 +108,7 @@ class AgentMetrics:
                 [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300]
             ),
         )
-        self.provider = MeterProvider(metric_readers=[self.reader], views=[latency_view])
+        self.provider = MeterProvider(metric_readers=[self.reader, *telemetry_readers(telemetry)], views=[latency_view])
         meter = self.provider.get_meter("meterkit.agent", "0.1.0")
         self.received = meter.create_counter("meterkit.agent.received", unit="{measurement}")
         self.delivered = meter.create_counter("meterkit.agent.delivered", unit="{measurement}")
