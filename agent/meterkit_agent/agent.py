@@ -278,6 +278,8 @@ class Agent:
         self.checkpoint.advance(positions, self.journal.seq)
         for r in rejected:
             self.metrics.dead_lettered.add(1, {"reason": r.reason})
+            if r.reason.startswith("rejected_by_backend"):
+                self.metrics.rejected.add(1)
         self.metrics.delivered.add(len(delivered))
         now = time.time_ns()
         for m in delivered:
