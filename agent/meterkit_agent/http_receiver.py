@@ -9,7 +9,6 @@ constant time.
 
 from __future__ import annotations
 
-import hmac
 import os
 import threading
 import time
@@ -27,6 +26,7 @@ from meterkit._spool import KIND_CONTROL, KIND_MEASUREMENT, SegmentWriter, encod
 
 from .audit import totals
 from .config import AgentConfig, HttpReceiverConfig, ValidateConfig
+from .httputil import BodyError, bearer_ok, read_body
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -44,16 +44,12 @@ def create_receiver_app(cfg: HttpReceiverConfig, writer: SegmentWriter, catalog:
 
     @app.post("/v1/measurements")
     async def receive(request: Request) -> Response:
-        if token is not None:
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token):
-                return _json({"message": "missing or wrong bearer token"}, 401)
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cfg.max_request_bytes:
-            return _json({"message": f"request is {declared} bytes; at most {cfg.max_request_bytes}"}, 413)
-        body = await request.body()
-        if len(body) > cfg.max_request_bytes:
-            return _json({"message": f"request is {len(body)} bytes; at most {cfg.max_request_bytes}"}, 413)
+        if not bearer_ok(request, token):
+            return _json({"message": "missing or wrong bearer token"}, 401)
+        try:
+            body = await read_body(request, cfg.max_request_bytes)
+        except BodyError as exc:
+            return _json({"message": exc.message}, exc.status)
         items, problem = _parse(body, request.headers.get("content-type", ""))
         if problem:
             return _json({"message": problem}, 400)

@@ -43,6 +43,7 @@ from meterkit._spool import KIND_CONTROL, KIND_MEASUREMENT, SegmentWriter, encod
 from meterkit._timefmt import iso_ms
 
 from .audit import totals
+from .httputil import BodyError, bearer_ok, read_body
 
 OTLP_NAMESPACE = uuid.UUID("0b8f5d5e-7f0c-5f61-9d2a-4c1a6e3b2f10")
 PREFIX = "meterkit."
@@ -100,8 +101,6 @@ def _hex_ids_to_base64(doc: Any) -> Any:
 
 
 def create_otlp_app(writer: SegmentWriter, catalog: Any, token: bytes | None, max_bytes: int, lock: Any) -> FastAPI:
-    import hmac
-
     app = FastAPI(title="meterkit agent OTLP/HTTP logs receiver", version="1")
 
     def answer(response: ExportLogsServiceResponse, as_json: bool, status: int = 200) -> Response:
@@ -112,20 +111,12 @@ def create_otlp_app(writer: SegmentWriter, catalog: Any, token: bytes | None, ma
     @app.post("/v1/logs")
     async def logs(request: Request) -> Response:
         as_json = "json" in request.headers.get("content-type", "")
-        if token is not None:
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token):
-                return Response(status_code=401)
-        body = await request.body()
-        if request.headers.get("content-encoding", "").lower() == "gzip":
-            import zlib
-
-            try:
-                body = zlib.decompressobj(wbits=31).decompress(body, max_bytes + 1)
-            except zlib.error:
-                return Response("body is not valid gzip", status_code=400)
-        if len(body) > max_bytes:
-            return Response(f"request over {max_bytes} bytes", status_code=413)
+        if not bearer_ok(request, token):
+            return Response(status_code=401)
+        try:
+            body = await read_body(request, max_bytes)
+        except BodyError as exc:
+            return Response(exc.message, status_code=exc.status)
         req = ExportLogsServiceRequest()
         try:
             if as_json:

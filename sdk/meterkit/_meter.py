@@ -7,8 +7,6 @@ it raised if ``outcome=`` names a field. The user's exception always propagates.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from time import perf_counter
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import _api
 from ._guard import background_error
 from ._model import CATEGORIES
+from ._scope import decorate
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -173,18 +172,5 @@ class meter:
     # -- decorator (sync and async) --------------------------------------------------------
 
     def __call__(self, fn: F) -> F:
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def awrapper(*args: Any, **kwargs: Any) -> Any:
-                with self:
-                    return await fn(*args, **kwargs)
-
-            return awrapper  # type: ignore[return-value]
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self:
-                return fn(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
+        # A meter's with-state lives in a contextvar, not on self, so self can be reused.
+        return decorate(fn, lambda: self)

@@ -92,18 +92,27 @@ class context:
         self.__exit__(et, ev, tb)
 
     def __call__(self, fn: F) -> F:
-        if inspect.iscoroutinefunction(fn):
+        return decorate(fn, self._copy)
 
-            @functools.wraps(fn)
-            async def awrapper(*args: Any, **kwargs: Any) -> Any:
-                with self._copy():
-                    return await fn(*args, **kwargs)
 
-            return awrapper  # type: ignore[return-value]
+def decorate(fn: F, manager: Callable[[], Any]) -> F:
+    """Run each call of ``fn`` (sync or async) inside a fresh ``with manager():`` block.
+
+    A fresh manager per call: one decorated function may run in many threads and tasks
+    at once, so the ``with`` state cannot live on a shared object.
+    """
+    if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self._copy():
-                return fn(*args, **kwargs)
+        async def awrapper(*args: Any, **kwargs: Any) -> Any:
+            with manager():
+                return await fn(*args, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+        return awrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with manager():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import hmac
 import time
-import zlib
 from typing import Annotated, Any
 
 import orjson
@@ -23,6 +21,7 @@ from fastapi.responses import Response
 from meterkit import Catalog, MeasurementError
 from meterkit._model import validate_wire
 
+from ..httputil import BodyError, bearer_ok, read_body
 from .store import Ledger, UsageQuery
 
 MAX_MEASUREMENTS = 1_000
@@ -38,11 +37,7 @@ def create_app(ledger: Ledger, *, token: str | None = None, catalog: Catalog | N
     expected = token.encode() if token else None
 
     def authorize(request: Request) -> None:
-        if expected is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
+        if not bearer_ok(request, expected):
             raise HTTPException(
                 status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
@@ -55,19 +50,10 @@ def create_app(ledger: Ledger, *, token: str | None = None, catalog: Catalog | N
 
     @app.post("/organizations/{org_id}/measurements", dependencies=auth)
     async def ingest(org_id: str, request: Request) -> Response:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
-            return _error(413, f"request is {declared} bytes; at most {MAX_REQUEST_BYTES} are accepted")
-        body = await request.body()
-        if request.headers.get("content-encoding", "").lower() == "gzip":
-            # Bounded: a small gzip body must not expand past the limit (a zip bomb).
-            inflater = zlib.decompressobj(wbits=31)
-            try:
-                body = inflater.decompress(body, MAX_REQUEST_BYTES + 1)
-            except zlib.error as exc:
-                return _error(400, f"body is not valid gzip: {exc}")
-        if len(body) > MAX_REQUEST_BYTES:
-            return _error(413, f"request is {len(body)} bytes; at most {MAX_REQUEST_BYTES} are accepted")
+        try:
+            body = await read_body(request, MAX_REQUEST_BYTES)
+        except BodyError as exc:
+            return _error(exc.status, exc.message)
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

@@ -208,18 +208,11 @@ class Ledger:
         end: str | None = None,
     ) -> Iterable[dict[str, Any]]:
         """Stream stored measurements matching the filters, oldest first."""
-        c = measurements.c
-        query = sa.select(c.body).where(c.org == org)
-        if meter is not None:
-            query = query.where(c.meter == meter)
-        if account is not None:
-            query = query.where(c.account == account)
-        if start is not None:
-            query = query.where(c.ts >= start)
-        if end is not None:
-            query = query.where(c.ts < end)
+        query = _filtered(sa.select(measurements.c.body), org, meter, account, start, end)
         with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=5000).execute(query.order_by(c.ts))
+            result = conn.execution_options(stream_results=True, yield_per=5000).execute(
+                query.order_by(measurements.c.ts)
+            )
             for (body,) in result:
                 yield orjson.loads(body)
 
@@ -232,15 +225,7 @@ class Ledger:
         end: str | None = None,
     ) -> list[str]:
         """The uids stored for the filters, for reconciliation and repair."""
-        c = measurements.c
-        query = sa.select(c.uid).where(c.org == org)
-        for column, value in ((c.meter, meter), (c.account, account)):
-            if value is not None:
-                query = query.where(column == value)
-        if start is not None:
-            query = query.where(c.ts >= start)
-        if end is not None:
-            query = query.where(c.ts < end)
+        query = _filtered(sa.select(measurements.c.uid), org, meter, account, start, end)
         with self.engine.connect() as conn:
             return [uid for (uid,) in conn.execute(query)]
 
@@ -272,6 +257,23 @@ class Ledger:
             row["value"] = to_units(groups[key].result(q.aggregation), q.quantity_per_unit, q.rounding)
             out.append(row)
         return out
+
+
+def _filtered(
+    query: sa.Select[Any], org: str, meter: str | None, account: str | None, start: str | None, end: str | None
+) -> sa.Select[Any]:
+    """The ledger's one filter: organisation, then meter, account and [start, end) if given."""
+    c = measurements.c
+    query = query.where(c.org == org)
+    if meter is not None:
+        query = query.where(c.meter == meter)
+    if account is not None:
+        query = query.where(c.account == account)
+    if start is not None:
+        query = query.where(c.ts >= start)
+    if end is not None:
+        query = query.where(c.ts < end)
+    return query
 
 
 def _find(m: dict[str, Any], code: str, numeric: bool) -> Any:

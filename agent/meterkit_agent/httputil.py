@@ -1,0 +1,40 @@
+"""What every HTTP endpoint of the agent and the ledger does the same way: a bearer token
+compared in constant time, and a request body read within a size limit (gzip included,
+bounded so a small compressed body cannot expand past the limit)."""
+
+from __future__ import annotations
+
+import hmac
+import zlib
+
+from fastapi import Request
+
+
+class BodyError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def bearer_ok(request: Request, expected: bytes | None) -> bool:
+    if expected is None:
+        return True
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), expected)
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, decompressed if gzip. Raises :class:`BodyError` (413 or 400)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise BodyError(413, f"request is {declared} bytes; at most {max_bytes} are accepted")
+    body = await request.body()
+    if request.headers.get("content-encoding", "").lower() == "gzip":
+        try:
+            body = zlib.decompressobj(wbits=31).decompress(body, max_bytes + 1)
+        except zlib.error as exc:
+            raise BodyError(400, f"body is not valid gzip: {exc}") from None
+    if len(body) > max_bytes:
+        raise BodyError(413, f"request is over {max_bytes} bytes; at most {max_bytes} are accepted")
+    return body
