@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import shutil
 import signal
 import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,18 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     return done
+
+
+@dataclass
+class _Prepared:
+    """A batch parsed and processed, waiting for the sender to deliver and commit it."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    broken: list[tuple[Any, str, str]] = field(default_factory=list)
+    positions: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # segment -> (writer, uids)
+    journal: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Wait:
@@ -114,7 +128,9 @@ class Agent:
             max_backoff_millis=5_000,
         )
         self.metrics = AgentMetrics(self.state_dir, lambda: len(self.worker.queue), telemetry=config.service.telemetry)
-        self._pending: list[Envelope] | None = None
+        self._inflight: queue.Queue[_Prepared | None] = queue.Queue(maxsize=2)
+        self._abandoning = False
+        self._sender = threading.Thread(target=self._send_loop, name="meterkit-agent-sender", daemon=True)
 
         self.receivers: list[SpoolReceiver] = []
         self.http_servers: list[Any] = []
@@ -150,6 +166,7 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
+        self._sender.start()
         self.worker.start()
         for receiver in self.receivers:
             receiver.start()
@@ -172,6 +189,13 @@ class Agent:
         for receiver in self.receivers:
             receiver.stop()
         drained = self.worker.shutdown(timeout)
+        left = max(0.0, self._drain_deadline - time.monotonic())
+        try:
+            self._inflight.put(None, timeout=left + 1.0)
+        except queue.Full:
+            drained = False
+        self._sender.join(left + 2.0)
+        drained = drained and not self._abandoning and not self._sender.is_alive()
         for exporter in self.exporters:
             exporter.shutdown()
         self.metrics.shutdown()
@@ -192,7 +216,15 @@ class Agent:
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Deliver everything read so far (receivers keep running)."""
-        return self.worker.flush(timeout)
+        deadline = time.monotonic() + timeout
+        if not self.worker.flush(timeout):
+            return False
+        with self._inflight.all_tasks_done:
+            while self._inflight.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._inflight.all_tasks_done.wait(left):
+                    return False
+        return True
 
     # -- the pipeline --------------------------------------------------------------------
 
@@ -200,55 +232,90 @@ class Agent:
         return self.worker.put(envelope, 0.5)
 
     def _export(self, batch: list[Envelope]) -> bool:
-        """Called by the delivery worker only. False: keep the batch and try again later."""
-        if self._pending is not None:
-            if not self._deliver(self._pending):
-                return False
-            self._pending = None
-        if batch and not self._deliver(batch):
-            self._pending = batch
-            return False
+        """The delivery worker's step: parse and process a batch, then hand it to the
+        sender. Preparing batch N+1 while batch N is on the wire keeps the agent busy
+        while the backend works; the sender commits strictly in order."""
         if not batch:
-            self._retire()  # a segment sealed after its last batch was acknowledged
-        return True
+            return True
+        prepared = self._prepare(batch)
+        while True:
+            try:
+                self._inflight.put(prepared, timeout=0.5)
+                return True
+            except queue.Full:
+                if self._stopping.is_set() and time.monotonic() >= self._drain_deadline:
+                    return False  # not handed over, not committed: replayed on the next start
 
-    def _deliver(self, batch: list[Envelope]) -> bool:
-        records: list[dict[str, Any]] = []
-        broken: list[tuple[Any, str, str]] = []
-        positions: dict[str, int] = {}
-        sources: dict[str, tuple[str, list[str]]] = {}  # segment -> (writer, uids)
-        journal: list[dict[str, Any]] = []
+    def _prepare(self, batch: list[Envelope]) -> _Prepared:
+        p = _Prepared()
         for env in batch:
-            positions[env.source] = max(positions.get(env.source, 0), env.end)
+            p.positions[env.source] = max(p.positions.get(env.source, 0), env.end)
             try:
                 body = orjson.loads(env.payload)
             except orjson.JSONDecodeError as exc:
-                broken.append((env.payload.decode("utf-8", "replace"), "invalid:not_json", str(exc)))
+                p.broken.append((env.payload.decode("utf-8", "replace"), "invalid:not_json", str(exc)))
                 continue
             if env.kind == KIND_MEASUREMENT:
-                records.append(body)
+                p.records.append(body)
                 if isinstance(body, dict) and isinstance(body.get("uid"), str):
-                    sources.setdefault(env.source, (env.writer, []))[1].append(body["uid"])
+                    p.sources.setdefault(env.source, (env.writer, []))[1].append(body["uid"])
             else:
                 self._control(body)
                 if isinstance(body, dict) and body.get("type") in ("tally", "losses"):
-                    journal.append({**body, "type": f"sdk_{body['type']}", "source": env.source, "writer": env.writer})
-        self.metrics.received.add(len(records))
-
-        rejected: list[Rejected] = []
+                    p.journal.append(
+                        {**body, "type": f"sdk_{body['type']}", "source": env.source, "writer": env.writer}
+                    )
+        self.metrics.received.add(len(p.records))
         for process in self.processors:
-            records, refused = process(records)
-            rejected.extend(refused)
+            p.records, refused = process(p.records)
+            p.rejected.extend(refused)
+        return p
+
+    def _send_loop(self) -> None:
+        """The sender thread: commit prepared batches in order; retire idle segments."""
+        while True:
+            try:
+                item = self._inflight.get(timeout=0.5)
+            except queue.Empty:
+                try:
+                    self._retire()  # a segment sealed after its last batch was acknowledged
+                except Exception as exc:
+                    background_error("segment retirement", exc)
+                continue
+            try:
+                if item is None:
+                    return
+                while not self._abandoning:
+                    try:
+                        if self._commit(item):
+                            break
+                    except Exception as exc:
+                        background_error("delivery", exc)
+                    if self._stopping.is_set() and time.monotonic() >= self._drain_deadline:
+                        # Out of time. This batch and every later one stay uncommitted (the
+                        # checkpoint must never pass a batch that was not acknowledged); the
+                        # spool replays them on the next start.
+                        self._abandoning = True
+                    else:
+                        self._stopping.wait(1.0)
+            finally:
+                self._inflight.task_done()
+
+    def _commit(self, p: _Prepared) -> bool:
+        rejected = list(p.rejected)
+        records = p.records
         answers: list[dict[str, Any]] = []
         for exporter in self.exporters:
             try:
                 refused = self._with_retries(exporter, records)
             except RetryLater:
-                return False  # stopping, or a long outage: the worker backs off and calls again
+                return False  # stopping, or a long outage: the sender waits and tries again
             rejected.extend(refused)
             answers.append({"exporter": exporter.name, "status": "acknowledged", "refused": len(refused)})
         refused_ids = {id(r.measurement) for r in rejected}
         delivered = [m for m in records if id(m) not in refused_ids]
+        journal = list(p.journal)
+        positions, sources, broken = p.positions, p.sources, p.broken
 
         # Dead letters are stored, then the journal entry (which carries the checkpoint
         # positions) is appended and fsynced, then the checkpoint file follows. A crash

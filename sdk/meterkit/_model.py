@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ._errors import MeasurementError, Problem
-from ._timefmt import iso_ms, parse_ts
+from ._timefmt import iso_ms, parse_ts, wire_ts_ns
 
 if TYPE_CHECKING:
     from ._catalog import Catalog
@@ -103,7 +103,8 @@ def check_ts(meter: str, name: str, value: object, now_ns: int) -> int:
         ns = value
     else:
         try:
-            ns = parse_ts(value)
+            # Wire-format strings (what spools and ingest requests carry) take a cached fast path.
+            ns = wire_ts_ns(value) if isinstance(value, str) else parse_ts(value)
         except ValueError as exc:
             raise problem("bad_timestamp", str(exc), meter, name) from None
     if ns > now_ns + MAX_FUTURE_SKEW_NS:

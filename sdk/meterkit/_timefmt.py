@@ -58,12 +58,16 @@ def wire_ts_ns(text: str) -> int:
     The seconds part is cached (a handful of distinct seconds per batch); anything else
     falls back to :func:`parse_ts`.
     """
-    if len(text) == 24 and text[19] == "." and text[23] == "Z":
+    if len(text) == 24 and text[19] == "." and text[23] == "Z" and text[20:23].isdigit():
         head = text[:19]
         second = _wire_second.get(head)
         if second is None:
+            try:
+                second = parse_ts(head + "Z") // 1_000_000_000
+            except ValueError:
+                raise ValueError(f"not an ISO 8601 timestamp: {text!r}") from None
             if len(_wire_second) > 4096:
                 _wire_second.clear()
-            second = _wire_second[head] = parse_ts(head + "Z") // 1_000_000_000
+            _wire_second[head] = second
         return second * 1_000_000_000 + int(text[20:23]) * 1_000_000
     return parse_ts(text)

@@ -194,3 +194,26 @@ def test_derived_fields_travel_on_the_wire_but_are_not_recorded_by_applications(
     with pytest.raises(MeasurementError) as info:
         build("data_downloaded", "a", 0, "u", [None] * 5 + [{"mib": 1}, None, None], catalog=catalog)
     assert info.value.reason == "unknown_field"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-01-01T10:00:00.123Z",
+        "2026-01-01T10:00:00Z",
+        "2026-01-01T10:00:00.123+02:00",
+        "2026-01-01T10:00:00.123456Z",
+    ],
+)
+def test_the_wire_timestamp_fast_path_agrees_with_the_full_parser(text: str) -> None:
+    from meterkit._timefmt import parse_ts, wire_ts_ns
+
+    assert wire_ts_ns(text) == parse_ts(text)
+
+
+@pytest.mark.parametrize("text", ["2026-13-01T10:00:00.123Z", "2026-01-01T10:00:00.abcZ", "yesterday"])
+def test_the_wire_timestamp_fast_path_names_bad_input(text: str) -> None:
+    from meterkit._timefmt import wire_ts_ns
+
+    with pytest.raises(ValueError, match="not an ISO 8601 timestamp"):
+        wire_ts_ns(text)
