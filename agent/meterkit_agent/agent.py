@@ -311,7 +311,14 @@ class Agent:
             except RetryLater:
                 return False  # stopping, or a long outage: the sender waits and tries again
             rejected.extend(refused)
-            answers.append({"exporter": exporter.name, "status": "acknowledged", "refused": len(refused)})
+            answers.append(
+                {
+                    "exporter": exporter.name,
+                    "status": "acknowledged",
+                    "refused": len(refused),
+                    "answer": getattr(exporter, "last_answer", ""),
+                }
+            )
         refused_ids = {id(r.measurement) for r in rejected}
         delivered = [m for m in records if id(m) not in refused_ids]
         journal = list(p.journal)

@@ -93,6 +93,7 @@ class StripeMeterEventsExporter:
             {"User-Agent": USER_AGENT, "Authorization": f"Bearer {cfg.api_key.get_secret_value()}"}
         )
         self._interval = 1.0 / cfg.max_requests_per_second
+        self.last_answer = ""
         self._next_at = 0.0
         self._lock = threading.Lock()
 
@@ -143,6 +144,7 @@ class StripeMeterEventsExporter:
                 # Earlier events of this batch are in; a retry re-sends them with the same
                 # identifier, which Stripe de-duplicates.
                 raise RetryLater(f"{type(exc).__name__}: {_short(exc)}") from None
+            self.last_answer = f"HTTP {response.status_code} {response.text[:200]}".rstrip()
             outcome = classify(response.status_code)
             if outcome == "retry":
                 raise RetryLater(f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After")))

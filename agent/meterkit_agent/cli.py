@@ -479,7 +479,8 @@ def audit_show(
                     typer.echo(f"delivered in  batch {e.get('batch')} (journal entry {e.get('seq')}, {e.get('at')})")
                     typer.echo(f"              Idempotency-Key {e.get('idempotency_key')}")
                     for a in e.get("exporters", []):
-                        typer.echo(f"acknowledged  by {a.get('exporter')}: {a.get('status')}")
+                        answer = f" ({a['answer']})" if a.get("answer") else ""
+                        typer.echo(f"acknowledged  by {a.get('exporter')}: {a.get('status')}{answer}")
         elif kind in ("dead_letter", "replay", "repair") and contains_uid(e.get("uids", {}), uid):
             found += 1
             what = {

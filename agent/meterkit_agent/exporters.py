@@ -51,6 +51,7 @@ class IngestExporter:
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": USER_AGENT, "Content-Type": "application/json"})
         self.requests_sent = 0
+        self.last_answer = ""  # for the audit journal: what the backend said last
 
     def headers(self) -> dict[str, str]:
         return {}
@@ -80,6 +81,7 @@ class IngestExporter:
 
     def _deliver(self, chunk: list[Encoded]) -> list[Rejected]:
         response = self._post(chunk)
+        self.last_answer = f"HTTP {response.status_code} {response.text[:200]}".rstrip()
         outcome = classify(response.status_code)
         if outcome == "ok":
             return []
@@ -213,9 +215,10 @@ class LedgerExporter:
             except MeasurementError as exc:
                 rejected.append(Rejected(record, f"rejected_by_backend:{exc.reason}", str(exc)))
         try:
-            self.ledger.ingest(self.org, good)
+            new, duplicates = self.ledger.ingest(self.org, good)
         except sqlalchemy.exc.OperationalError as exc:
             raise RetryLater(f"ledger database: {_short(exc.orig or exc)}") from None
+        self.last_answer = f"stored {new}, already stored {duplicates}"
         return rejected
 
     def shutdown(self) -> None:
@@ -240,6 +243,7 @@ class FileExporter:
                 os.close(fd)
         except OSError as exc:
             raise RetryLater(f"cannot write {self.path}: {exc.strerror}") from None
+        self.last_answer = f"appended {len(records)} line(s) to {self.path}"
         return []
 
     def shutdown(self) -> None:

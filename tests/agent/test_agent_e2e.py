@@ -271,3 +271,33 @@ def test_embedded_default_agent_status_and_validate_config(tmp_path: Path) -> No
     done = subprocess.run(cli_cmd("agent", "validate-config", str(secret)), capture_output=True, text=True, timeout=60)
     assert "environment variable NOT_SET_ANYWHERE is not set" in done.stderr
     assert TOKEN not in done.stderr
+
+
+def test_many_agents_deliver_into_one_postgresql_ledger(tmp_path: Path, postgres_url: str) -> None:
+    """Several hosts, each with its own spool and agent, one PostgreSQL-backed ledger."""
+    reset_org(postgres_url)
+    ledger = start_ledger(tmp_path / "ledger", db=postgres_url)
+    agents = []
+    try:
+        for host in range(3):
+            work = tmp_path / f"host{host}"
+            work.mkdir()
+            produce(work / "spool", 3000, account=f"acct{host}")
+            agents.append(start_agent(work, write_agent_config(work, work / "spool", ledger.url)))
+        wait_for(lambda: all(total(ledger, f"acct{h}")[0] == 3000 for h in range(3)), timeout=90, what="three agents")
+        for h in range(3):
+            assert total(ledger, f"acct{h}") == (3000, sum(range(3000)))
+    finally:
+        for agent in agents:
+            agent.kill(signal.SIGTERM)
+        ledger.proc.kill()
+
+
+def reset_org(url: str) -> None:
+    """Empty the test organisation in the shared PostgreSQL ledger: the server lives for the session."""
+    from meterkit_agent.ledger import Ledger
+
+    ledger = Ledger(url)
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM measurements WHERE org = 'test-org'")
+    ledger.close()
