@@ -336,6 +336,10 @@ def ledger_serve(
     catalog: Annotated[
         Path | None, typer.Option("--catalog", help="refuse measurements the catalog does not allow")
     ] = None,
+    client_id: Annotated[str | None, typer.Option("--client-id", help="enable m3ter's /oauth/token exchange")] = None,
+    client_secret: Annotated[
+        str | None, typer.Option("--client-secret", envvar="METERKIT_LEDGER_CLIENT_SECRET")
+    ] = None,
 ) -> None:
     """Serve the ledger's m3ter-compatible ingest API and usage queries."""
     import uvicorn
@@ -356,7 +360,11 @@ def ledger_serve(
     except Exception as exc:  # a bad URL or an unreachable database: say which, not a traceback
         raise _fail(f"cannot open ledger database: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     typer.echo(f"ledger on http://{host}:{port} ({ledger.engine.dialect.name})", err=True)
-    uvicorn.run(create_app(ledger, token=token, catalog=cat), host=host, port=port, log_level="warning")
+    if (client_id is None) != (client_secret is None):
+        raise _fail("give both --client-id and --client-secret, or neither")
+    credentials = (client_id, client_secret) if client_id and client_secret else None
+    app = create_app(ledger, token=token, catalog=cat, client_credentials=credentials)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @app.command("usage")

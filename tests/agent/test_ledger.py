@@ -246,3 +246,50 @@ def test_ledger_serves_postgresql(tmp_path: Path, postgres_url: str) -> None:
         assert server.get("/organizations/pg/usage", meter="downloads", field="bytes")["data"][0]["value"] == 1450
     finally:
         server.proc.kill()
+
+
+def test_client_credentials_exchange_with_the_official_client_and_the_agent(tmp_path: Path) -> None:
+    """m3ter's /oauth/token flow against the ledger: the official client, then the agent's exporter."""
+    import signal
+
+    import m3ter
+
+    from tests.agent.conftest import start_agent, wait_for, write_agent_config
+
+    server = start_ledger(tmp_path / "ledger", extra=("--client-id", "svc-1", "--client-secret", "s3cret"))
+    try:
+        client = m3ter.M3ter(base_url=server.url, api_key="svc-1", api_secret="s3cret", org_id="test-org")
+        ok = client.usage.submit(
+            measurements=[
+                {
+                    "uid": "cc-1",
+                    "meter": "downloads",
+                    "account": "acme",
+                    "ts": "2026-03-01T10:00:00Z",
+                    "measure": {"bytes": 1},
+                }
+            ]
+        )
+        assert ok.result == "accepted"
+        wrong = m3ter.M3ter(base_url=server.url, api_key="svc-1", api_secret="nope", org_id="test-org")
+        with pytest.raises(m3ter.AuthenticationError):
+            wrong.usage.submit(measurements=[])
+
+        config = write_agent_config(tmp_path, tmp_path / "spool", server.url)
+        config.write_text(
+            config.read_text().replace("token: ${LEDGER_TOKEN}", "client_id: svc-1\n    client_secret: s3cret")
+        )
+        import meterkit
+
+        producer = meterkit.Client(spool_dir=tmp_path / "spool")
+        for i in range(20):
+            producer.record("downloads", account="acme", measure={"bytes": i})
+        producer.shutdown(5)
+        agent = start_agent(tmp_path, config)
+        try:
+            wait_for(lambda: server.count() == 21, timeout=30, what="delivery with exchanged tokens")
+        finally:
+            assert agent.kill(signal.SIGTERM) == 0
+        assert "s3cret" not in (tmp_path / "agent.log").read_text()  # secrets never in logs
+    finally:
+        server.proc.kill()

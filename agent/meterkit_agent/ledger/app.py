@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
+import secrets
 import time
 from typing import Annotated, Any
 
@@ -28,21 +31,58 @@ MAX_MEASUREMENTS = 1_000
 MAX_REQUEST_BYTES = 512_000
 
 
-def create_app(ledger: Ledger, *, token: str | None = None, catalog: Catalog | None = None) -> FastAPI:
+def create_app(
+    ledger: Ledger,
+    *,
+    token: str | None = None,
+    catalog: Catalog | None = None,
+    client_credentials: tuple[str, str] | None = None,
+    token_ttl_seconds: int = 3600,
+) -> FastAPI:
+    """The ledger's API. ``token`` is a fixed bearer token; ``client_credentials`` (id,
+    secret) also enables m3ter's ``POST /oauth/token`` exchange, whose tokens expire after
+    ``token_ttl_seconds``. With neither, requests are not authenticated."""
     app = FastAPI(
         title="meterkit ledger",
         version="1",
         description="An m3ter-compatible ingest API and usage queries, backed by SQLite or PostgreSQL.",
     )
     expected = token.encode() if token else None
+    issued: dict[str, float] = {}  # access token -> expiry (monotonic)
 
     def authorize(request: Request) -> None:
-        if not bearer_ok(request, expected):
+        if expected is None and client_credentials is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        fresh = issued.get(given, 0.0) > time.monotonic() if scheme.lower() == "bearer" else False
+        if not fresh and not (expected is not None and bearer_ok(request, expected)):
             raise HTTPException(
-                status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+                status_code=401, detail="missing, wrong or expired bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
 
     auth = [Depends(authorize)]
+
+    if client_credentials is not None:
+        basic = base64.b64encode(f"{client_credentials[0]}:{client_credentials[1]}".encode()).decode()
+
+        @app.post("/oauth/token")
+        async def oauth_token(request: Request) -> Response:
+            """m3ter's client-credentials exchange: Basic id:secret, grant_type=client_credentials."""
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Basic {basic}".encode()):
+                return _error(401, "wrong client credentials")
+            try:
+                body = orjson.loads(await request.body() or b"{}")
+            except orjson.JSONDecodeError:
+                body = {}
+            if isinstance(body, dict) and body.get("grant_type", "client_credentials") != "client_credentials":
+                return _error(400, "grant_type must be client_credentials")
+            now = time.monotonic()
+            for stale in [t for t, until in issued.items() if until <= now]:
+                del issued[stale]
+            access = secrets.token_urlsafe(32)
+            issued[access] = now + token_ttl_seconds
+            return _json({"access_token": access, "token_type": "Bearer", "expires_in": token_ttl_seconds})
 
     @app.get("/health")
     def health() -> dict[str, Any]:
