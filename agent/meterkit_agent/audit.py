@@ -82,14 +82,6 @@ def contains_uid(compressed: dict[str, Any], uid: str) -> bool:
     return uid in compressed.get("other", [])
 
 
-def expand_uids(compressed: dict[str, Any]) -> Iterator[str]:
-    for prefix, spans in compressed.get("runs", {}).items():
-        for a, b in spans:
-            for n in range(a, b + 1):
-                yield f"{prefix}{n:012x}"
-    yield from compressed.get("other", [])
-
-
 def totals(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (meter, account, hour): count and sums of numeric fields (as the SDK tallies)."""
     table: dict[tuple[str, str, str], list[Any]] = {}

@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from meterkit._guard import background_error, log_once
-from meterkit._spool import FRAME_HEADER_SIZE, KIND_CONTROL, read_segment, segments
+from meterkit._spool import FRAME_HEADER_SIZE, read_segment, segments
 
 from .state import Checkpoint
 
@@ -167,17 +166,3 @@ class SpoolReceiver:
     def forget(self, seg: _Segment) -> None:
         with self._lock:
             self._segments.pop(seg.key, None)
-
-    def pending_segments(self) -> int:
-        with self._lock:
-            return sum(1 for s in self._segments.values() if not s.done)
-
-
-def is_control(envelope: Envelope) -> bool:
-    return envelope.kind == KIND_CONTROL
-
-
-def server_thread(server: Any, name: str) -> threading.Thread:
-    thread = threading.Thread(target=server.run, name=name, daemon=True)
-    thread.start()
-    return thread
