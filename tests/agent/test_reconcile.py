@@ -284,6 +284,28 @@ def test_bad_input_gets_clear_messages_never_a_false_reconciled(scenario: Scenar
         "reconcile", "--config", str(scenario.config), "--from", "yesterday", "--to", "2001-01-02T00:00:00Z"
     )
     assert bad.returncode == 2 and "bad period" in bad.stderr
+    # A client whose clock runs a day ahead: its tally is dated in the future.
+    from meterkit_agent.audit import Journal
+
+    Journal(scenario.state).append(
+        [
+            {
+                "type": "sdk_tally",
+                "entries": [
+                    {
+                        "meter": "data_downloaded",
+                        "account": "skewed",
+                        "hour": "2099-01-01T00:00:00Z",
+                        "count": 1,
+                        "sums": {},
+                    }
+                ],
+            }
+        ]
+    )
+    code, report, _ = scenario.reconcile()
+    assert any("dated in the future" in n and "2099-01-01" in n for n in report["notes"])
+    assert ("undelivered", "skewed", 1, False) in kinds(report) and code == 1  # never a silent "reconciled"
     scenario.ledger.proc.kill()
     down = scenario.cli("reconcile", "--config", str(scenario.config), *PERIOD)
     assert down.returncode == 2 and "cannot reach the backend" in down.stderr and "Traceback" not in down.stderr
