@@ -37,7 +37,7 @@ from .delivery import Rejected, RetryLater, idempotency_key
 from .exporters import Exporter, build_exporter
 from .metrics import AgentMetrics
 from .processors import Processor, build_processor
-from .receivers import Envelope, SpoolReceiver
+from .receivers import Envelope, Receiver, SpoolReceiver
 from .state import REPLAY_SPOOL, Checkpoint, DeadLetters
 
 logger = logging.getLogger("meterkit.agent")
@@ -132,8 +132,8 @@ class Agent:
         self._abandoning = False
         self._sender = threading.Thread(target=self._send_loop, name="meterkit-agent-sender", daemon=True)
 
-        self.receivers: list[SpoolReceiver] = []
-        self.http_servers: list[Any] = []
+        self.receivers: list[SpoolReceiver] = []  # spool tailers: the pipeline's queue
+        self.http_servers: list[Receiver] = []  # network receivers: they append to a spool
         for cid in pipe.receivers:
             cfg = config.component("receivers", cid)
             if isinstance(cfg, SpoolReceiverConfig):
@@ -184,10 +184,11 @@ class Agent:
             timeout = self.config.service.drain_timeout_millis / 1000.0
         self._drain_deadline = time.monotonic() + timeout
         self._stopping.set()
+        # Network receivers first (their last writes land in a spool), then the tailers.
         for server in self.http_servers:
-            server.stop()
+            server.shutdown(max(1.0, self._drain_deadline - time.monotonic()))
         for receiver in self.receivers:
-            receiver.stop()
+            receiver.shutdown(max(1.0, self._drain_deadline - time.monotonic()))
         drained = self.worker.shutdown(timeout)
         left = max(0.0, self._drain_deadline - time.monotonic())
         try:

@@ -147,8 +147,8 @@ class HttpReceiver:
                 return int(sock.getsockname()[1])
         return 0
 
-    def stop(self) -> None:
+    def shutdown(self, timeout: float = 10.0) -> None:
         self.server.should_exit = True
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(timeout)
         self.writer.seal()

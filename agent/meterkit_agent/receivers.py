@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from meterkit._guard import background_error, log_once
 from meterkit._spool import FRAME_HEADER_SIZE, read_segment, segments
@@ -23,6 +24,14 @@ from meterkit._spool import FRAME_HEADER_SIZE, read_segment, segments
 from .state import Checkpoint
 
 logger = logging.getLogger("meterkit.agent")
+
+
+class Receiver(Protocol):
+    """A pipeline's source. Receivers start, and shut down within a timeout."""
+
+    def start(self) -> None: ...
+
+    def shutdown(self, timeout: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +95,10 @@ class SpoolReceiver:
         self._thread = threading.Thread(target=self._run, name=f"spool-receiver:{self.directory}", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def shutdown(self, timeout: float = 10.0) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():
