@@ -132,7 +132,6 @@ class Client:
         self.written = 0
         self._losses: Counter[tuple[str, str, str | None]] = Counter()
         self._losses_total: Counter[str] = Counter()
-        self._tally: dict[tuple[str, str, str], list[Any]] = {}
 
     # -- the hot path ----------------------------------------------------------------------
 
