@@ -34,7 +34,7 @@ from meterkit._timefmt import wire_ts_ns
 from .audit import Journal, compress_uids, totals, uid_digest
 from .config import AgentConfig, BatchConfig, HttpReceiverConfig, OtlpReceiverConfig, RetryConfig, SpoolReceiverConfig
 from .delivery import Rejected, RetryLater, idempotency_key
-from .exporters import Exporter, build_exporter
+from .exporters import Exporter, IngestExporter, build_exporter
 from .metrics import AgentMetrics
 from .processors import Processor, build_processor
 from .receivers import Envelope, Receiver, SpoolReceiver
@@ -116,6 +116,9 @@ class Agent:
         for cid in pipe.exporters:
             cfg = config.component("exporters", cid)
             exporter = build_exporter(cid, cfg)
+            if isinstance(exporter, IngestExporter):
+                # One request never exceeds the batch processor's limits (m3ter's, by default).
+                exporter.max_count, exporter.max_bytes = batch_cfg.max_measurements, batch_cfg.max_bytes
             self.exporters.append(exporter)
             self._retry_cfg[exporter.name] = getattr(cfg, "retry", RetryConfig())
 
