@@ -36,7 +36,7 @@ from .config import AgentConfig, BatchConfig, HttpReceiverConfig, OtlpReceiverCo
 from .delivery import Rejected, RetryLater, idempotency_key
 from .exporters import Exporter, IngestExporter, build_exporter
 from .metrics import AgentMetrics
-from .processors import Processor, build_processor
+from .processors import Processor, ValidateProcessor, build_processor
 from .receivers import Envelope, Receiver, SpoolReceiver
 from .state import REPLAY_SPOOL, Checkpoint, DeadLetters
 
@@ -62,6 +62,7 @@ class _Prepared:
     """A batch parsed and processed, waiting for the sender to deliver and commit it."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
+    trusted: list[bool] = field(default_factory=list)  # per record: validated by its writer as we would
     rejected: list[Rejected] = field(default_factory=list)
     broken: list[tuple[Any, str, str]] = field(default_factory=list)
     positions: dict[str, int] = field(default_factory=dict)
@@ -111,6 +112,10 @@ class Agent:
                 if proc is not None:
                     self.processors.append(proc)
         self.batch_cfg = batch_cfg
+        # Frames validated by their writer under our rules and catalog skip a second check.
+        # Trust needs a validate processor that runs first: later processors change records.
+        first = self.processors[0] if self.processors else None
+        self._validated_token = first.token if isinstance(first, ValidateProcessor) else None
         self.exporters: list[Exporter] = []
         self._retry_cfg: dict[str, RetryConfig] = {}
         for cid in pipe.exporters:
@@ -261,6 +266,7 @@ class Agent:
                 continue
             if env.kind == KIND_MEASUREMENT:
                 p.records.append(body)
+                p.trusted.append(env.validated is not None and env.validated == self._validated_token)
                 if isinstance(body, dict) and isinstance(body.get("uid"), str):
                     p.sources.setdefault(env.source, (env.writer, []))[1].append(body["uid"])
             else:
@@ -271,7 +277,10 @@ class Agent:
                     )
         self.metrics.received.add(len(p.records))
         for process in self.processors:
-            p.records, refused = process(p.records)
+            if isinstance(process, ValidateProcessor):
+                p.records, refused = process(p.records, p.trusted)
+            else:
+                p.records, refused = process(p.records)
             p.rejected.extend(refused)
         return p
 

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from meterkit import MeasurementError, load_catalog
-from meterkit._model import validate_wire
+from meterkit._model import validate_wire, validation_token
 from meterkit._spool import KIND_CONTROL, KIND_MEASUREMENT, SegmentWriter, encode_frame
 
 from .audit import totals
@@ -118,7 +118,14 @@ class HttpReceiver:
             (c.catalog for c in agent_config.processors.values() if isinstance(c, ValidateConfig) and c.catalog), None
         )
         catalog = load_catalog(catalog_path) if catalog_path else None
-        self.writer = SegmentWriter(spool, f"http{os.getpid()}", fsync=True, max_segment_age_seconds=60)
+        # Everything this receiver writes was validated against `catalog` under the SDK's rules.
+        self.writer = SegmentWriter(
+            spool,
+            f"http{os.getpid()}",
+            fsync=True,
+            max_segment_age_seconds=60,
+            meta={"validated": validation_token(catalog)},
+        )
         host, _, port = cfg.endpoint.rpartition(":")
         if otlp:
             from .otlp_receiver import create_otlp_app

@@ -10,7 +10,7 @@ from typing import Any
 from meterkit import Catalog, MeasurementError, load_catalog
 from meterkit._expr import ExpressionError, parse
 from meterkit._guard import log_once
-from meterkit._model import NUMERIC_CATEGORIES, validate_wire
+from meterkit._model import NUMERIC_CATEGORIES, validate_wire, validation_token
 
 from .config import DeriveConfig, EnrichConfig, ValidateConfig
 from .delivery import Rejected
@@ -23,22 +23,37 @@ def _catalog(path: Any) -> Catalog | None:
     return load_catalog(path) if path else None
 
 
-def validate_processor(cfg: ValidateConfig) -> Processor:
+class ValidateProcessor:
     """Checks every measurement against the catalog (and the wire rules). Bad ones are
-    rejected with the reason, for the dead-letter store; none are dropped."""
-    catalog = _catalog(cfg.catalog)
+    rejected with the reason, for the dead-letter store; none are dropped.
 
-    def process(batch: list[Measurement]) -> tuple[list[Measurement], list[Rejected]]:
+    A measurement its writer already validated under the same rules and the same catalog
+    (the segment header's ``validated`` equals :attr:`token`) is passed through: checking
+    it again could only give the same answer.
+    """
+
+    def __init__(self, cfg: ValidateConfig) -> None:
+        self.catalog = _catalog(cfg.catalog)
+        self.token = validation_token(self.catalog)
+
+    def __call__(
+        self, batch: list[Measurement], trusted: list[bool] | None = None
+    ) -> tuple[list[Measurement], list[Rejected]]:
         kept, rejected = [], []
         now = time.time_ns()
-        for m in batch:
+        for i, m in enumerate(batch):
+            if trusted is not None and trusted[i]:
+                kept.append(m)
+                continue
             try:
-                kept.append(validate_wire(m, catalog, now))
+                kept.append(validate_wire(m, self.catalog, now))
             except MeasurementError as exc:
                 rejected.append(Rejected(m, f"invalid:{exc.reason}", str(exc)))
         return kept, rejected
 
-    return process
+
+def validate_processor(cfg: ValidateConfig) -> ValidateProcessor:
+    return ValidateProcessor(cfg)
 
 
 def derive_processor(cfg: DeriveConfig) -> Processor:

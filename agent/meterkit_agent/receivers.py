@@ -40,6 +40,7 @@ class Envelope:
 
     source: str  # "<spool dir>/<segment name>": the checkpoint key
     writer: str  # "<pid>@<host>" from the segment header: who recorded it
+    validated: str | None  # what the writer validated its frames against (rules and catalog)
     end: int
     kind: int
     payload: bytes
@@ -56,6 +57,7 @@ class _Segment:
     torn_tail: bool = False
     pid: int | None = None
     host: str | None = None
+    validated: str | None = None
 
 
 def _writer_alive(pid: int | None, host: str | None) -> bool:
@@ -130,6 +132,7 @@ class SpoolReceiver:
                 continue
             if result.header and seg.pid is None:
                 seg.pid, seg.host = result.header.get("pid"), result.header.get("host")
+                seg.validated = result.header.get("validated")
             for c in result.corrupt:
                 if not (result.torn and c is result.corrupt[-1]):
                     self.on_corrupt(key, c.length)
@@ -144,7 +147,9 @@ class SpoolReceiver:
                     )
             for frame in result.frames:
                 end = frame.offset + FRAME_HEADER_SIZE + len(frame.payload)
-                envelope = Envelope(key, f"{seg.pid}@{seg.host}", end, frame.kind, frame.payload, time.time_ns())
+                envelope = Envelope(
+                    key, f"{seg.pid}@{seg.host}", seg.validated, end, frame.kind, frame.payload, time.time_ns()
+                )
                 while not self.emit(envelope):
                     if self._stop.is_set():
                         return busy

@@ -22,6 +22,7 @@ Loading collects every problem (file, line, meter, field, reason) before raising
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -170,6 +172,9 @@ class Catalog:
     meters: Mapping[str, Meter]
     custom_fields: Mapping[str, str | int | float]
     source: str = "<memory>"
+    #: sha256 of the catalog's meaning (meters and custom fields, not comments or layout):
+    #: equal digests validate measurements identically.
+    digest: str = ""
 
     def __contains__(self, code: object) -> bool:
         return code in self.meters
@@ -279,7 +284,11 @@ def catalog_from_dict(doc: Any, source: str = "<memory>") -> Catalog:
             meters[meter.code] = meter
     if problems:
         raise CatalogError(problems)
-    return Catalog(meters=meters, custom_fields=org_custom, source=source)
+    # The validated model, not the YAML: spelling of categories, key order and comments
+    # do not change what a catalog means.
+    meaning = {"meters": [meters[code] for code in sorted(meters)], "custom_fields": org_custom}
+    digest = hashlib.sha256(orjson.dumps(meaning, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+    return Catalog(meters=meters, custom_fields=org_custom, source=source, digest=digest)
 
 
 def _locate(raw: dict[str, Any], loc: tuple[Any, ...]) -> tuple[str | None, int | None]:

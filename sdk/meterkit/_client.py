@@ -23,7 +23,7 @@ from . import _guard
 from ._batch import BatchWorker
 from ._catalog import Catalog, load_catalog
 from ._errors import ConfigError, MeasurementError, MeterkitError, Problem
-from ._model import CATEGORIES, NUMERIC_CATEGORIES, UidSource, build
+from ._model import CATEGORIES, NUMERIC_CATEGORIES, UidSource, build, validation_token
 from ._otel_context import current_context_getter
 from ._scope import EMPTY, SCOPED_CATEGORIES, Scope, current_scope
 from ._settings import Settings, resolve
@@ -104,6 +104,7 @@ class Client:
                     max_segment_age_seconds=s.max_segment_age_seconds,
                     max_spool_bytes=s.max_spool_bytes,
                     fsync=s.fsync,
+                    validated=validation_token(self.catalog),
                 )
             except OSError as exc:
                 raise ConfigError(f"cannot use spool directory {s.spool_dir}: {exc.strerror}") from None

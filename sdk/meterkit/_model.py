@@ -284,6 +284,16 @@ class UidSource:
         return f"{self.prefix}{n & 0xFFFFFFFFFFFF:012x}"
 
 
+#: Bumped whenever :func:`build`'s rules change: a spool segment written under the same
+#: rules and catalog needs no second validation by the agent.
+RULES_VERSION = 1
+
+
+def validation_token(catalog: Catalog | None) -> str:
+    """Names what a measurement was validated against: the rules and the catalog."""
+    return f"rules{RULES_VERSION}:{catalog.digest if catalog is not None else 'no-catalog'}"
+
+
 #: The keys a measurement may have on the wire.
 WIRE_KEYS = frozenset({"uid", "meter", "account", "ts", "ets", *CATEGORIES})
 

@@ -49,6 +49,7 @@ class SpoolSink:
         max_segment_age_seconds: float,
         max_spool_bytes: int,
         fsync: bool,
+        validated: str | None = None,
     ) -> None:
         self.directory = directory
         self.max_spool_bytes = max_spool_bytes
@@ -59,6 +60,7 @@ class SpoolSink:
             max_segment_bytes=max_segment_bytes,
             max_segment_age_seconds=max_segment_age_seconds,
             fsync=fsync,
+            meta={"validated": validated} if validated else None,
         )
         self._reject_fd = -1
         self._used = spool_bytes(directory)

@@ -86,8 +86,10 @@ class SegmentWriter:
         max_segment_bytes: int = 64 * 1024 * 1024,
         max_segment_age_seconds: float = 300.0,
         fsync: bool = False,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         self.directory = private_dir(directory)
+        self.meta = meta or {}  # extra header metadata, e.g. what the frames were validated against
         self.writer_id = writer_id
         self.max_segment_bytes = max_segment_bytes
         self.max_segment_age_seconds = max_segment_age_seconds
@@ -137,6 +139,7 @@ class SegmentWriter:
                 "host": socket.gethostname(),
                 "segment": self._seq,
                 "created_ns": time.time_ns(),
+                **self.meta,
             }
         )
         os.write(fd, header)

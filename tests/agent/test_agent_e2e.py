@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -301,3 +302,44 @@ def reset_org(url: str) -> None:
     with ledger.engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM measurements WHERE org = 'test-org'")
     ledger.close()
+
+
+def test_frames_validated_by_their_writer_under_the_same_catalog_are_not_validated_again(tmp_path: Path) -> None:
+    """The SDK names, in each segment's header, the rules and catalog it validated against;
+    the agent skips a second check only when both match its own."""
+    from meterkit._spool import read_segment, segments
+    from meterkit_agent.agent import Agent
+    from meterkit_agent.config import simple_config
+
+    spool = tmp_path / "spool"
+    client = meterkit.Client(CATALOG, spool)
+    client.record("data_downloaded", account="acme", measure={"bytes": 1})
+    client.shutdown(5)
+    [segment] = segments(spool)
+    header = read_segment(segment).header
+    assert header is not None and header["validated"] == f"rules1:{meterkit.load_catalog(CATALOG).digest}"
+
+    same = Agent(
+        simple_config(
+            spool_dir=spool, catalog=CATALOG, state_dir=tmp_path / "a", ledger_db=f"sqlite:///{tmp_path / 'l.db'}"
+        )
+    )
+    other = Agent(simple_config(spool_dir=spool, state_dir=tmp_path / "b", ledger_db=f"sqlite:///{tmp_path / 'l.db'}"))
+    try:
+        for agent, trusted in ((same, True), (other, False)):
+            received: list[Any] = []
+            receiver = agent.receivers[0]
+
+            def keep(env: Any, sink: list[Any] = received) -> bool:
+                sink.append(env)
+                return True
+
+            receiver.emit = keep
+            receiver.poll()
+            prepared = agent._prepare([e for e in received if e.kind == 1])
+            assert prepared.trusted == [trusted]
+            assert [m["meter"] for m in prepared.records] == ["data_downloaded"]
+    finally:
+        for agent in (same, other):
+            agent.dead_letters.close()
+            agent.metrics.shutdown()

@@ -182,3 +182,14 @@ def test_valid_ucum_units(unit: str) -> None:
 @pytest.mark.parametrize("unit", ["", " s", "MIBy", "foo", "GiBy//s", "{unclosed", "kg..m", "s^2"])
 def test_invalid_ucum_units(unit: str) -> None:
     assert unit_error(unit)
+
+
+def test_the_digest_follows_meaning_not_layout(tmp_path: Path) -> None:
+    one = write(tmp_path, "meters:\n  - {code: m, name: M, data_fields: [{code: n, name: N, category: MEASURE}]}\n")
+    first = load_catalog(one).digest
+    one.write_text(
+        "# a comment\nmeters:\n  - code: m\n    name: M\n    data_fields:\n      - {category: measure, code: n, name: N}\n"
+    )
+    assert load_catalog(one).digest == first
+    one.write_text("meters:\n  - {code: m, name: M, data_fields: [{code: n, name: N, category: COST}]}\n")
+    assert load_catalog(one).digest != first
