@@ -79,6 +79,12 @@ class DeadLetters:
                    uid TEXT, meter TEXT, account TEXT, body TEXT NOT NULL,
                    replayed_at TEXT)"""
         )
+        # A batch replayed after a crash (dead letters stored, journal not yet appended)
+        # must not list the same letter twice; once replayed, it may come back anew.
+        self._db.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_waiting ON dead_letters (uid, reason)"
+            " WHERE uid IS NOT NULL AND replayed_at IS NULL"
+        )
 
     def add(self, stage: str, entries: list[tuple[Any, str, str]]) -> None:
         """Store (measurement, reason, detail) entries durably, in one transaction."""
@@ -103,7 +109,7 @@ class DeadLetters:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
-                "INSERT INTO dead_letters (at, stage, reason, detail, uid, meter, account, body)"
+                "INSERT OR IGNORE INTO dead_letters (at, stage, reason, detail, uid, meter, account, body)"
                 " VALUES (?,?,?,?,?,?,?,?)",
                 rows,
             )

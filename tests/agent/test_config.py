@@ -83,3 +83,17 @@ def test_simple_config_defaults_to_the_embedded_ledger(tmp_path: Path) -> None:
     assert cfg.pipeline.exporters == ["ledger"]
     cfg = simple_config(to="http://127.0.0.1:8765", token="t")
     assert cfg.pipeline.exporters == ["m3ter"]
+
+
+def test_dead_letters_are_kept_once_until_replayed(tmp_path: Path) -> None:
+    from meterkit_agent.state import DeadLetters
+
+    dead = DeadLetters(tmp_path)
+    bad = {"uid": "u1", "meter": "m", "account": "a"}
+    dead.add("agent", [(bad, "invalid:x", "d")])
+    dead.add("agent", [(bad, "invalid:x", "d")])  # the same batch, replayed after a crash
+    assert len(dead.rows()) == 1
+    dead.mark_replayed([dead.rows()[0]["id"]])
+    dead.add("agent", [(bad, "invalid:x", "d")])  # replayed and refused again: a new letter
+    assert len(dead.rows()) == 1 and len(dead.rows(include_replayed=True)) == 2
+    dead.close()
