@@ -20,13 +20,13 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from meterkit import MeasurementError, load_catalog
-from meterkit._model import validate_wire, validation_token
+from meterkit import load_catalog
+from meterkit._model import validation_token
 from meterkit._spool import KIND_CONTROL, KIND_MEASUREMENT, SegmentWriter, encode_frame
 
 from .audit import totals
 from .config import AgentConfig, HttpReceiverConfig, ValidateConfig
-from .httputil import BodyError, bearer_ok, read_body
+from .httputil import BodyError, bearer_ok, read_body, validate_items
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -53,22 +53,7 @@ def create_receiver_app(cfg: HttpReceiverConfig, writer: SegmentWriter, catalog:
         items, problem = _parse(body, request.headers.get("content-type", ""))
         if problem:
             return _json({"message": problem}, 400)
-        good, errors = [], []
-        now = time.time_ns()
-        for index, raw in enumerate(items):
-            try:
-                good.append(validate_wire(raw, catalog, now))
-            except MeasurementError as exc:
-                uid = raw.get("uid") if isinstance(raw, dict) else None
-                errors.append(
-                    {
-                        "index": index,
-                        "uid": uid,
-                        "reason": exc.reason,
-                        "field": exc.field,
-                        "message": exc.problem.message,
-                    }
-                )
+        good, errors = validate_items(items, catalog)
         if errors:
             return _json(
                 {

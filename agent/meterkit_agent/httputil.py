@@ -5,9 +5,14 @@ bounded so a small compressed body cannot expand past the limit)."""
 from __future__ import annotations
 
 import hmac
+import time
 import zlib
+from typing import Any
 
 from fastapi import Request
+
+from meterkit import Catalog, MeasurementError
+from meterkit._model import validate_wire
 
 
 class BodyError(Exception):
@@ -38,3 +43,18 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     if len(body) > max_bytes:
         raise BodyError(413, f"request is over {max_bytes} bytes; at most {max_bytes} are accepted")
     return body
+
+
+def validate_items(items: list[Any], catalog: Catalog | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Validate a request's measurements: (the good ones, an error per bad one naming its
+    index, uid, reason, field and message), so an answer can name every bad record."""
+    good, errors = [], []
+    now = time.time_ns()
+    for index, raw in enumerate(items):
+        try:
+            good.append(validate_wire(raw, catalog, now))
+        except MeasurementError as exc:
+            p = exc.problem
+            uid = raw.get("uid") if isinstance(raw, dict) else None
+            errors.append({"index": index, "uid": uid, "reason": p.reason, "field": p.field, "message": p.message})
+    return good, errors

@@ -21,10 +21,9 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 
-from meterkit import Catalog, MeasurementError
-from meterkit._model import validate_wire
+from meterkit import Catalog
 
-from ..httputil import BodyError, bearer_ok, read_body
+from ..httputil import BodyError, bearer_ok, read_body, validate_items
 from .store import Ledger, UsageQuery
 
 MAX_MEASUREMENTS = 1_000
@@ -103,15 +102,7 @@ def create_app(
             return _error(400, 'body must be {"measurements": [...]}')
         if len(items) > MAX_MEASUREMENTS:
             return _error(400, f"{len(items)} measurements; at most {MAX_MEASUREMENTS} per request")
-        good, errors = [], []
-        now = time.time_ns()
-        for index, raw in enumerate(items):
-            try:
-                good.append(validate_wire(raw, catalog, now))
-            except MeasurementError as exc:
-                uid = raw.get("uid") if isinstance(raw, dict) else None
-                p = exc.problem
-                errors.append({"index": index, "uid": uid, "reason": p.reason, "field": p.field, "message": p.message})
+        good, errors = validate_items(items, catalog)
         if errors:
             return _error(400, f"{len(errors)} of {len(items)} measurements are invalid; none were stored", errors)
         new, duplicates = await _run(ledger.ingest, org_id, good)
