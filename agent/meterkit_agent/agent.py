@@ -28,10 +28,11 @@ import tenacity
 
 from meterkit._batch import BatchWorker
 from meterkit._guard import background_error
+from meterkit._model import tally
 from meterkit._spool import KIND_MEASUREMENT, private_dir
 from meterkit._timefmt import wire_ts_ns
 
-from .audit import Journal, compress_uids, totals, uid_digest
+from .audit import Journal, compress_uids, uid_digest
 from .config import AgentConfig, BatchConfig, HttpReceiverConfig, OtlpReceiverConfig, RetryConfig, SpoolReceiverConfig
 from .delivery import Rejected, RetryLater, idempotency_key
 from .exporters import Exporter, IngestExporter, build_exporter
@@ -352,7 +353,7 @@ class Agent:
                 "idempotency_key": idempotency_key(delivered_uids),
                 "uid_digest": uid_digest(delivered_uids),
                 "count": len(delivered),
-                "totals": totals(delivered),
+                "totals": tally(delivered),
                 "sources": [
                     {"segment": seg, "writer": writer, "uids": compress_uids(u for u in uids if u in delivered_uids)}
                     for seg, (writer, uids) in sources.items()
@@ -384,7 +385,7 @@ class Agent:
             "type": "dead_letter",
             "count": len(rejected) + len(broken),
             "reasons": dict(reasons),
-            "totals": totals(measurements),
+            "totals": tally(measurements),
             "uids": compress_uids(uids),
         }
 

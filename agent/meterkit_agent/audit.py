@@ -82,21 +82,6 @@ def contains_uid(compressed: dict[str, Any], uid: str) -> bool:
     return uid in compressed.get("other", [])
 
 
-def totals(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (meter, account, hour): count and sums of numeric fields (as the SDK tallies)."""
-    table: dict[tuple[str, str, str], list[Any]] = {}
-    for r in records:
-        key = (str(r.get("meter")), str(r.get("account")), str(r.get("ts", ""))[:13] + ":00:00Z")
-        entry = table.setdefault(key, [0, {}])
-        entry[0] += 1
-        for category in ("measure", "income", "cost"):
-            for code, v in (r.get(category) or {}).items():
-                if isinstance(v, int | float) and not isinstance(v, bool):
-                    name = f"{category}.{code}"
-                    entry[1][name] = entry[1].get(name, 0) + v
-    return [{"meter": m, "account": a, "hour": h, "count": c, "sums": s} for (m, a, h), (c, s) in table.items()]
-
-
 class Journal:
     """Appends entries, each fsynced before :meth:`append` returns."""
 

@@ -691,7 +691,9 @@ def dlq_replay(
     unused = set(fixes) - {json.loads(r["body"]).get("uid") for r in rows if r["body"].startswith("{")}
     for uid in sorted(unused):
         typer.echo(f"warning: {fix_file}: uid {uid} matches no waiting dead letter", err=True)
-    from .audit import Journal, compress_uids, totals
+    from meterkit._model import tally
+
+    from .audit import Journal, compress_uids
 
     originals = [o for o in (json.loads(r["body"]) for r in rows) if isinstance(o, dict)]
     path = write_replay(directory, measurements)
@@ -706,8 +708,8 @@ def dlq_replay(
                 "uids": compress_uids(
                     m["uid"] for m in measurements if isinstance(m, dict) and isinstance(m.get("uid"), str)
                 ),
-                "original_totals": totals(originals),
-                "totals": totals(m for m in measurements if isinstance(m, dict)),
+                "original_totals": tally(originals),
+                "totals": tally(m for m in measurements if isinstance(m, dict)),
             }
         ]
     )

@@ -22,21 +22,19 @@ from fastapi.responses import Response
 
 from meterkit import load_catalog
 from meterkit._model import validation_token
-from meterkit._spool import KIND_CONTROL, KIND_MEASUREMENT, SegmentWriter, encode_frame
+from meterkit._sinks import SpoolSink
 
-from .audit import totals
 from .config import AgentConfig, HttpReceiverConfig, ValidateConfig
-from .httputil import BodyError, bearer_ok, read_body, validate_items
+from .httputil import BodyError, bearer_ok, read_body, spool_accepted, validate_items
 
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def create_receiver_app(cfg: HttpReceiverConfig, writer: SegmentWriter, catalog: Any) -> FastAPI:
+def create_receiver_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Any) -> FastAPI:
     app = FastAPI(title="meterkit agent HTTP receiver", version="1")
     token = cfg.token.get_secret_value().encode() if cfg.token else None
-    lock = threading.Lock()
 
     @app.get("/health")
     def health() -> Response:
@@ -62,12 +60,10 @@ def create_receiver_app(cfg: HttpReceiverConfig, writer: SegmentWriter, catalog:
                 },
                 400,
             )
-        # A tally travels with the records, as the SDK writes one: reconciliation counts
-        # what the HTTP receiver accepted as "recorded".
-        tally = encode_frame(KIND_CONTROL, orjson.dumps({"type": "tally", "entries": totals(good)}))
-        data = b"".join(encode_frame(KIND_MEASUREMENT, orjson.dumps(m)) for m in good) + tally
-        with lock:
-            writer.write(data, len(good) + 1)
+        try:
+            spool_accepted(sink, good)
+        except BodyError as exc:
+            return _json({"message": exc.message}, exc.status)
         return _json({"accepted": len(good)})
 
     return app
@@ -104,21 +100,25 @@ class HttpReceiver:
         )
         catalog = load_catalog(catalog_path) if catalog_path else None
         # Everything this receiver writes was validated against `catalog` under the SDK's rules.
-        self.writer = SegmentWriter(
+        # Everything this receiver writes was validated against `catalog` under the SDK's
+        # rules; the same sink as the SDK's frames it, with a tally, into the agent's spool.
+        self.sink = SpoolSink(
             spool,
             f"http{os.getpid()}",
-            fsync=True,
+            max_segment_bytes=64 * 1024 * 1024,
             max_segment_age_seconds=60,
-            meta={"validated": validation_token(catalog)},
+            max_spool_bytes=1 << 62,  # the agent's own spool: bounded by what it is sent
+            fsync=True,
+            validated=validation_token(catalog),
         )
         host, _, port = cfg.endpoint.rpartition(":")
         if otlp:
             from .otlp_receiver import create_otlp_app
 
             token = cfg.token.get_secret_value().encode() if cfg.token else None
-            app = create_otlp_app(self.writer, catalog, token, cfg.max_request_bytes, threading.Lock())
+            app = create_otlp_app(self.sink, catalog, token, cfg.max_request_bytes)
         else:
-            app = create_receiver_app(cfg, self.writer, catalog)
+            app = create_receiver_app(cfg, self.sink, catalog)
         self.server = uvicorn.Server(
             uvicorn.Config(app, host=host, port=int(port), log_level="warning", lifespan="off")
         )
@@ -143,4 +143,4 @@ class HttpReceiver:
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
-        self.writer.seal()
+        self.sink.close()

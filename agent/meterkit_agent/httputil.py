@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import Request
 
 from meterkit import Catalog, MeasurementError
-from meterkit._model import validate_wire
+from meterkit._model import tally, validate_wire
+from meterkit._sinks import SinkUnavailable, SpoolSink
 
 
 class BodyError(Exception):
@@ -58,3 +59,12 @@ def validate_items(items: list[Any], catalog: Catalog | None) -> tuple[list[dict
             uid = raw.get("uid") if isinstance(raw, dict) else None
             errors.append({"index": index, "uid": uid, "reason": p.reason, "field": p.field, "message": p.message})
     return good, errors
+
+
+def spool_accepted(sink: SpoolSink, measurements: list[dict[str, Any]]) -> None:
+    """Write accepted measurements to a receiver's spool, with the tally that says they
+    were recorded, as the SDK does. Raises :class:`BodyError` (503) if the spool refuses."""
+    try:
+        sink.write(measurements, [{"type": "tally", "entries": tally(measurements)}])
+    except SinkUnavailable as exc:
+        raise BodyError(503, f"cannot accept measurements now: {exc}") from None

@@ -39,11 +39,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from meterkit import MeasurementError
 from meterkit._model import CATEGORIES, validate_wire
-from meterkit._spool import KIND_CONTROL, KIND_MEASUREMENT, SegmentWriter, encode_frame
+from meterkit._sinks import SpoolSink
 from meterkit._timefmt import iso_ms
 
-from .audit import totals
-from .httputil import BodyError, bearer_ok, read_body
+from .httputil import BodyError, bearer_ok, read_body, spool_accepted
 
 OTLP_NAMESPACE = uuid.UUID("0b8f5d5e-7f0c-5f61-9d2a-4c1a6e3b2f10")
 PREFIX = "meterkit."
@@ -100,7 +99,7 @@ def _hex_ids_to_base64(doc: Any) -> Any:
     return doc
 
 
-def create_otlp_app(writer: SegmentWriter, catalog: Any, token: bytes | None, max_bytes: int, lock: Any) -> FastAPI:
+def create_otlp_app(sink: SpoolSink, catalog: Any, token: bytes | None, max_bytes: int) -> FastAPI:
     app = FastAPI(title="meterkit agent OTLP/HTTP logs receiver", version="1")
 
     def answer(response: ExportLogsServiceResponse, as_json: bool, status: int = 200) -> Response:
@@ -142,10 +141,10 @@ def create_otlp_app(writer: SegmentWriter, catalog: Any, token: bytes | None, ma
                     except MeasurementError as exc:
                         problems.append(f"record {total} (uid {m['uid']}): {exc}")
         if good:
-            tally = encode_frame(KIND_CONTROL, orjson.dumps({"type": "tally", "entries": totals(good)}))
-            data = b"".join(encode_frame(KIND_MEASUREMENT, orjson.dumps(m)) for m in good) + tally
-            with lock:
-                writer.write(data, len(good) + 1)
+            try:
+                spool_accepted(sink, good)
+            except BodyError as exc:
+                return Response(exc.message, status_code=exc.status)
         response = ExportLogsServiceResponse()
         if problems:
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")

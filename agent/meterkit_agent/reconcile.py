@@ -363,9 +363,10 @@ def repair(state_dir: Path, report: Report, backend: Backend, exporter: Any, spo
     """Re-send measurements the journal says were delivered but the backend lacks, from the
     spool segments still on disk (live or retained). Uids are unchanged, so a repair can
     never double count."""
+    from meterkit._model import tally
     from meterkit._spool import KIND_MEASUREMENT, read_segment, segments
 
-    from .audit import Journal, compress_uids, contains_uid, totals
+    from .audit import Journal, compress_uids, contains_uid
 
     result = RepairResult()
     missing = [d for d in report.differences if d.kind == "missing_at_backend"]
@@ -406,7 +407,7 @@ def repair(state_dir: Path, report: Report, backend: Backend, exporter: Any, spo
                     "type": "repair",
                     "count": result.resent,
                     "uids": compress_uids(m["uid"] for m in resend),
-                    "totals": totals(resend),
+                    "totals": tally(resend),
                 }
             ]
         )

@@ -23,7 +23,7 @@ from . import _guard
 from ._batch import BatchWorker
 from ._catalog import Catalog, load_catalog
 from ._errors import ConfigError, MeasurementError, MeterkitError, Problem
-from ._model import CATEGORIES, NUMERIC_CATEGORIES, UidSource, build, validation_token
+from ._model import CATEGORIES, UidSource, build, tally, validation_token
 from ._otel_context import current_context_getter
 from ._scope import EMPTY, SCOPED_CATEGORIES, Scope, current_scope
 from ._settings import Settings, resolve
@@ -309,31 +309,9 @@ class Client:
         The tally is per (meter, account, hour): count and sums of numeric fields. It is
         written in the same ``write`` as the records it counts, so the two cannot part.
         """
-        tally: dict[tuple[str, str, str], list[Any]] = {}
-        for r in records:
-            key = (r["meter"], r["account"], r["ts"][:13])
-            entry = tally.get(key)
-            if entry is None:
-                entry = tally[key] = [0, {}]
-            entry[0] += 1
-            sums = entry[1]
-            for category in NUMERIC_CATEGORIES:
-                values = r.get(category)
-                if values:
-                    for code, v in values.items():
-                        name = f"{category}.{code}"
-                        sums[name] = sums.get(name, 0) + v
         controls: list[Measurement] = []
-        if tally:
-            controls.append(
-                {
-                    "type": "tally",
-                    "entries": [
-                        {"meter": m, "account": a, "hour": h + ":00:00Z", "count": c, "sums": s}
-                        for (m, a, h), (c, s) in tally.items()
-                    ],
-                }
-            )
+        if records:
+            controls.append({"type": "tally", "entries": tally(records)})
         if self._losses:
             with self._lock:
                 losses, self._losses = self._losses, Counter()

@@ -18,7 +18,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -292,6 +292,35 @@ RULES_VERSION = 1
 def validation_token(catalog: Catalog | None) -> str:
     """Names what a measurement was validated against: the rules and the catalog."""
     return f"rules{RULES_VERSION}:{catalog.digest if catalog is not None else 'no-catalog'}"
+
+
+def tally(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per (meter, account, hour): how many measurements, and the sums of their numeric
+    fields keyed ``category.code``. The SDK writes this beside the records it counts; the
+    agent journals the same figures for what it delivered or dead-lettered, so the two
+    sides of a reconciliation are computed by one function. Tolerates the malformed
+    measurements a dead-letter store may hold."""
+    table: dict[tuple[Any, Any, str], list[Any]] = {}
+    for r in records:
+        meter, account, ts = r.get("meter"), r.get("account"), r.get("ts")
+        key = (
+            meter if type(meter) is str else str(meter),
+            account if type(account) is str else str(account),
+            (ts[:13] if type(ts) is str else "") + ":00:00Z",
+        )
+        entry = table.get(key)
+        if entry is None:
+            entry = table[key] = [0, {}]
+        entry[0] += 1
+        sums = entry[1]
+        for category in NUMERIC_CATEGORIES:
+            values = r.get(category)
+            if values and type(values) is dict:
+                for code, v in values.items():
+                    if type(v) is int or type(v) is float:
+                        name = f"{category}.{code}"
+                        sums[name] = sums.get(name, 0) + v
+    return [{"meter": m, "account": a, "hour": h, "count": c, "sums": s} for (m, a, h), (c, s) in table.items()]
 
 
 #: The keys a measurement may have on the wire.
