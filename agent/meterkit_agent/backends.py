@@ -33,13 +33,13 @@ from typing import Any
 import orjson
 import requests
 
+from meterkit._model import CATEGORIES
 from meterkit._timefmt import wire_ts_ns
 
 from .config import OpenMeterExporterConfig, StripeExporterConfig
 from .delivery import Encoded, Rejected, RetryLater, classify, idempotency_key, parse_retry_after
 from .exporters import USER_AGENT, IngestExporter, _answer, _short
 
-CATEGORIES = ("who", "what", "where", "other", "metadata", "measure", "income", "cost")
 STRIPE_MAX_AGE_SECONDS = 35 * 86_400
 
 

@@ -30,7 +30,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from meterkit._settings import default_spool_dir
 
@@ -63,22 +72,25 @@ class SpoolReceiverConfig(_Strict):
     poll_interval_millis: int = Field(200, gt=0)
 
 
+def _host_port(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError("endpoint must be host:port, e.g. 127.0.0.1:4319")
+    return v
+
+
+#: A listening address. Every listener defaults to loopback; another host must be asked for.
+HostPort = Annotated[str, AfterValidator(_host_port)]
+
+
 class HttpReceiverConfig(_Strict):
-    endpoint: str = "127.0.0.1:4319"
+    endpoint: HostPort = "127.0.0.1:4319"
     token: SecretStr | None = None
     max_request_bytes: int = Field(5 * 1024 * 1024, gt=0)
 
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError("endpoint must be host:port, e.g. 127.0.0.1:4319")
-        return v
-
 
 class OtlpReceiverConfig(HttpReceiverConfig):
-    endpoint: str = "127.0.0.1:4318"  # OTLP/HTTP's registered port, on loopback
+    endpoint: HostPort = "127.0.0.1:4318"  # OTLP/HTTP's registered port, on loopback
 
 
 class ValidateConfig(_Strict):
@@ -174,15 +186,7 @@ class OtlpMetricsConfig(_Strict):
 
 
 class PrometheusConfig(_Strict):
-    endpoint: str = "127.0.0.1:9464"  # loopback unless you say otherwise
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError("endpoint must be host:port, e.g. 127.0.0.1:9464")
-        return v
+    endpoint: HostPort = "127.0.0.1:9464"
 
 
 class MetricsTelemetryConfig(_Strict):

@@ -10,7 +10,7 @@ from typing import Any
 from meterkit import Catalog, MeasurementError, load_catalog
 from meterkit._expr import ExpressionError, parse
 from meterkit._guard import log_once
-from meterkit._model import NUMERIC_CATEGORIES, validate_wire, validation_token
+from meterkit._model import CATEGORIES, NUMERIC_CATEGORIES, validate_wire, validation_token
 
 from .config import DeriveConfig, EnrichConfig, ValidateConfig
 from .delivery import Rejected
@@ -73,9 +73,7 @@ def derive_processor(cfg: DeriveConfig) -> Processor:
                 continue
             assert catalog is not None
             env: dict[str, Any] = dict(catalog.meters[m["meter"]].custom_fields)
-            for values in (
-                m.get(c) for c in ("who", "what", "where", "other", "metadata", "measure", "income", "cost")
-            ):
+            for values in (m.get(c) for c in CATEGORIES):
                 if values:
                     env.update(values)
             env["ts"], env["ets"] = m.get("ts"), m.get("ets")

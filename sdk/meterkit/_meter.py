@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _api
 from ._guard import background_error
-from ._model import CATEGORIES
+from ._model import CATEGORIES, STRING_CATEGORIES
 from ._scope import decorate
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ class meter:
     ) -> None:
         if outcome is not None:
             category = outcome.rpartition(".")[0]
-            if category and category not in ("who", "what", "where", "other", "metadata"):
+            if category and category not in STRING_CATEGORIES:
                 raise ValueError(
                     f"outcome={outcome!r}: the category must be a string one (who, what, where, other, metadata)"
                 )

@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ._model import STRING_CATEGORIES
+
 TRACE_ID = "trace_id"
 SPAN_ID = "span_id"
 BAGGAGE_PREFIX = "meterkit."
-_STRING_CATEGORIES = ("who", "what", "where", "other", "metadata")
 
 
 def current_context_getter() -> Callable[[], Any] | None:
@@ -54,7 +55,7 @@ def extract(ctx: Any) -> tuple[str | None, dict[str, dict[str, str]]]:
             account = value
             continue
         category, _, code = rest.partition(".")
-        if category in _STRING_CATEGORIES and code:
+        if category in STRING_CATEGORIES and code:
             fields.setdefault(category, {})[code] = value
     span_context = trace.get_current_span(ctx).get_span_context()
     if span_context.is_valid:
@@ -72,6 +73,6 @@ def placed(fields: dict[str, dict[str, str]], categories: Mapping[str, str] | No
     for values in fields.values():
         for code, value in values.items():
             category = categories.get(code)
-            if category in _STRING_CATEGORIES:
+            if category in STRING_CATEGORIES:
                 out.setdefault(category, {})[code] = value
     return out

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
-SCOPED_CATEGORIES = ("who", "what", "where", "other", "metadata")
+from ._model import STRING_CATEGORIES
+
+#: The string categories: what a scope (and baggage) may fill.
+SCOPED_CATEGORIES = STRING_CATEGORIES
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -44,9 +44,8 @@ from ._api import get_client
 from ._client import Client
 from ._errors import ConfigError
 from ._guard import background_error
+from ._model import NUMERIC_CATEGORIES, STRING_CATEGORIES
 
-_STRING = ("who", "what", "where", "other", "metadata")
-_NUMERIC = ("measure", "income", "cost")
 ACCOUNT_ATTRIBUTE = "meterkit.account"
 
 
@@ -80,7 +79,7 @@ class SpanRule(BaseModel):
     def _fields(cls, v: dict[str, str]) -> dict[str, str]:
         for target in v:
             category, _, code = target.partition(".")
-            if category not in (*_STRING, *_NUMERIC) or not code:
+            if category not in (*STRING_CATEGORIES, *NUMERIC_CATEGORIES) or not code:
                 raise ValueError(f"{target!r}: fields are named category.code, e.g. what.endpoint")
         return v
 
@@ -89,7 +88,7 @@ class SpanRule(BaseModel):
     def _errors(cls, v: str) -> str:
         if v not in ("count", "skip"):
             category, _, code = v.partition(".")
-            if category not in _STRING or not code:
+            if category not in STRING_CATEGORIES or not code:
                 raise ValueError("errors is count, skip, or a string field such as other.status")
         return v
 
@@ -167,13 +166,13 @@ class UsageSpanProcessor(SpanProcessor):
         if failed and rule.errors == "skip":
             return
         attrs: Mapping[str, Any] = span.attributes or {}
-        values: dict[str, dict[str, Any]] = {c: {} for c in (*_STRING, *_NUMERIC)}
+        values: dict[str, dict[str, Any]] = {c: {} for c in (*STRING_CATEGORIES, *NUMERIC_CATEGORIES)}
         values["measure"].update(rule.measure)
         for target, attribute in rule.fields.items():
             value = _scalar(attrs.get(attribute))
             if value is not None:
                 category, _, code = target.partition(".")
-                values[category][code] = value if category in _NUMERIC else str(value)
+                values[category][code] = value if category in NUMERIC_CATEGORIES else str(value)
         if rule.duration and span.start_time is not None and span.end_time is not None:
             values["measure"][rule.duration] = (span.end_time - span.start_time) / 1e9
         if rule.errors not in ("count", "skip"):

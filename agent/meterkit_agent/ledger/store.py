@@ -19,6 +19,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from meterkit._model import NUMERIC_CATEGORIES, STRING_CATEGORIES
+
 metadata = sa.MetaData()
 
 measurements = sa.Table(
@@ -34,8 +36,6 @@ measurements = sa.Table(
 )
 
 AGGREGATIONS = ("SUM", "MIN", "MAX", "COUNT", "LATEST", "MEAN", "UNIQUE")
-NUMERIC = ("measure", "income", "cost")
-STRINGS = ("who", "what", "where", "other", "metadata")
 ROUNDINGS = ("NONE", "UP", "DOWN", "NEAREST")
 BUCKETS = {"hour": 13, "day": 10, "month": 7}
 
@@ -277,7 +277,7 @@ def _filtered(
 
 
 def _find(m: dict[str, Any], code: str, numeric: bool) -> Any:
-    for category in NUMERIC if numeric else (*STRINGS, *NUMERIC):
+    for category in NUMERIC_CATEGORIES if numeric else (*STRING_CATEGORIES, *NUMERIC_CATEGORIES):
         values = m.get(category)
         if values and code in values:
             return values[code]
