@@ -20,16 +20,12 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from meterkit import load_catalog
 from meterkit._model import validation_token
 from meterkit._sinks import SpoolSink
 
 from .config import AgentConfig, HttpReceiverConfig, ValidateConfig
-from .httputil import BodyError, bearer_ok, read_body, spool_accepted, validate_items
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+from .httputil import BodyError, bearer_ok, json_response, read_body, spool_accepted, validate_items
+from .processors import catalog_at
 
 
 def create_receiver_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Any) -> FastAPI:
@@ -38,22 +34,22 @@ def create_receiver_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Any) 
 
     @app.get("/health")
     def health() -> Response:
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     @app.post("/v1/measurements")
     async def receive(request: Request) -> Response:
         if not bearer_ok(request, token):
-            return _json({"message": "missing or wrong bearer token"}, 401)
+            return json_response({"message": "missing or wrong bearer token"}, 401)
         try:
             body = await read_body(request, cfg.max_request_bytes)
         except BodyError as exc:
-            return _json({"message": exc.message}, exc.status)
+            return json_response({"message": exc.message}, exc.status)
         items, problem = _parse(body, request.headers.get("content-type", ""))
         if problem:
-            return _json({"message": problem}, 400)
+            return json_response({"message": problem}, 400)
         good, errors = validate_items(items, catalog)
         if errors:
-            return _json(
+            return json_response(
                 {
                     "message": f"{len(errors)} of {len(items)} measurements are invalid; none were accepted",
                     "errors": errors,
@@ -63,8 +59,8 @@ def create_receiver_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Any) 
         try:
             spool_accepted(sink, good)
         except BodyError as exc:
-            return _json({"message": exc.message}, exc.status)
-        return _json({"accepted": len(good)})
+            return json_response({"message": exc.message}, exc.status)
+        return json_response({"accepted": len(good)})
 
     return app
 
@@ -98,8 +94,7 @@ class HttpReceiver:
         catalog_path = next(
             (c.catalog for c in agent_config.processors.values() if isinstance(c, ValidateConfig) and c.catalog), None
         )
-        catalog = load_catalog(catalog_path) if catalog_path else None
-        # Everything this receiver writes was validated against `catalog` under the SDK's rules.
+        catalog = catalog_at(catalog_path)
         # Everything this receiver writes was validated against `catalog` under the SDK's
         # rules; the same sink as the SDK's frames it, with a tally, into the agent's spool.
         self.sink = SpoolSink(

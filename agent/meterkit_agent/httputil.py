@@ -9,11 +9,17 @@ import time
 import zlib
 from typing import Any
 
+import orjson
 from fastapi import Request
+from fastapi.responses import Response
 
 from meterkit import Catalog, MeasurementError
 from meterkit._model import tally, validate_wire
 from meterkit._sinks import SinkUnavailable, SpoolSink
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
 class BodyError(Exception):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from meterkit import Catalog, MeasurementError, load_catalog
@@ -19,7 +21,9 @@ Measurement = dict[str, Any]
 Processor = Callable[[list[Measurement]], tuple[list[Measurement], list[Rejected]]]
 
 
-def _catalog(path: Any) -> Catalog | None:
+@functools.lru_cache(maxsize=8)
+def catalog_at(path: Path | None) -> Catalog | None:
+    """The catalog at ``path``, loaded once for every component that names it."""
     return load_catalog(path) if path else None
 
 
@@ -33,7 +37,7 @@ class ValidateProcessor:
     """
 
     def __init__(self, cfg: ValidateConfig) -> None:
-        self.catalog = _catalog(cfg.catalog)
+        self.catalog = catalog_at(cfg.catalog)
         self.token = validation_token(self.catalog)
 
     def __call__(
@@ -60,7 +64,7 @@ def derive_processor(cfg: DeriveConfig) -> Processor:
     """Evaluates each meter's derived fields with the SDK's expression engine and stores the
     result in the derived field's category. A calculation that cannot be evaluated (division
     by zero, a type mismatch) leaves that field out and is logged once per meter and field."""
-    catalog = _catalog(cfg.catalog)
+    catalog = catalog_at(cfg.catalog)
     plans: dict[str, list[tuple[str, str, Any]]] = {}
     if catalog is not None:
         for meter in catalog.meters.values():

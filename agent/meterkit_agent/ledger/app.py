@@ -20,10 +20,11 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from meterkit import Catalog
 
-from ..httputil import BodyError, bearer_ok, read_body, validate_items
+from ..httputil import BodyError, bearer_ok, json_response, read_body, validate_items
 from .store import Ledger, UsageQuery
 
 MAX_MEASUREMENTS = 1_000
@@ -81,7 +82,7 @@ def create_app(
                 del issued[stale]
             access = secrets.token_urlsafe(32)
             issued[access] = now + token_ttl_seconds
-            return _json({"access_token": access, "token_type": "Bearer", "expires_in": token_ttl_seconds})
+            return json_response({"access_token": access, "token_type": "Bearer", "expires_in": token_ttl_seconds})
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -106,7 +107,7 @@ def create_app(
         if errors:
             return _error(400, f"{len(errors)} of {len(items)} measurements are invalid; none were stored", errors)
         new, duplicates = await _run(ledger.ingest, org_id, good)
-        return _json({"result": "accepted", "accepted": new, "duplicates": duplicates})
+        return json_response({"result": "accepted", "accepted": new, "duplicates": duplicates})
 
     @app.get("/organizations/{org_id}/usage", dependencies=auth)
     async def usage(
@@ -138,7 +139,7 @@ def create_app(
             data = await _run(ledger.usage, org_id, query)
         except ValueError as exc:
             return _error(400, str(exc))
-        return _json({"data": data})
+        return json_response({"data": data})
 
     @app.get("/organizations/{org_id}/uids", dependencies=auth)
     async def list_uids(
@@ -148,30 +149,24 @@ def create_app(
         start: Annotated[str | None, Query(alias="from")] = None,
         end: Annotated[str | None, Query(alias="to")] = None,
     ) -> Response:
-        return _json({"uids": await _run(ledger.uids, org_id, meter, account, start, end)})
+        return json_response({"uids": await _run(ledger.uids, org_id, meter, account, start, end)})
 
     @app.get("/organizations/{org_id}/measurements/{uid}", dependencies=auth)
     async def get_measurement(org_id: str, uid: str) -> Response:
         found = await _run(ledger.get, org_id, uid)
         if found is None:
             return _error(404, f"no measurement with uid {uid!r}")
-        return _json(found)
+        return json_response(found)
 
     return app
 
 
 async def _run(fn: Any, *args: Any) -> Any:
-    from starlette.concurrency import run_in_threadpool
-
     return await run_in_threadpool(fn, *args)
-
-
-def _json(body: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
 
 
 def _error(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> Response:
     body: dict[str, Any] = {"message": message}
     if errors is not None:
         body["errors"] = errors
-    return _json(body, status_code=status)
+    return json_response(body, status)
