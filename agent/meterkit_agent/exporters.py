@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import orjson
 import requests
+import sqlalchemy.exc
 
 from meterkit import MeasurementError
 from meterkit._model import validate_wire
@@ -206,8 +207,6 @@ class LedgerExporter:
         self.ledger = Ledger(cfg.db)
 
     def export(self, records: list[dict[str, Any]]) -> list[Rejected]:
-        import sqlalchemy.exc
-
         good, rejected = [], []
         for record in records:
             try:

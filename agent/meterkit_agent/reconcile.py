@@ -19,9 +19,11 @@ from typing import Any, Protocol
 
 import requests
 
+from meterkit._model import tally
+from meterkit._spool import KIND_MEASUREMENT, read_segment, segments
 from meterkit._timefmt import iso_ms, parse_ts
 
-from .audit import read_entries, verify
+from .audit import Journal, compress_uids, contains_uid, read_entries, verify
 
 Key = tuple[str, str]  # (meter, account)
 
@@ -363,10 +365,6 @@ def repair(state_dir: Path, report: Report, backend: Backend, exporter: Any, spo
     """Re-send measurements the journal says were delivered but the backend lacks, from the
     spool segments still on disk (live or retained). Uids are unchanged, so a repair can
     never double count."""
-    from meterkit._model import tally
-    from meterkit._spool import KIND_MEASUREMENT, read_segment, segments
-
-    from .audit import Journal, compress_uids, contains_uid
 
     result = RepairResult()
     missing = [d for d in report.differences if d.kind == "missing_at_backend"]

@@ -24,7 +24,7 @@ from ._batch import BatchWorker
 from ._catalog import Catalog, load_catalog
 from ._errors import ConfigError, MeasurementError, MeterkitError, Problem
 from ._model import CATEGORIES, UidSource, build, tally, validation_token
-from ._otel_context import current_context_getter
+from ._otel_context import current_context_getter, extract, placed
 from ._scope import EMPTY, SCOPED_CATEGORIES, Scope, current_scope
 from ._settings import Settings, resolve
 from ._sinks import MemorySink, Sink, SinkUnavailable, SpoolSink
@@ -254,8 +254,6 @@ class Client:
 
     def _apply_otel(self, ctx: Any, meter: Any, account: Any, values: Any) -> tuple[Any, Any]:
         """Baggage and trace ids, below everything the caller or a scope gave."""
-        from ._otel_context import extract, placed
-
         baggage_account, fields = extract(ctx)
         if self.catalog is not None:
             known = self.catalog.meters.get(meter) if isinstance(meter, str) else None

@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from opentelemetry import baggage, trace
+
 from ._model import STRING_CATEGORIES
 
 TRACE_ID = "trace_id"
@@ -43,8 +45,6 @@ def current_context_getter() -> Callable[[], Any] | None:
 
 def extract(ctx: Any) -> tuple[str | None, dict[str, dict[str, str]]]:
     """(account from baggage, {category: {code: value}}) for a captured OTel context."""
-    from opentelemetry import baggage, trace
-
     fields: dict[str, dict[str, str]] = {}
     account: str | None = None
     for key, value in baggage.get_all(ctx).items():
