@@ -372,26 +372,27 @@ def repair(state_dir: Path, report: Report, backend: Backend, exporter: Any, spo
         return result
     delivered = [e for _, e in read_entries(state_dir / "journal.jsonl") if e.get("type") == "delivery"]
     folders = [*spool_dirs, state_dir / "retained", *sorted((state_dir / "http-spool").glob("*"))]
+    # Read the segments on disk once: every measurement of the period for the keys in question.
+    wanted = {(d.meter, d.account) for d in missing}
+    on_disk: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for folder in folders:
+        for seg in segments(folder):
+            for frame in read_segment(seg).frames:
+                if frame.kind != KIND_MEASUREMENT:
+                    continue
+                m = frame.json()
+                key = (m.get("meter"), m.get("account"))
+                if key in wanted and report.start <= m.get("ts", "") < report.end:
+                    on_disk[key][m["uid"]] = m
     resend: list[dict[str, Any]] = []
     for d in missing:
         have = backend.uids(d.meter, d.account, report.start, report.end)
-        found: dict[str, dict[str, Any]] = {}
-        for folder in folders:
-            for seg in segments(folder):
-                for frame in read_segment(seg).frames:
-                    if frame.kind != KIND_MEASUREMENT:
-                        continue
-                    m = frame.json()
-                    if (
-                        m.get("meter") == d.meter
-                        and m.get("account") == d.account
-                        and report.start <= m.get("ts", "") < report.end
-                        and m["uid"] not in have
-                        and any(
-                            contains_uid(s.get("uids", {}), m["uid"]) for e in delivered for s in e.get("sources", [])
-                        )
-                    ):
-                        found[m["uid"]] = m
+        found = {
+            uid: m
+            for uid, m in on_disk[(d.meter, d.account)].items()
+            if uid not in have
+            and any(contains_uid(s.get("uids", {}), uid) for e in delivered for s in e.get("sources", []))
+        }
         resend.extend(found.values())
         if len(found) < d.count:
             result.unrecoverable[(d.meter, d.account)] = d.count - len(found)
