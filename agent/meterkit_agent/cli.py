@@ -30,6 +30,11 @@ app.add_typer(meters_app, name="meters")
 app.add_typer(spool_app, name="spool")
 
 
+def _print_problems(exc: meterkit.CatalogError) -> None:
+    for p in exc.problems:
+        typer.echo(f"{p}  [{p.reason}]", err=True)
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
@@ -41,8 +46,7 @@ def meters_validate(file: Annotated[Path, typer.Argument(help="the meters.yaml t
     try:
         catalog = meterkit.load_catalog(file)
     except meterkit.CatalogError as exc:
-        for p in exc.problems:
-            typer.echo(f"{p}  [{p.reason}]", err=True)
+        _print_problems(exc)
         typer.echo(f"{len(exc.problems)} problem(s) in {file}", err=True)
         raise typer.Exit(1) from None
     derived = sum(len(m.derived_fields) for m in catalog.meters.values())
@@ -252,8 +256,7 @@ def _agent_config(
             typer.echo(line, err=True)
         raise typer.Exit(2) from None
     except meterkit.CatalogError as exc:
-        for p in exc.problems:
-            typer.echo(f"{p}  [{p.reason}]", err=True)
+        _print_problems(exc)
         raise typer.Exit(2) from None
 
 
@@ -301,10 +304,9 @@ def agent_status(
     """Print the agent's health counters (from its status file)."""
     import time
 
-    from .config import default_state_dir
     from .metrics import read_status
 
-    directory = state_dir or default_state_dir()
+    directory = _state(state_dir)
     status = read_status(directory)
     if status is None:
         raise _fail(f"no status in {directory}: is an agent running with this --state-dir?", 1)
