@@ -14,6 +14,7 @@
 """
 
 from ._api import configure, flush, get_client, record, shutdown, stats
+from ._backfill import BatchResult
 from ._catalog import (
     Catalog,
     Category,
@@ -23,7 +24,7 @@ from ._catalog import (
     catalog_from_dict,
     load_catalog,
 )
-from ._client import BatchResult, Client
+from ._client import Client
 from ._errors import CatalogError, ConfigError, MeasurementError, MeterkitError, Problem
 from ._expr import Expression, ExpressionError
 from ._expr import parse as parse_expression

@@ -4,6 +4,10 @@ A uid is derived from the row so that running the same backfill twice can never 
 count: from ``uid`` if the row has one, else from the value of ``key_field`` (a source
 system's event id), else from the row's content. Two rows with identical content are the
 same event under the last rule; give a key if your source has genuinely identical events.
+
+Dependencies run one way: ``_client`` imports this module (``Client.submit_batch`` calls
+:func:`submit_batch`, and returns the :class:`BatchResult` defined here); this module
+never imports ``_client`` at run time, only for type hints.
 """
 
 from __future__ import annotations
@@ -19,11 +23,26 @@ from ._errors import MeasurementError, Problem
 from ._model import CATEGORIES, build, problem
 
 if TYPE_CHECKING:
-    from ._client import BatchResult, Client
+    from ._client import Client
 
 #: Namespace of backfill uids (uuid5): fixed forever, or re-runs would mint new uids.
 BACKFILL_NAMESPACE = uuid.UUID("6f1c2a7e-3b0d-5d9a-9c41-8e5b7f1d2c30")
 _ALLOWED = {"uid", "meter", "account", "ts", "ets", *CATEGORIES}
+
+
+class BatchResult:
+    """What :meth:`Client.submit_batch` did: how many rows were accepted, which were not."""
+
+    def __init__(self, accepted: int, problems: list[Problem]) -> None:
+        self.accepted = accepted
+        self.problems = problems
+
+    @property
+    def rejected(self) -> int:
+        return len(self.problems)
+
+    def __repr__(self) -> str:
+        return f"BatchResult(accepted={self.accepted}, rejected={self.rejected})"
 
 
 def derive_uid(meter: str, row: Mapping[str, Any], key_field: str | None) -> str:
@@ -84,8 +103,6 @@ def submit_batch(
     *,
     key_field: str | None = None,
 ) -> BatchResult:
-    from ._client import BatchResult
-
     problems: list[Problem] = []
     good: list[dict[str, Any]] = []
     accepted = 0
