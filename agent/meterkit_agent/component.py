@@ -1,60 +1,50 @@
-"""Delivery rules, as small pure functions with table-driven tests.
+"""What every pipeline component shares, and nothing more.
 
-What is retried and what is final is decided in :func:`classify`; nothing else in the
-agent decides it. Retried: 408, 429, every 5xx, connection errors and timeouts. Final:
-any other 4xx, which isolates the bad measurements (from the backend's answer if it names
-them, else by splitting the batch) so the good ones are delivered and the bad ones are
-dead-lettered with the backend's reason.
+The agent is assembled from configuration, as the OpenTelemetry Collector is: a
+component is named ``type`` or ``type/name``, and each kind (``receivers``,
+``processors``, ``exporters``) keeps a registry from a type to the module that
+implements it. That module defines a :data:`FACTORY`: the component's configuration
+model and the function that builds it. Configuration lives with its component, so
+adding one is one new module, its tests, and one registry line; the registry names the
+module by its dotted path and imports it only when a configuration asks for it, so an
+agent that exports to Stripe never imports the ledger's database layer.
+
+The two outcomes a component can give besides success are here too: :class:`Rejected`
+(this measurement can never be delivered as it is: dead-letter it, with the reason) and
+:class:`RetryLater` (nothing is wrong with the data: try the same thing again later).
 """
 
 from __future__ import annotations
 
-import email.utils
-import hashlib
-import time
-from collections.abc import Iterable, Iterator
+import functools
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
-import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
-Outcome = Literal["ok", "retry", "isolate"]
+from meterkit import Catalog, load_catalog
 
-
-def classify(status: int) -> Outcome:
-    """The retry predicate: what to do with an HTTP status."""
-    if 200 <= status < 300:
-        return "ok"
-    if status in (408, 429) or 500 <= status < 600:
-        return "retry"
-    if 400 <= status < 500:
-        return "isolate"
-    return "retry"  # 1xx/3xx from an ingest endpoint: a proxy misbehaving; try again
+Measurement = dict[str, Any]
 
 
-def parse_retry_after(value: str | None, now: float | None = None, cap_seconds: float = 300.0) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date, RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), cap_seconds)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    delta = when.timestamp() - (time.time() if now is None else now)
-    return min(max(delta, 0.0), cap_seconds)
+class Settings(BaseModel):
+    """Base of every component's configuration: an unknown key is an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
-def idempotency_key(uids: Iterable[str]) -> str:
-    """The ``Idempotency-Key`` of a request: a digest of its uids, independent of order,
-    so every retry of the same measurements carries the same key."""
-    digest = hashlib.sha256()
-    for uid in sorted(uids):
-        digest.update(uid.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:48]
+def _host_port(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError("endpoint must be host:port, e.g. 127.0.0.1:4319")
+    return v
+
+
+#: A listening address. Every listener defaults to loopback; another host must be asked for.
+HostPort = Annotated[str, AfterValidator(_host_port)]
 
 
 class RetryLater(Exception):
@@ -75,28 +65,67 @@ class Rejected:
     detail: str = ""
 
 
-Encoded = tuple[dict[str, Any], bytes]
+class Receiver(Protocol):
+    """A pipeline's source. Receivers start, and shut down within a timeout."""
+
+    def start(self) -> None: ...
+
+    def shutdown(self, timeout: float) -> None: ...
 
 
-def chunks(records: list[dict[str, Any]], max_count: int, max_bytes: int) -> Iterator[list[Encoded]]:
-    """Split records into requests of at most ``max_count`` items and ``max_bytes`` of JSON.
+class ReceiverHost(Protocol):
+    """What the pipeline offers a receiver it builds. The spool is the pipeline's only
+    queue: every receiver either names a spool to tail or writes one and names it."""
 
-    Each record is serialised once, here; :func:`request_body` joins the pieces.
-    """
-    envelope = len(b'{"measurements":[]}')
-    current: list[Encoded] = []
-    size = envelope
-    for record in records:
-        data = orjson.dumps(record)
-        n = len(data) + 1
-        if current and (len(current) >= max_count or size + n > max_bytes):
-            yield current
-            current, size = [], envelope
-        current.append((record, data))
-        size += n
-    if current:
-        yield current
+    state_dir: Path
+    catalog: Catalog | None  # the validate processor's, so receivers refuse what it would
+
+    def tail(self, directory: Path, poll_interval: float) -> None: ...
 
 
-def request_body(chunk: list[Encoded]) -> bytes:
-    return b'{"measurements":[' + b",".join(data for _, data in chunk) + b"]}"
+#: A processor is a plain callable from a batch to (kept, rejected); none drops silently.
+Processor = Callable[[list[Measurement]], tuple[list[Measurement], list[Rejected]]]
+
+
+class Exporter(Protocol):
+    """Where delivered measurements go. ``export`` returns what the backend refused for
+    good and raises :class:`RetryLater` for anything transient."""
+
+    name: str
+
+    def export(self, records: list[Measurement]) -> list[Rejected]: ...
+
+    def shutdown(self) -> None: ...
+
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class Factory(Generic[C]):
+    """How a component type is configured and built. ``create`` takes the component id
+    (``type/name``), its validated configuration and, for receivers, the pipeline's
+    :class:`ReceiverHost`."""
+
+    config: type[BaseModel]
+    create: Callable[..., C]
+
+
+def type_of(cid: str) -> str:
+    """``"http/internal"`` → ``"http"``."""
+    return cid.split("/", 1)[0]
+
+
+def factory(registry: dict[str, str], cid: str) -> Factory[Any] | None:
+    """The factory of a component id's type, importing its module; None if unknown."""
+    module = registry.get(type_of(cid))
+    if module is None:
+        return None
+    found: Factory[Any] = importlib.import_module(module).FACTORY
+    return found
+
+
+@functools.lru_cache(maxsize=8)
+def catalog_at(path: Path | None) -> Catalog | None:
+    """The catalog at ``path``, loaded once for every component that names it."""
+    return load_catalog(path) if path else None

@@ -17,7 +17,11 @@
       pipelines:
         usage: {receivers: [spool, http], processors: [validate, derive, batch], exporters: [m3ter]}
 
-Components are named ``type`` or ``type/name`` as in the Collector. ``${VAR}`` (or
+Components are named ``type`` or ``type/name`` as in the Collector. Each component's
+settings model lives in the component's own module (``receivers/http.py`` defines
+``HttpReceiverConfig``), found through its kind's registry; this module holds what is
+the agent's as a whole: ``service``, the pipeline, telemetry, and the parsing that
+collects every problem of a file in one pass. ``${VAR}`` (or
 ``${VAR:-default}``) is replaced from the environment before parsing, so secrets stay out
 of the file; an unset variable without a default is an error that names it.
 """
@@ -27,21 +31,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from meterkit._settings import default_spool_dir
+from .component import HostPort, Settings, factory, type_of
+from .exporters import EXPORTERS
+from .paths import default_state_dir
+from .processors import PROCESSORS
+from .receivers import RECEIVERS
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -54,151 +53,32 @@ class ConfigFileError(Exception):
         super().__init__("\n".join(problems))
 
 
-def default_state_dir() -> Path:
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "meterkit" / "agent"
-
-
-def default_ledger_url() -> str:
-    return f"sqlite:///{default_state_dir().parent / 'ledger.db'}"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SpoolReceiverConfig(_Strict):
-    directory: Path = Field(default_factory=default_spool_dir)
-    poll_interval_millis: int = Field(200, gt=0)
-
-
-def _host_port(v: str) -> str:
-    host, sep, port = v.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError("endpoint must be host:port, e.g. 127.0.0.1:4319")
-    return v
-
-
-#: A listening address. Every listener defaults to loopback; another host must be asked for.
-HostPort = Annotated[str, AfterValidator(_host_port)]
-
-
-class HttpReceiverConfig(_Strict):
-    endpoint: HostPort = "127.0.0.1:4319"
-    token: SecretStr | None = None
-    max_request_bytes: int = Field(5 * 1024 * 1024, gt=0)
-
-
-class OtlpReceiverConfig(HttpReceiverConfig):
-    endpoint: HostPort = "127.0.0.1:4318"  # OTLP/HTTP's registered port, on loopback
-
-
-class ValidateConfig(_Strict):
-    catalog: Path | None = None
-
-
-class DeriveConfig(_Strict):
-    catalog: Path | None = None
-
-
-class EnrichConfig(_Strict):
-    set: dict[Literal["who", "what", "where", "other", "metadata"], dict[str, str]] = {}
-
-
-class BatchConfig(_Strict):
-    # m3ter's ingest limits: 1,000 measurements and 512,000 bytes per request.
-    max_measurements: int = Field(1000, gt=0, le=1000)
-    max_bytes: int = Field(500_000, gt=1000, le=512_000)
-    timeout_millis: int = Field(1000, gt=0)
-
-
-class RetryConfig(_Strict):
-    initial_interval_millis: int = Field(200, gt=0)
-    max_interval_millis: int = Field(30_000, gt=0)
-    request_timeout_millis: int = Field(10_000, gt=0)
-
-
-class M3terExporterConfig(_Strict):
-    base_url: str = "https://api.m3ter.com"
-    org_id: str
-    token: SecretStr | None = None
-    client_id: str | None = None
-    client_secret: SecretStr | None = None
-    retry: RetryConfig = RetryConfig()
-
-    @model_validator(mode="after")
-    def _auth(self) -> M3terExporterConfig:
-        if self.token is None and (self.client_id is None or self.client_secret is None):
-            raise ValueError("give token, or client_id and client_secret (client-credentials)")
-        return self
-
-
-class HttpExporterConfig(_Strict):
-    url: str
-    headers: dict[str, SecretStr] = {}
-    retry: RetryConfig = RetryConfig()
-
-
-class OpenMeterExporterConfig(_Strict):
-    base_url: str = "https://openmeter.cloud"
-    token: SecretStr | None = None
-    source: str = "meterkit"  # CloudEvents source: with the uid as id, OpenMeter's idempotency key
-    types: dict[str, str] = {}  # meter code -> CloudEvents type (default: the meter code)
-    retry: RetryConfig = RetryConfig()
-
-
-class StripeMeterConfig(_Strict):
-    event_name: str | None = None  # default: the meter code
-    value_field: str  # "measure.calls", or a bare code looked up in the numeric categories
-    customer_payload_key: str = "stripe_customer_id"
-    value_payload_key: str = "value"
-
-
-class StripeExporterConfig(_Strict):
-    api_key: SecretStr
-    base_url: str = "https://api.stripe.com"
-    meters: dict[str, StripeMeterConfig]
-    customers: dict[str, str] = {}  # account -> Stripe customer id (default: the account is the id)
-    # Stripe allows 1,000 meter events a second in live mode (less in test mode); stay under it.
-    max_requests_per_second: float = Field(100, gt=0, le=1000)
-    retry: RetryConfig = RetryConfig()
-
-
-class LedgerExporterConfig(_Strict):
-    db: str = Field(default_factory=default_ledger_url)
-    org_id: str = "default"
-
-
-class FileExporterConfig(_Strict):
-    path: Path
-
-
-class PipelineConfig(_Strict):
+class PipelineConfig(Settings):
     receivers: Annotated[list[str], Field(min_length=1)]
-    processors: list[str] = []
+    processors: list[str] = Field(default_factory=list)
     exporters: Annotated[list[str], Field(min_length=1)]
 
 
-class OtlpMetricsConfig(_Strict):
+class OtlpMetricsConfig(Settings):
     endpoint: str = "http://127.0.0.1:4318/v1/metrics"
-    headers: dict[str, SecretStr] = {}
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
     interval_millis: int = Field(10_000, gt=0)
 
 
-class PrometheusConfig(_Strict):
+class PrometheusConfig(Settings):
     endpoint: HostPort = "127.0.0.1:9464"
 
 
-class MetricsTelemetryConfig(_Strict):
+class MetricsTelemetryConfig(Settings):
     otlp: OtlpMetricsConfig | None = None
     prometheus: PrometheusConfig | None = None
 
 
-class TelemetryConfig(_Strict):
+class TelemetryConfig(Settings):
     metrics: MetricsTelemetryConfig = MetricsTelemetryConfig()
 
 
-class ServiceConfig(_Strict):
+class ServiceConfig(Settings):
     state_dir: Path = Field(default_factory=default_state_dir)
     telemetry: TelemetryConfig = TelemetryConfig()
     drain_timeout_millis: int = Field(10_000, gt=0)
@@ -211,27 +91,6 @@ class ServiceConfig(_Strict):
         if len(v) != 1:
             raise ValueError("exactly one pipeline is supported: the spool checkpoint follows one delivery path")
         return v
-
-
-RECEIVERS: dict[str, type[BaseModel]] = {
-    "spool": SpoolReceiverConfig,
-    "http": HttpReceiverConfig,
-    "otlp": OtlpReceiverConfig,
-}
-PROCESSORS: dict[str, type[BaseModel]] = {
-    "validate": ValidateConfig,
-    "derive": DeriveConfig,
-    "enrich": EnrichConfig,
-    "batch": BatchConfig,
-}
-EXPORTERS: dict[str, type[BaseModel]] = {
-    "m3ter": M3terExporterConfig,
-    "http": HttpExporterConfig,
-    "openmeter": OpenMeterExporterConfig,
-    "stripe": StripeExporterConfig,
-    "ledger": LedgerExporterConfig,
-    "file": FileExporterConfig,
-}
 
 
 class AgentConfig(BaseModel):
@@ -288,10 +147,6 @@ def substitute_env(doc: Any, source: str = "config") -> Any:
     return out
 
 
-def _type_of(cid: str) -> str:
-    return cid.split("/", 1)[0]
-
-
 def parse_config(doc: Any, source: str = "config") -> AgentConfig:
     """Validate a parsed document; every problem is collected, then raised together."""
     problems: list[str] = []
@@ -307,14 +162,14 @@ def parse_config(doc: Any, source: str = "config") -> AgentConfig:
             problems.append(f"{source}: {kind} must be a mapping of component ids to settings")
             raw = {}
         for cid, settings in raw.items():
-            model = registry.get(_type_of(str(cid)))
-            if model is None:
+            found = factory(registry, str(cid))
+            if found is None:
                 problems.append(
-                    f"{source}: {kind}.{cid}: unknown type {_type_of(str(cid))!r}; known: {', '.join(registry)}"
+                    f"{source}: {kind}.{cid}: unknown type {type_of(str(cid))!r}; known: {', '.join(registry)}"
                 )
                 continue
             try:
-                built[str(cid)] = model.model_validate(settings or {})
+                built[str(cid)] = found.config.model_validate(settings or {})
             except ValidationError as exc:
                 for err in exc.errors():
                     where = ".".join(str(p) for p in err["loc"])
@@ -342,7 +197,7 @@ def parse_config(doc: Any, source: str = "config") -> AgentConfig:
                         problems.append(
                             f"{source}: service.pipelines.{name}.{kind}: {cid!r} is not defined under {kind}"
                         )
-            batches = [p for p in pipe.processors if _type_of(p) == "batch"]
+            batches = [p for p in pipe.processors if type_of(p) == "batch"]
             if len(batches) > 1:
                 problems.append(f"{source}: service.pipelines.{name}: at most one batch processor")
     if problems:

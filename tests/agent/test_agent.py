@@ -336,7 +336,7 @@ def test_frames_validated_by_their_writer_under_the_same_catalog_are_not_validat
 
             receiver.emit = keep
             receiver.poll()
-            prepared = agent._prepare([e for e in received if e.kind == 1])
+            prepared = agent.prepare([e for e in received if e.kind == 1])
             assert prepared.trusted == [trusted]
             assert [m["meter"] for m in prepared.records] == ["data_downloaded"]
     finally:

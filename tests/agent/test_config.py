@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from meterkit_agent.config import ConfigFileError, HttpReceiverConfig, M3terExporterConfig, load_config, simple_config
+from meterkit_agent.config import ConfigFileError, load_config, simple_config
+from meterkit_agent.exporters.m3ter import M3terExporterConfig
+from meterkit_agent.receivers.http import HttpReceiverConfig
 from tests.conftest import EXAMPLES
 
 
@@ -86,7 +88,7 @@ def test_simple_config_defaults_to_the_embedded_ledger(tmp_path: Path) -> None:
 
 
 def test_dead_letters_are_kept_once_until_replayed(tmp_path: Path) -> None:
-    from meterkit_agent.state import DeadLetters
+    from meterkit_agent.pipeline.deadletters import DeadLetters
 
     dead = DeadLetters(tmp_path)
     bad = {"uid": "u1", "meter": "m", "account": "a"}

@@ -15,32 +15,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Protocol
-
-import requests
+from typing import Any
 
 from meterkit._model import tally
 from meterkit._spool import KIND_MEASUREMENT, read_segment, segments
 from meterkit._timefmt import iso_ms, parse_ts
 
-from .audit import Journal, compress_uids, contains_uid, read_entries, verify
+from .backends import Backend, ReconcileError, Side
+from .journal import Journal, compress_uids, contains_uid, read_entries, verify
 
 Key = tuple[str, str]  # (meter, account)
-
-
-class ReconcileError(Exception):
-    """Reconciliation cannot give an answer (broken journal, unreachable backend, ...)."""
-
-
-@dataclass
-class Side:
-    count: int = 0
-    sums: dict[str, float] = field(default_factory=dict)
-
-    def add(self, count: int, sums: dict[str, Any]) -> None:
-        self.count += count
-        for name, value in sums.items():
-            self.sums[name] = self.sums.get(name, 0) + value
 
 
 @dataclass
@@ -110,81 +94,6 @@ class Report:
             "differences": [d.as_dict() for d in self.differences],
             "notes": self.notes,
         }
-
-
-class Backend(Protocol):
-    name: str
-
-    def totals(self, meter: str, account: str | None, start: str, end: str, fields: list[str]) -> dict[str, Side]: ...
-
-    def uids(self, meter: str, account: str | None, start: str, end: str) -> set[str]: ...
-
-
-class LedgerDbBackend:
-    """Reads a ledger database directly."""
-
-    def __init__(self, url: str, org: str) -> None:
-        from .ledger import Ledger
-
-        self.name = f"ledger database ({url.split('://', 1)[0]})"
-        self.ledger = Ledger(url)
-        self.org = org
-
-    def totals(self, meter: str, account: str | None, start: str, end: str, fields: list[str]) -> dict[str, Side]:
-        out: dict[str, Side] = defaultdict(Side)
-        for m in self.ledger.rows(self.org, meter, account, start, end):
-            side = out[m["account"]]
-            sums = {}
-            for name in fields:
-                category, _, code = name.partition(".")
-                value = (m.get(category) or {}).get(code)
-                if isinstance(value, int | float):
-                    sums[name] = value
-            side.add(1, sums)
-        return dict(out)
-
-    def uids(self, meter: str, account: str | None, start: str, end: str) -> set[str]:
-        return {m["uid"] for m in self.ledger.rows(self.org, meter, account, start, end)}
-
-
-class LedgerHttpBackend:
-    """Asks a ledger (or any backend with the same usage API) over HTTP."""
-
-    def __init__(self, url: str, org: str, token: str | None) -> None:
-        self.name = f"ledger at {url}"
-        self.url = url.rstrip("/")
-        self.org = org
-        self.session = requests.Session()
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
-
-    def _get(self, path: str, params: dict[str, Any]) -> Any:
-        try:
-            r = self.session.get(f"{self.url}/organizations/{self.org}/{path}", params=params, timeout=60)
-        except requests.RequestException as exc:
-            raise ReconcileError(f"cannot reach the backend at {self.url}: {type(exc).__name__}") from None
-        if r.status_code != 200:
-            raise ReconcileError(f"the backend at {self.url} answered {r.status_code} to {path}: {r.text[:300]}")
-        return r.json()
-
-    def totals(self, meter: str, account: str | None, start: str, end: str, fields: list[str]) -> dict[str, Side]:
-        base: dict[str, Any] = {"meter": meter, "from": start, "to": end}
-        if account:
-            base["account"] = account
-        out: dict[str, Side] = defaultdict(Side)
-        for row in self._get("usage", {**base, "aggregation": "COUNT"})["data"]:
-            out[row["account"]].count = int(row["value"])
-        for name in fields:
-            code = name.partition(".")[2]
-            for row in self._get("usage", {**base, "aggregation": "SUM", "field": code})["data"]:
-                out[row["account"]].sums[name] = row["value"]
-        return dict(out)
-
-    def uids(self, meter: str, account: str | None, start: str, end: str) -> set[str]:
-        params: dict[str, Any] = {"meter": meter, "from": start, "to": end}
-        if account:
-            params["account"] = account
-        return set(self._get("uids", params)["uids"])
 
 
 def hour_floor(text: str) -> str:

@@ -1,41 +1,122 @@
-"""Exporters: where delivered measurements go.
+"""What every HTTP exporter shares: the delivery rules, one session, retry settings,
+request chunks and the ``Idempotency-Key``; and :class:`IngestExporter`, the base of the
+exporters that POST batches.
 
-An exporter's ``export(records)`` returns the measurements the backend refused for good
-(:class:`Rejected`) and raises :class:`RetryLater` for anything transient. It is called by
-one delivery thread at a time, so each keeps one ``requests.Session`` (connection pooling)
-without sharing it across threads.
+The delivery rules are small pure functions with table-driven tests. What is retried and
+what is final is decided in :func:`classify`; nothing else in the agent decides it.
+Retried: 408, 429, every 5xx, connection errors and timeouts. Final: any other 4xx,
+which isolates the bad measurements (from the backend's answer if it names them, else by
+splitting the batch) so the good ones are delivered and the bad ones are dead-lettered
+with the backend's reason.
+
+An exporter is called by one delivery thread at a time, so each keeps one
+``requests.Session`` (connection pooling) without sharing it across threads.
 """
 
 from __future__ import annotations
 
-import base64
+import email.utils
 import gzip
-import os
-import threading
+import hashlib
 import time
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
 
 import orjson
 import requests
-import sqlalchemy.exc
+from pydantic import Field
 
-from meterkit import MeasurementError
-from meterkit._model import validate_wire
-
-from .config import FileExporterConfig, HttpExporterConfig, LedgerExporterConfig, M3terExporterConfig, RetryConfig
-from .delivery import Encoded, Rejected, RetryLater, chunks, classify, idempotency_key, parse_retry_after, request_body
-from .ledger.store import Ledger
+from ..component import Rejected, RetryLater, Settings
 
 USER_AGENT = "meterkit-agent/0.1"
 
+Outcome = Literal["ok", "retry", "isolate"]
 
-class Exporter(Protocol):
-    name: str
 
-    def export(self, records: list[dict[str, Any]]) -> list[Rejected]: ...
+class RetryConfig(Settings):
+    initial_interval_millis: int = Field(200, gt=0)
+    max_interval_millis: int = Field(30_000, gt=0)
+    request_timeout_millis: int = Field(10_000, gt=0)
 
-    def shutdown(self) -> None: ...
+
+def classify(status: int) -> Outcome:
+    """The retry predicate: what to do with an HTTP status."""
+    if 200 <= status < 300:
+        return "ok"
+    if status in (408, 429) or 500 <= status < 600:
+        return "retry"
+    if 400 <= status < 500:
+        return "isolate"
+    return "retry"  # 1xx/3xx from an ingest endpoint: a proxy misbehaving; try again
+
+
+def parse_retry_after(value: str | None, now: float | None = None, cap_seconds: float = 300.0) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date, RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), cap_seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    delta = when.timestamp() - (time.time() if now is None else now)
+    return min(max(delta, 0.0), cap_seconds)
+
+
+def idempotency_key(uids: Iterable[str]) -> str:
+    """The ``Idempotency-Key`` of a request: a digest of its uids, independent of order,
+    so every retry of the same measurements carries the same key."""
+    digest = hashlib.sha256()
+    for uid in sorted(uids):
+        digest.update(uid.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:48]
+
+
+Encoded = tuple[dict[str, Any], bytes]
+
+
+def chunks(records: list[dict[str, Any]], max_count: int, max_bytes: int) -> Iterator[list[Encoded]]:
+    """Split records into requests of at most ``max_count`` items and ``max_bytes`` of JSON.
+
+    Each record is serialised once, here; :func:`request_body` joins the pieces.
+    """
+    envelope = len(b'{"measurements":[]}')
+    current: list[Encoded] = []
+    size = envelope
+    for record in records:
+        data = orjson.dumps(record)
+        n = len(data) + 1
+        if current and (len(current) >= max_count or size + n > max_bytes):
+            yield current
+            current, size = [], envelope
+        current.append((record, data))
+        size += n
+    if current:
+        yield current
+
+
+def request_body(chunk: list[Encoded]) -> bytes:
+    return b'{"measurements":[' + b",".join(data for _, data in chunk) + b"]}"
+
+
+def session(**headers: str) -> requests.Session:
+    """A pooled session that says who is calling."""
+    s = requests.Session()
+    s.headers.update({"User-Agent": USER_AGENT, **headers})
+    return s
+
+
+def short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def answer(response: requests.Response) -> str:
+    """What a backend said, for a dead letter's detail."""
+    return f"HTTP {response.status_code}: {response.text[:2000]}"
 
 
 class IngestExporter:
@@ -49,8 +130,7 @@ class IngestExporter:
         self.timeout = retry.request_timeout_millis / 1000.0
         self.max_count = max_count
         self.max_bytes = max_bytes
-        self.session = requests.Session()
-        self.session.headers.update({"User-Agent": USER_AGENT, "Content-Type": "application/json"})
+        self.session = session(**{"Content-Type": "application/json"})
         self.requests_sent = 0
         self.last_answer = ""  # for the audit journal: what the backend said last
 
@@ -74,11 +154,14 @@ class IngestExporter:
             "Idempotency-Key": idempotency_key(m["uid"] for m, _ in chunk),
             "Content-Encoding": "gzip",
         }
+        return self._send(body, headers)
+
+    def _send(self, body: bytes, headers: dict[str, str]) -> requests.Response:
         self.requests_sent += 1
         try:
             return self.session.post(self.url, data=body, headers=headers, timeout=self.timeout)
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise RetryLater(f"{type(exc).__name__}: {_short(exc)}") from None
+            raise RetryLater(f"{type(exc).__name__}: {short(exc)}") from None
 
     def _deliver(self, chunk: list[Encoded]) -> list[Rejected]:
         response = self._post(chunk)
@@ -103,22 +186,12 @@ class IngestExporter:
             rest = [m for i, m in enumerate(chunk) if i not in named]
             return bad + (self._deliver(rest) if rest else [])
         if len(chunk) == 1:
-            return [Rejected(chunk[0][0], f"rejected_by_backend:http_{response.status_code}", _answer(response))]
+            return [Rejected(chunk[0][0], f"rejected_by_backend:http_{response.status_code}", answer(response))]
         middle = len(chunk) // 2
         return self._deliver(chunk[:middle]) + self._deliver(chunk[middle:])
 
     def shutdown(self) -> None:
         self.session.close()
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) <= 200 else text[:200] + "..."
-
-
-def _answer(response: requests.Response) -> str:
-    text = response.text
-    return f"HTTP {response.status_code}: {text[:2000]}"
 
 
 def _named_errors(response: requests.Response, size: int) -> dict[int, tuple[str, str]]:
@@ -136,131 +209,3 @@ def _named_errors(response: requests.Response, size: int) -> dict[int, tuple[str
         if isinstance(e, dict) and isinstance(e.get("index"), int) and 0 <= e["index"] < size:
             named[e["index"]] = (str(e.get("reason") or "invalid"), orjson.dumps(e).decode())
     return named
-
-
-class M3terExporter(IngestExporter):
-    """m3ter's ingest API: ``POST {base}/organizations/{orgId}/measurements`` with a bearer
-    token, given or obtained by client-credentials exchange at ``{base}/oauth/token`` and
-    refreshed before it expires (and on a 401)."""
-
-    def __init__(self, name: str, cfg: M3terExporterConfig) -> None:
-        super().__init__(name, f"{cfg.base_url.rstrip('/')}/organizations/{cfg.org_id}/measurements", cfg.retry)
-        self.cfg = cfg
-        self._token = cfg.token.get_secret_value() if cfg.token else None
-        self._expires_at = float("inf") if cfg.token else 0.0
-        self._lock = threading.Lock()
-
-    def _exchange(self) -> None:
-        assert self.cfg.client_id is not None and self.cfg.client_secret is not None
-        basic = base64.b64encode(f"{self.cfg.client_id}:{self.cfg.client_secret.get_secret_value()}".encode()).decode()
-        try:
-            response = self.session.post(
-                f"{self.cfg.base_url.rstrip('/')}/oauth/token",
-                json={"grant_type": "client_credentials"},
-                headers={"Authorization": f"Basic {basic}"},
-                timeout=self.timeout,
-            )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise RetryLater(f"token exchange: {type(exc).__name__}") from None
-        if classify(response.status_code) != "ok":
-            # Never echo the answer: it may contain credentials material.
-            raise RetryLater(
-                f"token exchange answered HTTP {response.status_code}",
-                parse_retry_after(response.headers.get("Retry-After")),
-            )
-        body = response.json()
-        self._token = str(body["access_token"])
-        # Refresh five minutes early, as m3ter's own client does.
-        self._expires_at = time.monotonic() + float(body.get("expires_in", 3600)) - 300
-
-    def headers(self) -> dict[str, str]:
-        with self._lock:
-            if self._token is None or time.monotonic() >= self._expires_at:
-                self._exchange()
-            return {"Authorization": f"Bearer {self._token}"}
-
-    def on_unauthorized(self) -> bool:
-        if self.cfg.client_id is None:
-            return False
-        with self._lock:
-            self._token, self._expires_at = None, 0.0
-        return True
-
-
-class HttpExporter(IngestExporter):
-    """Any HTTP backend taking ``{"measurements": [...]}`` JSON."""
-
-    def __init__(self, name: str, cfg: HttpExporterConfig) -> None:
-        super().__init__(name, cfg.url, cfg.retry)
-        self._headers = {k: v.get_secret_value() for k, v in cfg.headers.items()}
-
-    def headers(self) -> dict[str, str]:
-        return self._headers
-
-
-class LedgerExporter:
-    """Straight into a ledger database: the embedded default, no HTTP in between."""
-
-    def __init__(self, name: str, cfg: LedgerExporterConfig) -> None:
-        self.name = name
-        self.org = cfg.org_id
-        self.ledger = Ledger(cfg.db)
-
-    def export(self, records: list[dict[str, Any]]) -> list[Rejected]:
-        good, rejected = [], []
-        for record in records:
-            try:
-                good.append(validate_wire(record))
-            except MeasurementError as exc:
-                rejected.append(Rejected(record, f"rejected_by_backend:{exc.reason}", str(exc)))
-        try:
-            new, duplicates = self.ledger.ingest(self.org, good)
-        except sqlalchemy.exc.OperationalError as exc:
-            raise RetryLater(f"ledger database: {_short(exc.orig or exc)}") from None
-        self.last_answer = f"stored {new}, already stored {duplicates}"
-        return rejected
-
-    def shutdown(self) -> None:
-        self.ledger.close()
-
-
-class FileExporter:
-    """Appends JSON lines (fsynced), for debugging a pipeline."""
-
-    def __init__(self, name: str, cfg: FileExporterConfig) -> None:
-        self.name = name
-        self.path = Path(cfg.path)
-
-    def export(self, records: list[dict[str, Any]]) -> list[Rejected]:
-        data = b"".join(orjson.dumps(r) + b"\n" for r in records)
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise RetryLater(f"cannot write {self.path}: {exc.strerror}") from None
-        self.last_answer = f"appended {len(records)} line(s) to {self.path}"
-        return []
-
-    def shutdown(self) -> None:
-        pass
-
-
-def build_exporter(cid: str, cfg: Any) -> Exporter:
-    kind = cid.split("/", 1)[0]
-    if kind == "m3ter":
-        return M3terExporter(cid, cfg)
-    if kind == "http":
-        return HttpExporter(cid, cfg)
-    if kind == "ledger":
-        return LedgerExporter(cid, cfg)
-    if kind == "file":
-        return FileExporter(cid, cfg)
-    if kind in ("openmeter", "stripe"):
-        from .backends import OpenMeterExporter, StripeMeterEventsExporter
-
-        return OpenMeterExporter(cid, cfg) if kind == "openmeter" else StripeMeterEventsExporter(cid, cfg)
-    raise ValueError(f"unknown exporter type {kind!r}")

@@ -1,18 +1,5 @@
-"""Exporters for backends with their own event shapes: OpenMeter and Stripe.
-
-Measurement → OpenMeter CloudEvent (``POST {base}/api/v1/events``, batch JSON):
-
-===============  =======================================================
-``id``           the measurement's ``uid`` (with ``source``: OpenMeter's idempotency key)
-``source``       the exporter's ``source`` setting (default ``meterkit``)
-``type``         ``types[meter]``, else the meter code
-``subject``      ``account``
-``time``         ``ts``
-``data``         every field by its code: ``{"bytes": 4096, "user": "u1", ...}``
-===============  =======================================================
-
-Measurement → Stripe meter event (``POST {base}/v1/billing/meter_events``, form-encoded,
-one request a measurement, paced under ``max_requests_per_second``):
+"""Stripe meter events: ``POST {base}/v1/billing/meter_events``, form-encoded, one request
+a measurement, paced under ``max_requests_per_second``.
 
 ================================  ==========================================
 ``event_name``                    ``meters[meter].event_name``, else the meter code
@@ -32,54 +19,32 @@ from typing import Any
 
 import orjson
 import requests
+from pydantic import Field, SecretStr
 
-from meterkit._model import CATEGORIES
 from meterkit._timefmt import wire_ts_ns
 
-from .config import OpenMeterExporterConfig, StripeExporterConfig
-from .delivery import Encoded, Rejected, RetryLater, classify, idempotency_key, parse_retry_after
-from .exporters import USER_AGENT, IngestExporter, _answer, _short
+from ..component import Factory, Rejected, RetryLater, Settings
+from .exporterhelper import RetryConfig, answer, classify, parse_retry_after, session, short
 
 STRIPE_MAX_AGE_SECONDS = 35 * 86_400
 
 
-def cloudevent(m: dict[str, Any], source: str, types: dict[str, str]) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    for category in CATEGORIES:
-        data.update(m.get(category) or {})
-    return {
-        "specversion": "1.0",
-        "id": m["uid"],
-        "source": source,
-        "type": types.get(m["meter"], m["meter"]),
-        "subject": m["account"],
-        "time": m["ts"],
-        "data": data,
-    }
+class StripeMeterConfig(Settings):
+    event_name: str | None = None  # default: the meter code
+    value_field: str  # "measure.calls", or a bare code looked up in the numeric categories
+    customer_payload_key: str = "stripe_customer_id"
+    value_payload_key: str = "value"
 
 
-class OpenMeterExporter(IngestExporter):
-    def __init__(self, name: str, cfg: OpenMeterExporterConfig) -> None:
-        super().__init__(name, f"{cfg.base_url.rstrip('/')}/api/v1/events", cfg.retry)
-        self.cfg = cfg
-        self.session.headers["Content-Type"] = "application/cloudevents-batch+json"
-        if cfg.token is not None:
-            self.session.headers["Authorization"] = f"Bearer {cfg.token.get_secret_value()}"
-
-    def export(self, records: list[dict[str, Any]]) -> list[Rejected]:
-        events = [cloudevent(m, self.cfg.source, self.cfg.types) for m in records]
-        by_id = {e["id"]: m for e, m in zip(events, records, strict=True)}
-        rejected = super().export(events)
-        return [Rejected(by_id.get(r.measurement["id"], r.measurement), r.reason, r.detail) for r in rejected]
-
-    def _post(self, chunk: list[Encoded]) -> requests.Response:
-        body = b"[" + b",".join(data for _, data in chunk) + b"]"
-        headers = {"Idempotency-Key": idempotency_key(e["id"] for e, _ in chunk)}
-        self.requests_sent += 1
-        try:
-            return self.session.post(self.url, data=body, headers=headers, timeout=self.timeout)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise RetryLater(f"{type(exc).__name__}: {_short(exc)}") from None
+class StripeExporterConfig(Settings):
+    api_key: SecretStr
+    base_url: str = "https://api.stripe.com"
+    meters: dict[str, StripeMeterConfig]
+    # account -> Stripe customer id (default: the account is the id)
+    customers: dict[str, str] = Field(default_factory=dict)
+    # Stripe allows 1,000 meter events a second in live mode (less in test mode); stay under it.
+    max_requests_per_second: float = Field(100, gt=0, le=1000)
+    retry: RetryConfig = RetryConfig()
 
 
 class StripeMeterEventsExporter:
@@ -88,10 +53,7 @@ class StripeMeterEventsExporter:
         self.cfg = cfg
         self.url = f"{cfg.base_url.rstrip('/')}/v1/billing/meter_events"
         self.timeout = cfg.retry.request_timeout_millis / 1000.0
-        self.session = requests.Session()
-        self.session.headers.update(
-            {"User-Agent": USER_AGENT, "Authorization": f"Bearer {cfg.api_key.get_secret_value()}"}
-        )
+        self.session = session(Authorization=f"Bearer {cfg.api_key.get_secret_value()}")
         self._interval = 1.0 / cfg.max_requests_per_second
         self.last_answer = ""
         self._next_at = 0.0
@@ -143,14 +105,14 @@ class StripeMeterEventsExporter:
             except (requests.ConnectionError, requests.Timeout) as exc:
                 # Earlier events of this batch are in; a retry re-sends them with the same
                 # identifier, which Stripe de-duplicates.
-                raise RetryLater(f"{type(exc).__name__}: {_short(exc)}") from None
+                raise RetryLater(f"{type(exc).__name__}: {short(exc)}") from None
             self.last_answer = f"HTTP {response.status_code} {response.text[:200]}".rstrip()
             outcome = classify(response.status_code)
             if outcome == "retry":
                 raise RetryLater(f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After")))
             if outcome == "isolate":
                 reason = _stripe_code(response)
-                rejected.append(Rejected(m, f"rejected_by_backend:{reason}", _answer(response)))
+                rejected.append(Rejected(m, f"rejected_by_backend:{reason}", answer(response)))
         return rejected
 
     def shutdown(self) -> None:
@@ -163,3 +125,6 @@ def _stripe_code(response: requests.Response) -> str:
     except ValueError:
         return f"http_{response.status_code}"
     return str(error.get("code") or error.get("type") or f"http_{response.status_code}")
+
+
+FACTORY = Factory(StripeExporterConfig, StripeMeterEventsExporter)

@@ -24,8 +24,9 @@ from starlette.concurrency import run_in_threadpool
 
 from meterkit import Catalog
 
-from ..httputil import BodyError, bearer_ok, json_response, read_body, validate_items
-from .store import Ledger, UsageQuery
+from ..httpserver import BodyError, bearer_ok, json_response, read_body, validate_items
+from .queries import UsageQuery
+from .store import Ledger
 
 MAX_MEASUREMENTS = 1_000
 MAX_REQUEST_BYTES = 512_000

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,27 @@ import orjson
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from pydantic import Field, SecretStr
 
+from meterkit import Catalog
 from meterkit._model import validation_token
 from meterkit._sinks import SpoolSink
 
-from .config import AgentConfig, HttpReceiverConfig, ValidateConfig
-from .httputil import BodyError, bearer_ok, json_response, read_body, spool_accepted, validate_items
-from .processors import catalog_at
+from ..component import Factory, HostPort, ReceiverHost, Settings
+from ..httpserver import BodyError, bearer_ok, json_response, read_body, spool_accepted, validate_items
 
 
-def create_receiver_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Any) -> FastAPI:
+class HttpReceiverConfig(Settings):
+    endpoint: HostPort = "127.0.0.1:4319"
+    token: SecretStr | None = None
+    max_request_bytes: int = Field(5 * 1024 * 1024, gt=0)
+
+
+#: builds the ASGI app a network receiver serves, from its settings, its sink and the catalog
+AppFactory = Callable[[Any, SpoolSink, Catalog | None], FastAPI]
+
+
+def create_receiver_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Catalog | None) -> FastAPI:
     app = FastAPI(title="meterkit agent HTTP receiver", version="1")
     token = cfg.token.get_secret_value().encode() if cfg.token else None
 
@@ -88,13 +100,10 @@ def _parse(body: bytes, content_type: str) -> tuple[list[Any], str | None]:
 
 
 class HttpReceiver:
-    """Serves a receiver app (meterkit's JSON API, or OTLP/HTTP logs) in a thread."""
+    """Serves a receiver app (meterkit's JSON API, or OTLP/HTTP logs) in a thread, writing
+    what it accepts to its own spool under the agent's state directory."""
 
-    def __init__(self, cfg: HttpReceiverConfig, spool: Path, agent_config: AgentConfig, otlp: bool = False) -> None:
-        catalog_path = next(
-            (c.catalog for c in agent_config.processors.values() if isinstance(c, ValidateConfig) and c.catalog), None
-        )
-        catalog = catalog_at(catalog_path)
+    def __init__(self, cfg: HttpReceiverConfig, spool: Path, catalog: Catalog | None, app: AppFactory) -> None:
         # Everything this receiver writes was validated against `catalog` under the SDK's
         # rules; the same sink as the SDK's frames it, with a tally, into the agent's spool.
         self.sink = SpoolSink(
@@ -107,15 +116,8 @@ class HttpReceiver:
             validated=validation_token(catalog),
         )
         host, _, port = cfg.endpoint.rpartition(":")
-        if otlp:
-            from .otlp_receiver import create_otlp_app
-
-            token = cfg.token.get_secret_value().encode() if cfg.token else None
-            app = create_otlp_app(self.sink, catalog, token, cfg.max_request_bytes)
-        else:
-            app = create_receiver_app(cfg, self.sink, catalog)
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=int(port), log_level="warning", lifespan="off")
+            uvicorn.Config(app(cfg, self.sink, catalog), host=host, port=int(port), log_level="warning", lifespan="off")
         )
         self._thread: threading.Thread | None = None
 
@@ -139,3 +141,14 @@ class HttpReceiver:
         if self._thread is not None:
             self._thread.join(timeout)
         self.sink.close()
+
+
+def serve(cid: str, cfg: HttpReceiverConfig, host: ReceiverHost, app: AppFactory = create_receiver_app) -> HttpReceiver:
+    """A network receiver serving ``app``, and the tailer of the spool it writes."""
+    spool = host.state_dir / "http-spool" / cid.replace("/", "_")
+    receiver = HttpReceiver(cfg, spool, host.catalog, app)
+    host.tail(spool, 0.05)
+    return receiver
+
+
+FACTORY = Factory(HttpReceiverConfig, serve)

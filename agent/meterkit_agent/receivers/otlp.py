@@ -37,12 +37,19 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from meterkit import MeasurementError
+from meterkit import Catalog, MeasurementError
 from meterkit._model import CATEGORIES, validate_wire
 from meterkit._sinks import SpoolSink
 from meterkit._timefmt import iso_ms
 
-from .httputil import BodyError, bearer_ok, read_body, spool_accepted
+from ..component import Factory, HostPort, ReceiverHost
+from ..httpserver import BodyError, bearer_ok, read_body, spool_accepted
+from .http import HttpReceiver, HttpReceiverConfig, serve
+
+
+class OtlpReceiverConfig(HttpReceiverConfig):
+    endpoint: HostPort = "127.0.0.1:4318"  # OTLP/HTTP's registered port, on loopback
+
 
 OTLP_NAMESPACE = uuid.UUID("0b8f5d5e-7f0c-5f61-9d2a-4c1a6e3b2f10")
 PREFIX = "meterkit."
@@ -99,8 +106,10 @@ def _hex_ids_to_base64(doc: Any) -> Any:
     return doc
 
 
-def create_otlp_app(sink: SpoolSink, catalog: Any, token: bytes | None, max_bytes: int) -> FastAPI:
+def create_otlp_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Catalog | None) -> FastAPI:
     app = FastAPI(title="meterkit agent OTLP/HTTP logs receiver", version="1")
+    token = cfg.token.get_secret_value().encode() if cfg.token else None
+    max_bytes = cfg.max_request_bytes
 
     def answer(response: ExportLogsServiceResponse, as_json: bool, status: int = 200) -> Response:
         if as_json:
@@ -154,3 +163,10 @@ def create_otlp_app(sink: SpoolSink, catalog: Any, token: bytes | None, max_byte
         return answer(response, as_json)
 
     return app
+
+
+def _create(cid: str, cfg: OtlpReceiverConfig, host: ReceiverHost) -> HttpReceiver:
+    return serve(cid, cfg, host, create_otlp_app)
+
+
+FACTORY = Factory(OtlpReceiverConfig, _create)

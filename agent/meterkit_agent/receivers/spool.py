@@ -1,9 +1,9 @@
-"""Receivers: where measurements come from.
+"""The spool receiver: tails every segment of a spool directory and hands each frame to
+the delivery worker with its position (the checkpoint key and the offset it ends at).
 
-The spool receiver tails every segment of a spool directory and hands each frame to the
-delivery worker with its position. The HTTP receiver does not deliver anything itself: it
-appends what it accepts to the agent's own spool (fsynced before it answers), so the spool
-remains the only queue and a crash after a 200 loses nothing.
+The network receivers (``http``, ``otlp``) deliver nothing themselves: they append what
+they accept to a spool of the agent's own (fsynced before they answer), which this
+receiver tails, so the spool remains the only queue and a crash after a 200 loses nothing.
 """
 
 from __future__ import annotations
@@ -16,22 +16,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+
+from pydantic import Field
 
 from meterkit._guard import background_error, log_once
+from meterkit._settings import default_spool_dir
 from meterkit._spool import FRAME_HEADER_SIZE, read_segment, segments
 
-from .state import Checkpoint
+from ..component import Factory, ReceiverHost, Settings
 
 logger = logging.getLogger("meterkit.agent")
 
 
-class Receiver(Protocol):
-    """A pipeline's source. Receivers start, and shut down within a timeout."""
-
-    def start(self) -> None: ...
-
-    def shutdown(self, timeout: float) -> None: ...
+class SpoolReceiverConfig(Settings):
+    directory: Path = Field(default_factory=default_spool_dir)
+    poll_interval_millis: int = Field(200, gt=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +75,14 @@ class SpoolReceiver:
     def __init__(
         self,
         directory: Path,
-        checkpoint: Checkpoint,
+        acknowledged: Callable[[str], int],
         emit: Callable[[Envelope], bool],
         *,
         poll_interval: float = 0.2,
         on_corrupt: Callable[[str, int], None] | None = None,
     ) -> None:
         self.directory = directory
-        self.checkpoint = checkpoint
+        self.acknowledged = acknowledged  # segment key -> offset acknowledged up to
         self.emit = emit
         self.poll_interval = poll_interval
         self.on_corrupt = on_corrupt or (lambda _key, _n: None)
@@ -122,7 +121,7 @@ class SpoolReceiver:
             with self._lock:
                 seg = self._segments.get(key)
                 if seg is None:
-                    start = self.checkpoint.get(key)
+                    start = self.acknowledged(key)
                     seg = self._segments[key] = _Segment(path, key, start, last_frame_end=start)
             if seg.done:
                 continue
@@ -175,8 +174,15 @@ class SpoolReceiver:
     def retirable(self) -> list[_Segment]:
         """Segments fully read and fully acknowledged."""
         with self._lock:
-            return [s for s in self._segments.values() if s.done and self.checkpoint.get(s.key) >= s.last_frame_end]
+            return [s for s in self._segments.values() if s.done and self.acknowledged(s.key) >= s.last_frame_end]
 
     def forget(self, seg: _Segment) -> None:
         with self._lock:
             self._segments.pop(seg.key, None)
+
+
+def _create(_cid: str, cfg: SpoolReceiverConfig, host: ReceiverHost) -> None:
+    host.tail(cfg.directory, cfg.poll_interval_millis / 1000.0)
+
+
+FACTORY = Factory(SpoolReceiverConfig, _create)

@@ -285,7 +285,7 @@ def test_bad_input_gets_clear_messages_never_a_false_reconciled(scenario: Scenar
     )
     assert bad.returncode == 2 and "bad period" in bad.stderr
     # A client whose clock runs a day ahead: its tally is dated in the future.
-    from meterkit_agent.audit import Journal
+    from meterkit_agent.audit.journal import Journal
 
     Journal(scenario.state).append(
         [
@@ -368,7 +368,7 @@ def test_html_report_renders_in_a_real_browser(scenario: Scenario) -> None:
 
 
 def test_signals_mark_drops_and_spikes() -> None:
-    from meterkit_agent.report import signals
+    from meterkit_agent.audit.report import signals
 
     series = [(f"h{i}", v) for i, v in enumerate([10, 10, 10, 10, 4, 10, 10, 10, 25, 10])]
     assert signals(series) == [("h4", "drop"), ("h8", "spike")]

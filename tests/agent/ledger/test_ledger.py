@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from meterkit_agent.ledger import Ledger, UsageQuery
-from meterkit_agent.ledger.app import create_app
+from meterkit_agent.ledger.api import create_app
 from tests.agent.conftest import TOKEN, LedgerServer, start_ledger
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -1,0 +1,64 @@
+"""What every command shares: tables, JSON, error exits, the state directory option,
+logging. Commands print through these so they read and fail alike."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+import meterkit
+
+StateDir = Annotated[Path | None, typer.Option("--state-dir", help="the agent's state directory")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``error: message`` on stderr; raise what this returns to exit with ``code``."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def print_problems(exc: meterkit.CatalogError) -> None:
+    for p in exc.problems:
+        typer.echo(f"{p}  [{p.reason}]", err=True)
+
+
+def print_json(doc: Any) -> None:
+    typer.echo(json.dumps(doc, indent=2))
+
+
+def state_dir_or_default(state_dir: Path | None) -> Path:
+    from ..paths import default_state_dir
+
+    return state_dir or default_state_dir()
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s"
+    )
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        typer.echo("(no usage)")
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    typer.echo("  ".join(c.ljust(w) if c != "value" else c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        typer.echo(
+            "  ".join(v.rjust(w) if c == "value" else v.ljust(w) for v, c, w in zip(r, columns, widths, strict=True))
+        )
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)

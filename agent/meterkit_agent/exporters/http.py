@@ -1,0 +1,26 @@
+"""Any HTTP backend taking ``{"measurements": [...]}`` JSON, with headers of your choice."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from ..component import Factory, Settings
+from .exporterhelper import IngestExporter, RetryConfig
+
+
+class HttpExporterConfig(Settings):
+    url: str
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    retry: RetryConfig = RetryConfig()
+
+
+class HttpExporter(IngestExporter):
+    def __init__(self, name: str, cfg: HttpExporterConfig) -> None:
+        super().__init__(name, cfg.url, cfg.retry)
+        self._headers = {k: v.get_secret_value() for k, v in cfg.headers.items()}
+
+    def headers(self) -> dict[str, str]:
+        return self._headers
+
+
+FACTORY = Factory(HttpExporterConfig, HttpExporter)
