@@ -11,7 +11,7 @@
       enrich: {set: {other: {deployment: prod}}}
       batch: {max_measurements: 1000, max_bytes: 500000, timeout_millis: 1000}
     exporters:
-      m3ter: {base_url: "https://api.m3ter.com", org_id: "...", token: "${M3TER_TOKEN}"}
+      m3ter: {org_id: "...", token: "${M3TER_TOKEN}"}   # m3ter itself; base_url: a ledger's instead
     service:
       state_dir: /var/lib/meterkit/agent
       pipelines:
@@ -33,8 +33,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from meterkit import CatalogError
+from meterkit._yaml import LINE_KEY, load_yaml
 
 from .component import HostPort, Settings, factory, type_of
 from .exporters import EXPORTERS
@@ -213,12 +215,23 @@ def load_config(path: str | Path) -> AgentConfig:
     except OSError as exc:
         raise ConfigFileError([f"{p}: cannot read: {exc.strerror}"]) from None
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigFileError([f"{p}{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        # The catalog's loader: no anchors or aliases (no alias bombs), no repeated keys.
+        doc, problems = load_yaml(text, str(p))
+    except CatalogError as exc:
+        raise ConfigFileError([f"{problem}  [{problem.reason}]" for problem in exc.problems]) from None
+    if problems:
+        raise ConfigFileError([f"{problem}  [{problem.reason}]" for problem in problems])
+    doc = _without_lines(doc)
     return parse_config(substitute_env(doc, str(p)), str(p))
+
+
+def _without_lines(value: Any) -> Any:
+    """The document without the line numbers the loader records in every mapping."""
+    if isinstance(value, dict):
+        return {k: _without_lines(v) for k, v in value.items() if k != LINE_KEY}
+    if isinstance(value, list):
+        return [_without_lines(v) for v in value]
+    return value
 
 
 def simple_config(

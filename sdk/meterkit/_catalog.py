@@ -17,7 +17,13 @@
           price_per_gb: 0.04       # overrides the organisation's value for this meter
 
 Loading collects every problem (file, line, meter, field, reason) before raising one
-:class:`CatalogError`, so a catalog is fixed in one pass rather than one error at a time.
+:class:`CatalogError`, so a catalog is fixed in one pass rather than one error at a time:
+each meter and each field is validated on its own, and the checks across them (repeated
+codes, what a calculation reads) run over whatever parsed, so a bad field hides nothing
+else. A catalog cannot hang or exhaust the process that loads it: the file is at most
+:data:`MAX_CATALOG_BYTES`, its YAML has no aliases, repeated keys or deep nesting
+(``_yaml.py``), and its calculations are bounded in length, depth, size and magnitude
+(``_expr.py``).
 """
 
 from __future__ import annotations
@@ -28,14 +34,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from ._errors import CatalogError, Problem
-from ._expr import ExpressionError, parse
+from ._expr import ExpressionError, NumberOutOfRange, bounded, parse
 from ._model import (
     FIELD_CODE_RE,
     MAX_DATA_FIELDS,
@@ -44,9 +49,15 @@ from ._model import (
     NUMERIC_CATEGORIES,
 )
 from ._units import unit_error
+from ._yaml import LINE_KEY, load_yaml
 
 #: Variables a calculation may read besides fields and custom fields.
 TIMESTAMP_FIELDS = frozenset({"ts", "ets"})
+#: The largest catalog read. A meter with 15 data and 15 derived fields is about 2.5 KB,
+#: so this holds about 400 of them, and loading stays around two seconds.
+MAX_CATALOG_BYTES = 1024 * 1024
+
+_M = TypeVar("_M", bound=BaseModel)
 
 # "GB" is valid UCUM, but it means gigabel: nobody bills in bels, everybody means bytes.
 _BEL_NOT_BYTE = re.compile(r"(?:[kKMGTPE]i?)?B(?:[./].*)?\Z")
@@ -122,8 +133,9 @@ class _MeterModel(BaseModel):
     code: str
     name: str
     product: str | None = None
-    data_fields: list[_FieldModel] = []
-    derived_fields: list[_DerivedModel] = []
+    # each field is validated on its own (_check_meter): one bad field hides nothing else
+    data_fields: list[Any] = []
+    derived_fields: list[Any] = []
     custom_fields: dict[str, str | int | float] = {}
 
     @field_validator("code")
@@ -132,6 +144,29 @@ class _MeterModel(BaseModel):
         if not METER_CODE_RE.match(v):
             raise ValueError("a meter code is 1-80 letters, digits or _$.:- characters")
         return v
+
+    @field_validator("custom_fields", mode="before")
+    @classmethod
+    def _custom(cls, v: object) -> object:
+        error = _custom_error(v)
+        if error:
+            raise ValueError(error)
+        return v
+
+
+def _custom_error(values: object) -> str | None:
+    """Why ``values`` is not a custom-fields mapping (names to strings, or numbers a backend
+    holds exactly), or None."""
+    if not isinstance(values, dict):
+        return "custom_fields must map names to strings or numbers"
+    for name, value in values.items():
+        if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, str | int | float):
+            return f"custom field {name!r:.40} must map a name to a string or a number"
+        try:
+            bounded(value, f"custom field {name!r}")
+        except NumberOutOfRange as exc:
+            return str(exc)
+    return None
 
 
 @dataclass(frozen=True)
@@ -180,108 +215,90 @@ class Catalog:
         return code in self.meters
 
 
-class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader whose mappings remember the line they start on (``__line__``)."""
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    mapping: dict[Any, Any] = loader.construct_mapping(node, deep=True)
-    mapping["__line__"] = node.start_mark.line + 1
-    return mapping
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def _strip_lines(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _strip_lines(v) for k, v in value.items() if k != "__line__"}
+        return {k: _strip_lines(v) for k, v in value.items() if k != LINE_KEY}
     if isinstance(value, list):
         return [_strip_lines(v) for v in value]
     return value
 
 
 def _line(value: Any, default: int | None = None) -> int | None:
-    return value.get("__line__", default) if isinstance(value, dict) else default
+    return value.get(LINE_KEY, default) if isinstance(value, dict) else default
 
 
 def load_catalog(path: str | Path) -> Catalog:
     """Load and check a ``meters.yaml``. Raises :class:`CatalogError` listing every problem."""
     file = str(path)
+
+    def refuse(reason: str, message: str) -> CatalogError:
+        return CatalogError([Problem(reason, message, file=file)])
+
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as stream:  # read no more than the bound, whatever the file is
+            data = stream.read(MAX_CATALOG_BYTES + 1)
     except OSError as exc:
-        raise CatalogError([Problem("unreadable", f"cannot read the catalog: {exc.strerror}", file=file)]) from None
+        raise refuse("unreadable", f"cannot read the catalog: {exc.strerror}") from None
+    if len(data) > MAX_CATALOG_BYTES:
+        raise refuse("catalog_too_large", f"the catalog is larger than {MAX_CATALOG_BYTES:,} bytes")
     try:
-        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise CatalogError([Problem("bad_yaml", f"not valid YAML: {reason}", file=file, line=line)]) from None
-    return catalog_from_dict(doc, source=file)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise refuse("unreadable", f"the catalog is not UTF-8 text (byte {exc.start:,})") from None
+    doc, problems = load_yaml(text, file)
+    return _build(doc, file, problems)
 
 
 def catalog_from_dict(doc: Any, source: str = "<memory>") -> Catalog:
     """Build a catalog from already-parsed data (a dict with a ``meters`` list)."""
-    problems: list[Problem] = []
+    return _build(doc, source, [])
 
-    def report(
-        reason: str,
-        message: str,
-        line: int | None,
-        meter: str | None = None,
-        fld: str | None = None,
-    ) -> None:
+
+def _build(doc: Any, source: str, problems: list[Problem]) -> Catalog:
+    def report(reason: str, message: str, line: int | None, meter: str | None = None, fld: str | None = None) -> None:
         problems.append(Problem(reason, message, meter=meter, field=fld, file=source, line=line))
 
     if not isinstance(doc, dict) or not isinstance(doc.get("meters"), list):
         report("bad_shape", "the catalog needs a top-level 'meters:' list", _line(doc, 1))
         raise CatalogError(problems)
     # span_rules belong to meterkit.otel, which checks them; they may share this file.
-    unknown = sorted(k for k in doc if k not in ("meters", "custom_fields", "span_rules", "__line__"))
-    for key in unknown:
+    unknown = [k for k in doc if k not in ("meters", "custom_fields", "span_rules", LINE_KEY)]
+    for key in sorted(unknown, key=repr):
         report(
             "bad_shape",
-            f"unknown top-level key {key!r}; expected 'meters', 'custom_fields' or 'span_rules'",
+            f"unknown top-level key {key!r:.60}; expected 'meters', 'custom_fields' or 'span_rules'",
             _line(doc, 1),
         )
 
     org_custom = _strip_lines(doc.get("custom_fields") or {})
-    if not isinstance(org_custom, dict) or not all(
-        isinstance(v, str | int | float) and not isinstance(v, bool) for v in org_custom.values()
-    ):
-        report(
-            "bad_custom_field",
-            "custom_fields must map names to strings or numbers",
-            _line(doc.get("custom_fields"), 1),
-        )
+    # what calculations may read: every name given, even if its value is refused
+    org_names = {k for k in org_custom if isinstance(k, str)} if isinstance(org_custom, dict) else set()
+    error = _custom_error(org_custom)
+    if error:
+        report("bad_custom_field", error, _line(doc.get("custom_fields"), 1))
         org_custom = {}
 
     meters: dict[str, Meter] = {}
-    codes_seen: set[str] = set()
+    first_line: dict[str, int | None] = {}
     for index, raw in enumerate(doc["meters"]):
         line = _line(raw)
-        label = raw.get("code") if isinstance(raw, dict) and isinstance(raw.get("code"), str) else f"#{index + 1}"
         if not isinstance(raw, dict):
-            report("bad_shape", "each meter must be a mapping", line, label)
+            report("bad_shape", "each meter must be a mapping", line, f"#{index + 1}")
             continue
-        try:
-            model = _MeterModel.model_validate(_strip_lines(raw))
-        except ValidationError as exc:
-            for err in exc.errors():
-                fld, fline = _locate(raw, err["loc"])
-                where = (str(err["loc"][-1]) if len(err["loc"]) > 2 else "") if fld else ".".join(map(str, err["loc"]))
-                msg = str(err["msg"]).removeprefix("Value error, ")
-                report("invalid", f"{where}: {msg}" if where else msg, fline or line, label, fld)
-            continue
-        if model.code in codes_seen:
-            report("duplicate_meter", f"meter code {model.code!r} is defined twice", line, model.code)
-            continue
-        codes_seen.add(model.code)
-        meter = _check_meter(model, raw, org_custom, report)
+        code = raw.get("code")
+        label = code if isinstance(code, str) else f"#{index + 1}"
+        if isinstance(code, str) and code in first_line:
+            report(
+                "duplicate_meter",
+                f"meter code {code!r} is defined twice (first on line {first_line[code]})",
+                line,
+                code,
+            )
+        elif isinstance(code, str):
+            first_line[code] = line
+        meter = _check_meter(raw, label, org_custom, org_names, report)
         if meter is not None:
-            meters[meter.code] = meter
+            meters.setdefault(meter.code, meter)
     if problems:
         raise CatalogError(problems)
     # The validated model, not the YAML: spelling of categories, key order and comments
@@ -291,83 +308,98 @@ def catalog_from_dict(doc: Any, source: str = "<memory>") -> Catalog:
     return Catalog(meters=meters, custom_fields=org_custom, source=source, digest=digest)
 
 
-def _locate(raw: dict[str, Any], loc: tuple[Any, ...]) -> tuple[str | None, int | None]:
-    """Map a pydantic error location to (field code, line) in the YAML."""
-    if len(loc) >= 2 and loc[0] in ("data_fields", "derived_fields") and isinstance(loc[1], int):
-        items = raw.get(loc[0]) or []
-        if loc[1] < len(items) and isinstance(items[loc[1]], dict):
-            item = items[loc[1]]
-            code = item.get("code")
-            return (code if isinstance(code, str) else f"{loc[0]}[{loc[1]}]"), _line(item)
-    return None, None
+def _validated(model: type[_M], raw: Any, meter: str, item: str | None, report: Any, at: int | None) -> _M | None:
+    """``raw`` as ``model``, or None after reporting each error: a meter's errors at the
+    meter's line, a field's (``item`` names it if its code does not) at the field's."""
+    if item and not isinstance(raw, dict):
+        report("invalid", f"{item} must be a mapping with a code, a name and a category", at, meter, item)
+        return None
+    try:
+        return model.model_validate(_strip_lines(raw))
+    except ValidationError as exc:
+        code = raw.get("code") if isinstance(raw, dict) and item else None
+        fld = (code if isinstance(code, str) else item) if item else None
+        for err in exc.errors():
+            where = ".".join(map(str, err["loc"]))
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            report("invalid", f"{where}: {msg}" if where else msg, _line(raw), meter, fld)
+        return None
 
 
-def _check_meter(model: _MeterModel, raw: dict[str, Any], org_custom: dict[str, Any], report: Any) -> Meter | None:
-    ok = True
-    code = model.code
-    if len(model.data_fields) > MAX_DATA_FIELDS:
-        report(
-            "too_many_fields",
-            f"{len(model.data_fields)} data fields; m3ter allows at most {MAX_DATA_FIELDS}",
-            _line(raw),
-            code,
-        )
-        ok = False
-    if len(model.derived_fields) > MAX_DERIVED_FIELDS:
-        report(
-            "too_many_fields",
-            f"{len(model.derived_fields)} derived fields; m3ter allows at most {MAX_DERIVED_FIELDS}",
-            _line(raw),
-            code,
-        )
-        ok = False
+def _items(raw: dict[str, Any], key: str) -> list[Any]:
+    value = raw.get(key)
+    return value if isinstance(value, list) else []  # anything else: the meter's validation says so
+
+
+def _check_meter(
+    raw: dict[str, Any], label: str, org_custom: dict[str, Any], org_names: set[str], report: Any
+) -> Meter | None:
+    """Every check of one meter. The checks across fields use each field's code and
+    calculation as written, whether or not the rest of the field is valid."""
+    at = _line(raw)
+    head = _validated(_MeterModel, raw, label, None, report, at)
+    data_items, derived_items = _items(raw, "data_fields"), _items(raw, "derived_fields")
+    data = [(i, _validated(_FieldModel, i, label, f"data_fields[{n}]", report, at)) for n, i in enumerate(data_items)]
+    derived = [
+        (i, _validated(_DerivedModel, i, label, f"derived_fields[{n}]", report, at))
+        for n, i in enumerate(derived_items)
+    ]
+    ok = head is not None and all(model is not None for _, model in [*data, *derived])
+    for kind, items, most in (("data", data_items, MAX_DATA_FIELDS), ("derived", derived_items, MAX_DERIVED_FIELDS)):
+        if len(items) > most:
+            report("too_many_fields", f"{len(items)} {kind} fields; m3ter allows at most {most}", _line(raw), label)
+            ok = False
+
+    def code_of(item: Any) -> str | None:
+        code = item.get("code") if isinstance(item, dict) else None
+        return code if isinstance(code, str) else None
 
     seen: set[str] = set()
-    raw_items = (raw.get("data_fields") or []) + (raw.get("derived_fields") or [])
-    for fld, item in zip([*model.data_fields, *model.derived_fields], raw_items, strict=True):
-        if fld.code in seen:
-            report(
-                "duplicate_field",
-                f"field code {fld.code!r} is used twice in this meter",
-                _line(item),
-                code,
-                fld.code,
-            )
+    for item, _ in [*data, *derived]:
+        code = code_of(item)
+        if code in seen:
+            report("duplicate_field", f"field code {code!r} is used twice in this meter", _line(item), label, code)
             ok = False
-        seen.add(fld.code)
+        elif code is not None:
+            seen.add(code)
 
-    custom = {**org_custom, **model.custom_fields}
-    data_codes = {f.code for f in model.data_fields}
-    derived_codes = {f.code for f in model.derived_fields}
-    for fld, item in zip(model.derived_fields, raw.get("derived_fields") or [], strict=True):
+    meter_custom = raw.get("custom_fields")
+    custom_names = org_names | (
+        {k for k in meter_custom if isinstance(k, str)} if isinstance(meter_custom, dict) else set()
+    )
+    allowed = {code_of(item) for item, _ in data} | custom_names | TIMESTAMP_FIELDS
+    derived_codes = {code_of(item) for item, _ in derived}
+    for item, _ in derived:
+        calculation = item.get("calculation") if isinstance(item, dict) else None
+        if not isinstance(calculation, str):
+            continue  # reported by the field's own validation
         try:
-            expr = parse(fld.calculation)
+            expr = parse(calculation)
         except ExpressionError as exc:
-            report("bad_calculation", str(exc), _line(item), code, fld.code)
+            report(exc.reason, str(exc), _line(item), label, code_of(item))
             ok = False
             continue
-        allowed = data_codes | custom.keys() | TIMESTAMP_FIELDS
         for name in sorted(expr.names - allowed):
             hint = " (derived fields cannot read other derived fields)" if name in derived_codes else ""
             report(
                 "unknown_reference",
                 f"calculation reads {name!r}, which is not a data field, custom field or timestamp of this meter{hint}",
                 _line(item),
-                code,
-                fld.code,
+                label,
+                code_of(item),
             )
             ok = False
-    if not ok:
+    if not ok or head is None:
         return None
+    data_models = [m for _, m in data if m is not None]
+    derived_models = [m for _, m in derived if m is not None]
     return Meter(
-        code=code,
-        name=model.name,
-        product=model.product,
-        data_fields=tuple(DataField(f.code, f.name, f.category, f.unit) for f in model.data_fields),
-        derived_fields=tuple(
-            DerivedField(f.code, f.name, f.category, f.unit, f.calculation) for f in model.derived_fields
-        ),
-        custom_fields=custom,
-        field_categories={f.code: f.category.value for f in model.data_fields},
-        wire_categories={f.code: f.category.value for f in (*model.data_fields, *model.derived_fields)},
+        code=head.code,
+        name=head.name,
+        product=head.product,
+        data_fields=tuple(DataField(f.code, f.name, f.category, f.unit) for f in data_models),
+        derived_fields=tuple(DerivedField(f.code, f.name, f.category, f.unit, f.calculation) for f in derived_models),
+        custom_fields={**org_custom, **head.custom_fields},
+        field_categories={f.code: f.category.value for f in data_models},
+        wire_categories={f.code: f.category.value for f in (*data_models, *derived_models)},
     )

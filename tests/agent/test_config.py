@@ -99,3 +99,15 @@ def test_dead_letters_are_kept_once_until_replayed(tmp_path: Path) -> None:
     dead.add("agent", [(bad, "invalid:x", "d")])  # replayed and refused again: a new letter
     assert len(dead.rows()) == 1 and len(dead.rows(include_replayed=True)) == 2
     dead.close()
+
+
+def test_config_refuses_anchors_aliases_and_repeated_keys_with_their_lines(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("receivers:\n  spool: {}\n  spool: {}\nbomb: &a [1, 2]\nmore: [*a, *a]\n")
+    with pytest.raises(ConfigFileError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        f"{path}:3: key 'spool' is repeated (first on line 2); a key may appear once  [duplicate_key]",
+        f"{path}:4: anchors and aliases are not allowed in a catalog  [yaml_alias]",
+        f"{path}:5: anchors and aliases are not allowed in a catalog  [yaml_alias]",
+    ]

@@ -193,3 +193,49 @@ def test_the_digest_follows_meaning_not_layout(tmp_path: Path) -> None:
     assert load_catalog(one).digest == first
     one.write_text("meters:\n  - {code: m, name: M, data_fields: [{code: n, name: N, category: COST}]}\n")
     assert load_catalog(one).digest != first
+
+
+def test_field_level_and_cross_field_problems_come_in_one_pass(tmp_path: Path) -> None:
+    """A bad field no longer hides the checks across fields: duplicates and what each
+    calculation reads are checked over whatever parsed, in the same run."""
+    found = problems(
+        tmp_path,
+        """\
+meters:
+  - code: a
+    name: 7
+    data_fields:
+      - {code: n, name: N, category: COLOR}
+      - {code: n, name: N2, category: MEASURE, unit: GB}
+    derived_fields:
+      - {code: d, name: D, category: MEASURE, unit: GB, calculation: "n * nope"}
+      - {code: e, name: E, category: MEASURE, calculation: "n +"}
+  - code: a
+    name: A again
+    data_fields: not a list
+    derived_fields:
+      - {code: f, name: F, category: MEASURE, calculation: "n * 2"}
+""",
+    )
+    got = {(p.line, p.meter, p.field, p.reason) for p in found}
+    assert got == {
+        (2, "a", None, "invalid"),  # name: 7
+        (5, "a", "n", "invalid"),  # COLOR
+        (6, "a", "n", "invalid"),  # GB on a data field
+        (6, "a", "n", "duplicate_field"),  # although both fields are invalid
+        (8, "a", "d", "invalid"),  # GB on the derived field
+        (8, "a", "d", "unknown_reference"),  # although the field is invalid
+        (9, "a", "e", "bad_calculation"),
+        (10, "a", None, "duplicate_meter"),  # although the first 'a' is invalid
+        (10, "a", None, "invalid"),  # data_fields: not a list
+        (14, "a", "f", "unknown_reference"),  # no data fields in this one
+    }
+
+
+def test_a_field_with_a_bad_category_still_counts_as_a_reference(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        "meters:\n  - code: m\n    name: M\n    data_fields: [{code: n, name: N, category: COLOUR}]\n"
+        "    derived_fields: [{code: d, name: D, category: MEASURE, calculation: 'n * 2'}]\n",
+    )
+    assert [(p.field, p.reason) for p in found] == [("n", "invalid")]  # not also unknown_reference

@@ -108,3 +108,27 @@ def test_arithmetic_matches_python(a: int, b: int) -> None:
 def test_parser_never_crashes_on_garbage(text: str) -> None:
     with contextlib.suppress(ExpressionError):
         parse_expression(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ("nullable + trueUp", {"nullable": 1, "trueUp": 2}, 3),  # keywords are whole words
+        ("a - b - c", {"a": 10, "b": 3, "c": 2}, 5),  # a chain is still left to right
+        ("a / b * c", {"a": 8, "b": 4, "c": 3}, 6.0),
+        ("a + b - c", {"a": "x", "b": None, "c": 1}, None),  # null propagates through a chain
+        ("s + t", {"s": "ab", "t": "cd"}, "abcd"),
+        ("-a", {"a": None}, None),
+    ],
+)
+def test_chains_and_names(text: str, env: dict[str, object], expected: object) -> None:
+    assert ev(text, **env) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [("s * 3", {"s": "x"}), ("-s", {"s": "x"}), ("s - 1", {"s": "x"}), ("a + s", {"a": 1, "s": "x"})],
+)
+def test_arithmetic_takes_numbers(text: str, env: dict[str, object]) -> None:
+    with pytest.raises(ExpressionError, match="cannot apply"):
+        ev(text, **env)
