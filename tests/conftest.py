@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,21 @@ def spool(tmp_path: Path) -> Path:
 @pytest.fixture
 def catalog() -> meterkit.Catalog:
     return meterkit.load_catalog(CATALOG)
+
+
+@contextmanager
+def small_tmpfs(where: Path, size: str, instead: str) -> Iterator[Path]:
+    """A real, small filesystem to fill: a tmpfs of ``size`` mounted at ``where``. Skips the
+    test (saying what covers the same ground ``instead``) where this machine cannot mount one."""
+    where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip(f"mounting a {size} tmpfs needs root; {instead}")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); {instead}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -4,6 +4,11 @@ meterkit re-initialises itself in each forked worker (its own buffer, flusher th
 uid prefix and spool segments, via os.register_at_fork), so configuring it in the master
 before the fork is fine. Each worker flushes at exit; `worker_exit` below makes that
 explicit for workers gunicorn recycles.
+
+With the agent running as another user (meterkit-agent.service), the application shares its
+spool with the agent's group: METERKIT_SPOOL_DIR and METERKIT_SPOOL_SHARED_GROUP come from
+app-meterkit.conf, a drop-in of the application's unit (or pass
+``spool_shared_group="meterkit"`` to ``meterkit.configure``).
 """
 
 import meterkit

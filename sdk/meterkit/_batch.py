@@ -135,7 +135,14 @@ class BatchWorker(Generic[T]):
         backoff = 0.0
         while True:
             with self._cond:
-                if not (self._shutdown or self._flush_waiters or len(self.queue) >= self.max_batch_size):
+                if not self.healthy:
+                    # Back off even with a full queue or a flush waiting: calling an exporter
+                    # that just refused again at once would spin (a full disk, a backend down).
+                    # A flush or shutdown still wakes it early; a shutdown's deadline caps it.
+                    left = self._deadline - time.monotonic() if self._shutdown else backoff
+                    if min(backoff, left) > 0:
+                        self._cond.wait(min(backoff, left))
+                elif not (self._shutdown or self._flush_waiters or len(self.queue) >= self.max_batch_size):
                     self._cond.wait(backoff or self._delay())
                 waiters, self._flush_waiters = self._flush_waiters, []
                 stopping, deadline = self._shutdown, self._deadline

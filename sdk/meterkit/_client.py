@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import _backfill, _guard
+from . import _backfill, _guard, _permissions
 from ._backfill import BatchResult
 from ._catalog import Catalog, load_catalog
 from ._errors import ConfigError, MeasurementError, MeterkitError, Problem
@@ -47,6 +47,7 @@ class Client:
         catalog: str | Path | Catalog | None = None,
         spool_dir: str | Path | None = None,
         *,
+        spool_shared_group: str | None = None,
         mode: str | None = None,
         durability: str | None = None,
         flush_interval_millis: int | None = None,
@@ -64,6 +65,7 @@ class Client:
         self.settings: Settings = resolve(
             catalog=None if isinstance(catalog, Catalog) else catalog,
             spool_dir=spool_dir,
+            spool_shared_group=spool_shared_group,
             mode=mode,
             durability=durability,
             flush_interval_millis=flush_interval_millis,
@@ -200,8 +202,9 @@ class Client:
     # -- control ---------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counts since this client started: written, queued, and lost by reason."""
-        return {"written": self._flusher.written, "queued": len(self._worker.queue), "lost": self._flusher.lost()}
+        """Counts since this client started (or its process forked): ``written``, ``queued``,
+        ``held``, ``lost`` by reason, ``lost_unreported``, ``spool_refuses`` (see the README)."""
+        return self._flusher.stats()
 
     def flush(self, timeout: float | None = 5.0) -> bool:
         """Write everything recorded so far to the spool. True if done within ``timeout``."""
@@ -239,6 +242,7 @@ class Client:
 def _spool_sink(s: Settings, catalog: Catalog | None) -> SpoolSink:
     """The default sink: this process's own segment files in the spool directory."""
     try:
+        _permissions.spool_dir(s.spool_dir, s.spool_shared_group)  # shared with a group, or private
         return SpoolSink(
             s.spool_dir,
             os.urandom(4).hex(),

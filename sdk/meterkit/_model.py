@@ -124,8 +124,11 @@ _CACHE_LIMIT = 10_000  # codes are few; stop caching if a caller invents them pe
 
 
 def _meter_ok(meter: object) -> bool:
-    if meter in _good_meters:
-        return True
+    try:
+        if meter in _good_meters:
+            return True
+    except TypeError:  # unhashable: a JSON array or object where a code belongs
+        return False
     if isinstance(meter, str) and METER_CODE_RE.match(meter):
         if len(_good_meters) < _CACHE_LIMIT:
             _good_meters.add(meter)
@@ -134,8 +137,11 @@ def _meter_ok(meter: object) -> bool:
 
 
 def _code_ok(code: object) -> bool:
-    if code in _good_codes:
-        return True
+    try:
+        if code in _good_codes:
+            return True
+    except TypeError:
+        return False
     if isinstance(code, str) and FIELD_CODE_RE.match(code):
         if len(_good_codes) < _CACHE_LIMIT:
             _good_codes.add(code)
@@ -320,6 +326,12 @@ def tally(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     if type(v) is int or type(v) is float:
                         name = f"{category}.{code}"
                         sums[name] = sums.get(name, 0) + v
+    for _, totals in table.values():
+        for name, total in totals.items():
+            if type(total) is int and not -(2**63) <= total < 2**63:
+                # Whole numbers sum exactly past 64 bits; JSON codecs stop there, so such a
+                # sum is written as its decimal digits (docs/audit-journal.md).
+                totals[name] = str(total)
     return [{"meter": m, "account": a, "hour": h, "count": c, "sums": s} for (m, a, h), (c, s) in table.items()]
 
 

@@ -9,7 +9,9 @@
 - **Baggage.** A gateway sets the billed account once and every downstream service's
   meters pick it up: baggage ``meterkit.account`` fills ``account``, and
   ``meterkit.<category>.<code>`` (who, what, where, other, metadata) fills that field.
-  Precedence: an explicit argument, then ``meterkit.context``, then baggage.
+  Precedence: an explicit argument, then ``meterkit.context``, then baggage. With a
+  catalog, baggage (like ``meterkit.context``) fills only the meters that declare a field:
+  the others leave it out rather than refuse the measurement (:func:`placed`).
 
 The hot path only captures the current context object (one contextvar read); everything
 here runs in the flusher thread.
@@ -65,11 +67,10 @@ def extract(ctx: Any) -> tuple[str | None, dict[str, dict[str, str]]]:
     return account, fields
 
 
-def placed(fields: dict[str, dict[str, str]], categories: Mapping[str, str] | None) -> dict[str, dict[str, str]]:
-    """With a catalog meter's field categories: keep only declared codes, in their category."""
-    if categories is None:
-        return fields
-    out: dict[str, dict[str, str]] = {}
+def placed(fields: Mapping[str, Mapping[str, Any]], categories: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Inherited fields (Baggage's and ``meterkit.context``'s) for a catalog meter, given its
+    field categories: only the codes it declares, each in the category it declares."""
+    out: dict[str, dict[str, Any]] = {}
     for values in fields.values():
         for code, value in values.items():
             category = categories.get(code)

@@ -4,6 +4,13 @@ A scope lives in a :class:`contextvars.ContextVar`, so it follows ``await`` and 
 threads started with a copied context (``contextvars.copy_context().run``, or executors
 that copy it). Nested scopes merge; the inner value wins; an explicit argument to
 ``record`` wins over any scope.
+
+A scope's fields behave like Baggage's: with a catalog, a field fills only the meters that
+declare it and is left out of the others, so ``context(who={"user": u})`` around a request
+is safe whatever meters run inside it. A field passed to ``record`` or ``meter`` itself is
+still checked: one the meter lacks is an error (strict) or a counted rejection
+(production). The hot path captures the scope object in its tuple; the filtering is the
+flusher's work (``_flusher._inherit``).
 """
 
 from __future__ import annotations

@@ -17,9 +17,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from ._errors import ConfigError
 from ._guard import logger
+from ._permissions import group_id
 
 ENV_CATALOG = "METERKIT_CATALOG"
 ENV_SPOOL_DIR = "METERKIT_SPOOL_DIR"
+# A group name or id: share the spool with that group (02770 directories, 0660 files) so
+# another user, the agent's, can read it. Unset: the spool is private (0700, 0600).
+ENV_SPOOL_SHARED_GROUP = "METERKIT_SPOOL_SHARED_GROUP"
 ENV_MODE = "METERKIT_MODE"
 ENV_DURABILITY = "METERKIT_DURABILITY"
 ENV_FLUSH_INTERVAL_MILLIS = "METERKIT_FLUSH_INTERVAL_MILLIS"
@@ -50,6 +54,7 @@ class Settings:
 
     catalog: Path | None = None
     spool_dir: Path = Path()
+    spool_shared_group: str | None = None
     mode: Mode = "production"
     durability: Durability = "buffered"
     flush_interval_millis: int = 200
@@ -67,6 +72,7 @@ class Settings:
 _ENV = {
     "catalog": ENV_CATALOG,
     "spool_dir": ENV_SPOOL_DIR,
+    "spool_shared_group": ENV_SPOOL_SHARED_GROUP,
     "mode": ENV_MODE,
     "durability": ENV_DURABILITY,
     "flush_interval_millis": ENV_FLUSH_INTERVAL_MILLIS,
@@ -100,6 +106,11 @@ def _check(name: str, value: Any) -> Any:
         raise ValueError(f"{name} must be positive")
     if name == "queue_full_timeout_millis" and parsed < 0:
         raise ValueError(f"{name} cannot be negative")
+    if name == "spool_shared_group":
+        try:
+            group_id(parsed)
+        except (KeyError, ImportError):
+            raise ValueError(f"no group named {parsed!r} on this host") from None
     return parsed
 
 

@@ -3,12 +3,14 @@
 This module is the contract between the SDK (which writes) and the agent (which reads);
 ``docs/spool-format.md`` describes the same bytes for people. The reader never trusts
 what it reads: a torn last frame is left for later, a corrupt frame is skipped and
-reported, and garbage never raises.
+reported, a damaged header costs only its own bytes (the frames after it are salvaged),
+and garbage never raises.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import struct
@@ -20,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+# Re-exported: the writer and the agent's state files use them from here.
+from ._permissions import open_private as open_private
+from ._permissions import private_dir as private_dir
 
 FORMAT_VERSION = 1
 MAGIC = b"MKSPOOL\x00"
@@ -57,19 +63,8 @@ def encode_header(meta: dict[str, Any]) -> bytes:
     return fixed + body + _CRC.pack(_crc32(fixed[8:] + body))
 
 
-def private_dir(path: str | Path) -> Path:
-    """Create ``path`` (mode 0700) if needed; tighten it if it is ours and too open."""
-    p = Path(path)
-    p.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = p.stat()
-    if st.st_uid == os.getuid() and st.st_mode & 0o077:
-        p.chmod(0o700)
-    return p
-
-
-def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND) -> int:
-    """Open a file readable by its owner only (0600), whatever the umask."""
-    return os.open(path, flags | os.O_CLOEXEC, 0o600)
+class NotDurable(OSError):
+    """``fsync`` failed after a write: its frames are in the segment, not known to be on disk."""
 
 
 class SegmentWriter:
@@ -103,23 +98,53 @@ class SegmentWriter:
         self.path: Path | None = None
 
     def write(self, data: bytes, frames: int) -> None:
-        """Append already-encoded frames as one ``write``; opens or rotates as needed."""
+        """Append already-encoded frames as one ``write``; opens or rotates as needed.
+
+        All or nothing (docs/spool-format.md, "A full disk"): a write a full disk took in
+        part is cut back before the ``OSError`` is raised, and if any of its bytes reached
+        the file (a reader may have seen them) the segment is closed, so a retry never
+        writes a frame twice nor over bytes a reader saw. A failed ``fsync`` raises
+        :class:`NotDurable`: the frames are written, just not known to be on disk.
+        """
         if self._fd >= 0 and (
             self._size + len(data) > self.max_segment_bytes
             or time.monotonic() - self._opened_at > self.max_segment_age_seconds
         ):
-            self.seal()
+            self._seal()  # if this fails the segment stays open, or is retired: tried again
         if self._fd < 0:
             self._open()
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        if self.fsync:
-            os.fsync(self._fd)
-        self._size += len(data)
+        self._append(data, self.fsync)
         self._frames += frames
+
+    def _append(self, data: bytes, fsync: bool) -> None:
+        start, done, view = self._size, 0, memoryview(data)
+        try:
+            while done < len(data):
+                done += os.write(self._fd, view[done:])
+        except OSError:
+            try:
+                os.ftruncate(self._fd, start)  # the fd appends: a next write lands at `start`
+            except OSError:
+                self.abandon()  # its end is unknown: never append to it again
+            else:
+                if done:
+                    self._retire()
+            raise
+        self._size += len(data)
         self.bytes_written += len(data)
+        if fsync:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise NotDurable(exc.errno, f"fsync failed: {exc.strerror}") from exc
+
+    def _retire(self) -> None:
+        """Close the segment after a cut-back write, sealed if the seal fits."""
+        seal = encode_frame(KIND_SEAL, orjson.dumps({"frames": self._frames}))
+        with contextlib.suppress(OSError):
+            if os.write(self._fd, seal) != len(seal):
+                os.ftruncate(self._fd, self._size)
+        self.abandon()
 
     def _open(self) -> None:
         while True:
@@ -142,26 +167,37 @@ class SegmentWriter:
                 **self.meta,
             }
         )
-        os.write(fd, header)
+        try:
+            if os.write(fd, header) != len(header):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:  # a full disk: leave no headless segment behind
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
         self._fd, self.path, self._size, self._frames = fd, path, len(header), 0
         self._opened_at = time.monotonic()
         self.bytes_written += len(header)
 
     def seal(self) -> None:
-        """Write the seal frame and close: the agent knows no more frames will follow."""
+        """Write the seal frame and close: the agent knows no more frames will follow. If
+        the seal does not fit, the segment is closed without it and the ``OSError`` raised."""
+        try:
+            self._seal()
+        except OSError:
+            self.abandon()
+            raise
+
+    def _seal(self) -> None:
         if self._fd < 0:
             return
-        seal = encode_frame(KIND_SEAL, orjson.dumps({"frames": self._frames}))
-        try:
-            os.write(self._fd, seal)
-            os.fsync(self._fd)
-        finally:
-            os.close(self._fd)
-            self._fd = -1
-            self.bytes_written += len(seal)
+        with contextlib.suppress(NotDurable):  # the seal is written: the segment is done
+            self._append(encode_frame(KIND_SEAL, orjson.dumps({"frames": self._frames})), fsync=True)
+        os.close(self._fd)
+        self._fd = -1
 
     def abandon(self) -> None:
-        """Forget an fd inherited across ``fork()`` without writing to the parent's segment."""
+        """Close the segment without a seal: after ``fork()``, or when it cannot be written."""
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
@@ -196,6 +232,9 @@ class SegmentRead:
 
     ``next_offset`` is where the next read should start: after the last good frame, or at
     a torn tail that the writer may still complete. ``torn`` says such a tail is there.
+    ``header_corrupt``: why the header is unreadable (its bytes are ``corrupt[0]``, the
+    writer is unknown); the frames after it are read all the same. ``error``: nothing could
+    be read (missing or unreadable file, another format version, not a segment).
     """
 
     path: Path
@@ -206,39 +245,42 @@ class SegmentRead:
     sealed: bool = False
     torn: bool = False
     error: str | None = None
+    header_corrupt: str | None = None
 
 
-def _read_header(buf: bytes) -> tuple[dict[str, Any] | None, int, str | None]:
-    """Return (metadata, offset after header, error). (None, 0, None) means: too short yet."""
+_BAD_MAGIC = "corrupt segment header (bad magic)"
+
+
+def _read_header(buf: bytes) -> tuple[dict[str, Any] | None, int, str | None, bool]:
+    """Return (metadata, offset after header, problem, final).
+
+    (None, 0, None, False) means: too short yet. A problem that is not ``final`` is a
+    damaged header, which frames may follow. A ``final`` one checks out (CRC) and names
+    another format version: the reader stops there, it never guesses.
+    """
+    if not MAGIC.startswith(buf[: len(MAGIC)]):
+        return None, 0, _BAD_MAGIC, False
     if len(buf) < _HEADER_FIXED.size:
-        return (
-            None,
-            0,
-            None if MAGIC.startswith(buf[: len(MAGIC)]) else "not a meterkit spool segment",
-        )
-    magic, version, _reserved, length = _HEADER_FIXED.unpack_from(buf)
-    if magic != MAGIC:
-        return None, 0, "not a meterkit spool segment (bad magic)"
-    if version != FORMAT_VERSION:
-        return (
-            None,
-            0,
-            f"spool format version {version}; this reader knows version {FORMAT_VERSION}",
-        )
+        return None, 0, None, False
+    _magic, version, _reserved, length = _HEADER_FIXED.unpack_from(buf)
     end = _HEADER_FIXED.size + length + _CRC.size
     if length > MAX_FRAME_BYTES:
-        return None, 0, "corrupt segment header (length)"
+        return None, 0, "corrupt segment header (length)", False
     if len(buf) < end:
-        return None, 0, None
+        return None, 0, None, False
     body = buf[_HEADER_FIXED.size : end - _CRC.size]
     (crc,) = _CRC.unpack_from(buf, end - _CRC.size)
     if crc != _crc32(buf[8 : _HEADER_FIXED.size] + body):
-        return None, 0, "corrupt segment header (CRC mismatch)"
+        return None, 0, "corrupt segment header (CRC mismatch)", False
+    if version != FORMAT_VERSION:
+        return None, 0, f"spool format version {version}; this reader knows version {FORMAT_VERSION}", True
     try:
         meta = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None, 0, "corrupt segment header (metadata is not JSON)"
-    return meta, end, None
+        return None, 0, "corrupt segment header (metadata is not JSON)", False
+    if not isinstance(meta, dict):
+        return None, 0, "corrupt segment header (metadata is not an object)", False
+    return meta, end, None, False
 
 
 def _frame_at(buf: bytes, pos: int) -> tuple[str, int]:
@@ -257,8 +299,21 @@ def _frame_at(buf: bytes, pos: int) -> tuple[str, int]:
     return "ok", end
 
 
+def _first_frame(buf: bytes, start: int) -> int:
+    """The offset of the first frame at or after ``start`` that checks out, or -1."""
+    probe = buf.find(SYNC, start)
+    while probe != -1 and _frame_at(buf, probe)[0] != "ok":
+        probe = buf.find(SYNC, probe + 1)
+    return probe
+
+
 def read_segment(path: str | Path, offset: int = 0) -> SegmentRead:
-    """Read the frames of one segment from ``offset`` (0, or a previous ``next_offset``)."""
+    """Read the frames of one segment from ``offset`` (0, or a previous ``next_offset``).
+
+    A damaged header does not cost the frames after it: the reader resynchronises on the
+    first frame that checks out (its CRC makes a false start as unlikely as any other
+    corrupt frame passing) and reports the header as ``header_corrupt``.
+    """
     p = Path(path)
     try:
         with p.open("rb") as f:
@@ -268,17 +323,35 @@ def read_segment(path: str | Path, offset: int = 0) -> SegmentRead:
     except OSError as exc:
         return SegmentRead(p, None, error=f"cannot read: {exc.strerror}", next_offset=offset)
     header: dict[str, Any] | None
+    header_corrupt = None
     if offset == 0:
-        header, pos, error = _read_header(buf)
-        if error:
-            return SegmentRead(p, None, error=error)
+        header, pos, problem, final = _read_header(buf)
+        if final:
+            return SegmentRead(p, None, error=problem)
         if header is None:
-            return SegmentRead(p, None, torn=True)
+            pos = _first_frame(buf, 0)
+            if pos == -1:
+                if problem == _BAD_MAGIC:  # and no frame in it: nothing says it is a segment
+                    return SegmentRead(p, None, error="not a meterkit spool segment (bad magic)")
+                if problem is None:  # empty, or the header is still being written
+                    return SegmentRead(p, None, torn=True)
+                version = int.from_bytes(buf[8:10], "little")
+                if version != FORMAT_VERSION:  # damaged, or a version whose frames are not ours
+                    return SegmentRead(
+                        p, None, error=f"{problem}, naming format version {version}; this reader knows {FORMAT_VERSION}"
+                    )
+                # A damaged header and nothing after it yet: wait, as for a torn tail.
+                return SegmentRead(p, None, [], [Corruption(0, len(buf), problem)], torn=True, header_corrupt=problem)
+            # A frame that checks out where the header should still be: the header is
+            # damaged even if what is left of it looks incomplete.
+            header_corrupt = problem or "corrupt segment header (incomplete)"
         base = 0
     else:
-        header, _, _ = _read_header(head)
+        header = _read_header(head)[0]
         base, pos = offset, 0
-    result = SegmentRead(p, header)
+    result = SegmentRead(p, header, header_corrupt=header_corrupt)
+    if header_corrupt:
+        result.corrupt.append(Corruption(0, pos, header_corrupt))
     n = len(buf)
     while pos < n:
         status, end = _frame_at(buf, pos)
@@ -319,6 +392,15 @@ def segments(directory: str | Path) -> list[Path]:
     if not d.is_dir():
         return []
     return sorted(p for p in d.iterdir() if p.name.endswith(SEGMENT_SUFFIX) and p.is_file())
+
+
+def segment_pid(path: str | Path) -> int | None:
+    """The writer's pid as the segment's file name gives it (``<ms>-<pid>-<writer>-<seq>``),
+    or None. When the header cannot be read, the name is all that says who wrote it."""
+    parts = Path(path).name.split("-")
+    if len(parts) >= 4 and all(s.isascii() and s.isdigit() for s in parts[:2]):
+        return int(parts[1])
+    return None
 
 
 def iter_records(directory: str | Path) -> Iterator[tuple[Path, Frame]]:

@@ -217,3 +217,13 @@ def test_the_wire_timestamp_fast_path_names_bad_input(text: str) -> None:
 
     with pytest.raises(ValueError, match="not an ISO 8601 timestamp"):
         wire_ts_ns(text)
+
+
+def test_tally_sums_past_64_bits_stay_exact_as_digits() -> None:
+    from meterkit._model import tally
+
+    big = 2**62
+    rows = [{"meter": "m", "account": "a", "ts": "2026-01-01T10:00:00.000Z", "measure": {"n": big}}] * 4
+    [entry] = tally(rows)
+    assert entry["sums"] == {"measure.n": str(4 * big)} and entry["count"] == 4
+    assert orjson.dumps(entry)  # a journal entry can always be written
