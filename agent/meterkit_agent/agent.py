@@ -73,13 +73,13 @@ class Agent:
         self.drain = Drain()
 
         self.batch_cfg = BatchConfig()
-        self.processors: list[Processor] = []
+        self.processors: list[tuple[str, Processor]] = []
         for cid in pipe.processors:
             cfg = config.component("processors", cid)
             if isinstance(cfg, BatchConfig):
                 self.batch_cfg = cfg
             elif (proc := _build(PROCESSORS, cid, cfg)) is not None:
-                self.processors.append(proc)
+                self.processors.append((cid, proc))
         self.exporters: list[Exporter] = []
         retry: dict[str, RetryConfig] = {}
         for cid in pipe.exporters:
@@ -140,6 +140,7 @@ class Agent:
                 self._emit,
                 poll_interval=poll_interval,
                 on_corrupt=lambda _key, n: self.metrics.corrupt_bytes.add(n),
+                on_abandoned=lambda _key, reason: self.metrics.segments_abandoned.add(1, {"reason": reason}),
             )
         )
 

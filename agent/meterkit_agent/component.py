@@ -56,13 +56,26 @@ class RetryLater(Exception):
         self.retry_after = retry_after
 
 
+class Misconfigured(RetryLater):
+    """The destination or its credentials are wrong, not the data (HTTP 401, 403, 404):
+    delivery pauses and keeps trying with backoff until the configuration is fixed.
+    Nothing is dead-lettered for it (DESIGN.md §3)."""
+
+    def __init__(self, destination: str, status: int, retry_after: float | None = None) -> None:
+        super().__init__(f"{destination} answered HTTP {status}: check its URL and credentials", retry_after)
+        self.destination = destination
+        self.status = status
+
+
 @dataclass(frozen=True)
 class Rejected:
-    """A measurement the backend (or a processor) refused for good."""
+    """A measurement refused for good, alone: by a processor, the serialiser or a backend.
+    ``stage`` says where (``validate``, ``derive``, ``serialise``, ``export:<exporter>``)."""
 
     measurement: dict[str, Any]
     reason: str
     detail: str = ""
+    stage: str = ""
 
 
 class Receiver(Protocol):

@@ -185,9 +185,12 @@ def proxy(ledger: LedgerServer) -> Iterator[FaultProxy]:
 
 
 def write_agent_config(
-    tmp_path: Path, spool: Path, to: str, catalog: Path | None = None, extra_receivers: str = ""
+    tmp_path: Path, spool: Path, to: str, catalog: Path | None = None, extra_receivers: str = "", derive: bool = False
 ) -> Path:
+    """The agent's configuration for a test: spool in, m3ter-compatible out, fast retries;
+    with ``derive``, the catalog's derived fields are computed too."""
     catalog_line = f"catalog: {catalog}" if catalog else ""
+    derive_line = f"  derive: {{{catalog_line}}}" if derive else ""
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(
         f"""
@@ -196,6 +199,7 @@ receivers:
 {extra_receivers}
 processors:
   validate: {{{catalog_line}}}
+{derive_line}
   batch: {{max_measurements: 500, timeout_millis: 100}}
 exporters:
   m3ter:
@@ -209,7 +213,7 @@ service:
   pipelines:
     usage:
       receivers: [spool{", http" if extra_receivers else ""}]
-      processors: [validate, batch]
+      processors: [validate{", derive" if derive else ""}, batch]
       exporters: [m3ter]
 """
     )

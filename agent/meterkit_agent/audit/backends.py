@@ -25,6 +25,8 @@ class Side:
     def add(self, count: int, sums: dict[str, Any]) -> None:
         self.count += count
         for name, value in sums.items():
+            if isinstance(value, str):  # a whole-number sum past 64 bits, written as digits
+                value = int(value)
             self.sums[name] = self.sums.get(name, 0) + value
 
 
@@ -91,7 +93,8 @@ class LedgerHttpBackend:
         for name in fields:
             code = name.partition(".")[2]
             for row in self._get("usage", {**base, "aggregation": "SUM", "field": code})["data"]:
-                out[row["account"]].sums[name] = row["value"]
+                value = row["value"]
+                out[row["account"]].sums[name] = int(value) if isinstance(value, str) else value
         return dict(out)
 
     def uids(self, meter: str, account: str | None, start: str, end: str) -> set[str]:

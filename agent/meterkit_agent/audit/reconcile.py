@@ -158,7 +158,8 @@ def reconcile(
                 continue
             r = row(m, a)
             side = getattr(r, pick)
-            side.add(sign * int(t.get("count", 0)), {k: sign * v for k, v in (t.get("sums") or {}).items()})
+            sums = {k: int(v) if isinstance(v, str) else v for k, v in (t.get("sums") or {}).items()}
+            side.add(sign * int(t.get("count", 0)), {k: sign * v for k, v in sums.items()})
             if pick == "delivered":
                 r.hourly[hour] += int(t.get("count", 0))
 

@@ -96,6 +96,19 @@ def agent_status(
         return
     age = time.time() - float(status.get("at", 0))
     typer.echo(f"agent pid {status.get('pid')}, status written {age:.0f} s ago")
+    metrics = status.get("metrics", {})
+    for p in metrics.get("meterkit.agent.paused", []):
+        a = p.get("attributes", {})
+        typer.echo(
+            f"PAUSED: {a.get('exporter')} answered HTTP {a.get('status')}: fix its URL or credentials;"
+            " measurements wait in the spool, nothing is discarded"
+        )
+    isolated = [p for p in metrics.get("meterkit.agent.dead_lettered", []) if p.get("value")]
+    if isolated:
+        typer.echo("isolated (dead-lettered alone; `meterkit dlq list` shows each):")
+        for p in isolated:
+            a = p.get("attributes", {})
+            typer.echo(f"  {p['value']:>10,}  {a.get('reason')} at {a.get('stage', 'agent')}")
     for name, points in sorted(status.get("metrics", {}).items()):
         short = name.removeprefix("meterkit.agent.")
         for p in points:

@@ -27,6 +27,11 @@ def _backend(config: Path | None, backend_url: str | None, ledger_db: str | None
                 cfg.service.state_dir,
             )
         if isinstance(exporter_cfg, M3terExporterConfig):
+            if exporter_cfg.base_url is None:
+                raise fail(
+                    f"{config}: the m3ter exporter sends to m3ter itself (no base_url), and reconcile "
+                    "cannot query m3ter's own usage API yet; it needs a ledger (or a backend with the ledger's API)"
+                )
             tok = exporter_cfg.token.get_secret_value() if exporter_cfg.token else None
             return (
                 LedgerHttpBackend(exporter_cfg.base_url, exporter_cfg.org_id, tok),

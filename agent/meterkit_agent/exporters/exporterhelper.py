@@ -4,10 +4,12 @@ exporters that POST batches.
 
 The delivery rules are small pure functions with table-driven tests. What is retried and
 what is final is decided in :func:`classify`; nothing else in the agent decides it.
-Retried: 408, 429, every 5xx, connection errors and timeouts. Final: any other 4xx,
-which isolates the bad measurements (from the backend's answer if it names them, else by
-splitting the batch) so the good ones are delivered and the bad ones are dead-lettered
-with the backend's reason.
+Retried: 408, 429, every 5xx, connection errors and timeouts. Paused: 401, 403 and 404,
+which say the destination or its credentials are wrong, not the data; delivery keeps
+trying with backoff (and says so loudly) until the configuration is fixed, and nothing is
+dead-lettered for them. Final: any other 4xx, which isolates the bad measurements (from
+the backend's answer if it names them, else by splitting the batch) so the good ones are
+delivered and the bad ones are dead-lettered with the backend's reason.
 
 An exporter is called by one delivery thread at a time, so each keeps one
 ``requests.Session`` (connection pooling) without sharing it across threads.
@@ -26,11 +28,14 @@ import orjson
 import requests
 from pydantic import Field
 
-from ..component import Rejected, RetryLater, Settings
+from ..component import Misconfigured, Rejected, RetryLater, Settings
 
 USER_AGENT = "meterkit-agent/0.1"
 
-Outcome = Literal["ok", "retry", "isolate"]
+Outcome = Literal["ok", "retry", "pause", "isolate"]
+
+#: Statuses that mean "wrong URL or credentials": never the data's fault.
+PAUSE_STATUSES = frozenset({401, 403, 404})
 
 
 class RetryConfig(Settings):
@@ -45,6 +50,8 @@ def classify(status: int) -> Outcome:
         return "ok"
     if status in (408, 429) or 500 <= status < 600:
         return "retry"
+    if status in PAUSE_STATUSES:
+        return "pause"
     if 400 <= status < 500:
         return "isolate"
     return "retry"  # 1xx/3xx from an ingest endpoint: a proxy misbehaving; try again
@@ -141,6 +148,9 @@ class IngestExporter:
         """Called on a 401; True if credentials were refreshed and the request may be retried."""
         return False
 
+    def on_accepted(self) -> None:
+        """Called when the backend accepted a request."""
+
     def export(self, records: list[dict[str, Any]]) -> list[Rejected]:
         rejected: list[Rejected] = []
         for chunk in chunks(records, self.max_count, self.max_bytes):
@@ -168,11 +178,15 @@ class IngestExporter:
         self.last_answer = f"HTTP {response.status_code} {response.text[:200]}".rstrip()
         outcome = classify(response.status_code)
         if outcome == "ok":
+            self.on_accepted()
             return []
         if response.status_code == 401 and self.on_unauthorized():
             raise RetryLater("401: token refreshed", 0.0)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if outcome == "pause":
+            raise Misconfigured(f"{self.name} ({self.url})", response.status_code, retry_after)
         if outcome == "retry":
-            raise RetryLater(f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After")))
+            raise RetryLater(f"HTTP {response.status_code}", retry_after)
         return self._isolate(chunk, response)
 
     def _isolate(self, chunk: list[Encoded], response: requests.Response) -> list[Rejected]:

@@ -1,6 +1,14 @@
-"""m3ter's ingest API: ``POST {base}/organizations/{orgId}/measurements`` with a bearer
-token, given or obtained by client-credentials exchange at ``{base}/oauth/token`` and
-refreshed before it expires (and on a 401)."""
+"""m3ter's ingest API: ``POST .../organizations/{orgId}/measurements`` with a bearer
+token, given or obtained by client-credentials exchange at ``.../oauth/token`` and
+refreshed before it expires (and on a 401).
+
+m3ter serves the two on different hosts: measurements on ``https://ingest.m3ter.com``,
+tokens (and the rest of its API) on ``https://api.m3ter.com``. A configured ``base_url``
+(a ledger, a staging organisation) replaces both, which is the official ``m3ter`` client's
+rule for ``usage.submit``. One departure: ``base_url: https://api.m3ter.com``, as older
+configurations spelled m3ter out, means m3ter's own hosts too; the official client would
+take it literally and post measurements to the API host instead of the ingest host.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +17,30 @@ import threading
 import time
 
 import requests
-from pydantic import SecretStr, model_validator
+from pydantic import SecretStr, field_validator, model_validator
 
-from ..component import Factory, RetryLater, Settings
+from ..component import Factory, Misconfigured, RetryLater, Settings
 from .exporterhelper import IngestExporter, RetryConfig, classify, parse_retry_after
+
+#: m3ter's production hosts, used when no ``base_url`` is configured.
+M3TER_API = "https://api.m3ter.com"
+M3TER_INGEST = "https://ingest.m3ter.com"
 
 
 class M3terExporterConfig(Settings):
-    base_url: str = "https://api.m3ter.com"
+    #: None (or empty): m3ter's production hosts. Set: one host for measurements and tokens.
+    base_url: str | None = None
     org_id: str
     token: SecretStr | None = None
     client_id: str | None = None
     client_secret: SecretStr | None = None
     retry: RetryConfig = RetryConfig()
+
+    @field_validator("base_url")
+    @classmethod
+    def _m3ter_itself(cls, v: str | None) -> str | None:
+        v = (v or "").strip().rstrip("/")
+        return None if v.lower() in ("", M3TER_API) else v
 
     @model_validator(mode="after")
     def _auth(self) -> M3terExporterConfig:
@@ -29,28 +48,41 @@ class M3terExporterConfig(Settings):
             raise ValueError("give token, or client_id and client_secret (client-credentials)")
         return self
 
+    @property
+    def measurements_url(self) -> str:
+        return f"{self.base_url or M3TER_INGEST}/organizations/{self.org_id}/measurements"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.base_url or M3TER_API}/oauth/token"
+
 
 class M3terExporter(IngestExporter):
     def __init__(self, name: str, cfg: M3terExporterConfig) -> None:
-        super().__init__(name, f"{cfg.base_url.rstrip('/')}/organizations/{cfg.org_id}/measurements", cfg.retry)
+        super().__init__(name, cfg.measurements_url, cfg.retry)
         self.cfg = cfg
+        self.token_url = cfg.token_url
         self._token = cfg.token.get_secret_value() if cfg.token else None
         self._expires_at = float("inf") if cfg.token else 0.0
         self._lock = threading.Lock()
+        self._refreshed_for_401 = False  # until a request succeeds again
 
     def _exchange(self) -> None:
         assert self.cfg.client_id is not None and self.cfg.client_secret is not None
         basic = base64.b64encode(f"{self.cfg.client_id}:{self.cfg.client_secret.get_secret_value()}".encode()).decode()
         try:
             response = self.session.post(
-                f"{self.cfg.base_url.rstrip('/')}/oauth/token",
+                self.token_url,
                 json={"grant_type": "client_credentials"},
                 headers={"Authorization": f"Basic {basic}"},
                 timeout=self.timeout,
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise RetryLater(f"token exchange: {type(exc).__name__}") from None
-        if classify(response.status_code) != "ok":
+        outcome = classify(response.status_code)
+        if outcome == "pause":  # a wrong client id or secret, or a wrong token URL
+            raise Misconfigured(f"{self.name} token exchange ({self.token_url})", response.status_code)
+        if outcome != "ok":
             # Never echo the answer: it may contain credentials material.
             raise RetryLater(
                 f"token exchange answered HTTP {response.status_code}",
@@ -61,6 +93,9 @@ class M3terExporter(IngestExporter):
         # Refresh five minutes early, as m3ter's own client does.
         self._expires_at = time.monotonic() + float(body.get("expires_in", 3600)) - 300
 
+    def on_accepted(self) -> None:
+        self._refreshed_for_401 = False
+
     def headers(self) -> dict[str, str]:
         with self._lock:
             if self._token is None or time.monotonic() >= self._expires_at:
@@ -68,8 +103,11 @@ class M3terExporter(IngestExporter):
             return {"Authorization": f"Bearer {self._token}"}
 
     def on_unauthorized(self) -> bool:
-        if self.cfg.client_id is None:
+        """Refresh the token once; a second 401 in a row, with a token just issued, is a
+        credentials problem (a revoked client, missing permissions), which pauses delivery."""
+        if self.cfg.client_id is None or self._refreshed_for_401:
             return False
+        self._refreshed_for_401 = True
         with self._lock:
             self._token, self._expires_at = None, 0.0
         return True

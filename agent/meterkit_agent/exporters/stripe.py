@@ -23,7 +23,7 @@ from pydantic import Field, SecretStr
 
 from meterkit._timefmt import wire_ts_ns
 
-from ..component import Factory, Rejected, RetryLater, Settings
+from ..component import Factory, Misconfigured, Rejected, RetryLater, Settings
 from .exporterhelper import RetryConfig, answer, classify, parse_retry_after, session, short
 
 STRIPE_MAX_AGE_SECONDS = 35 * 86_400
@@ -108,6 +108,8 @@ class StripeMeterEventsExporter:
                 raise RetryLater(f"{type(exc).__name__}: {short(exc)}") from None
             self.last_answer = f"HTTP {response.status_code} {response.text[:200]}".rstrip()
             outcome = classify(response.status_code)
+            if outcome == "pause":
+                raise Misconfigured(f"{self.name} ({self.url})", response.status_code)
             if outcome == "retry":
                 raise RetryLater(f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After")))
             if outcome == "isolate":

@@ -1,7 +1,10 @@
 """The ledger's HTTP API: m3ter's ingest shape, plus usage queries.
 
 - ``POST /organizations/{orgId}/measurements`` with ``{"measurements": [...]}``: at most
-  1,000 measurements and 512,000 bytes per request (m3ter's ingest limits). A request with
+  1,000 measurements and 512,000 bytes per request (m3ter's ingest limits), as sent and
+  once decompressed, enforced as the body arrives (a chunked body is refused with a 413 as
+  soon as it passes the limit); gzip or deflate, any other ``Content-Encoding`` is a 415
+  (``httpserver.read_body``). A request with
   any bad measurement is refused whole with a 400 naming each bad one by index and uid, so
   a client can resend the rest; a measurement whose uid is already stored is accepted and
   ignored (never an error, never a second count).
@@ -30,6 +33,8 @@ from .store import Ledger
 
 MAX_MEASUREMENTS = 1_000
 MAX_REQUEST_BYTES = 512_000
+#: a client-credentials request is a line of JSON or a form; anything larger is not one
+MAX_TOKEN_REQUEST_BYTES = 16_384
 
 
 def create_app(
@@ -73,7 +78,11 @@ def create_app(
             if not hmac.compare_digest(given.encode(), f"Basic {basic}".encode()):
                 return _error(401, "wrong client credentials")
             try:
-                body = orjson.loads(await request.body() or b"{}")
+                raw = await read_body(request, MAX_TOKEN_REQUEST_BYTES)
+            except BodyError as exc:
+                return _error(exc.status, exc.message, headers=exc.headers)
+            try:
+                body = orjson.loads(raw or b"{}")
             except orjson.JSONDecodeError:
                 body = {}
             if isinstance(body, dict) and body.get("grant_type", "client_credentials") != "client_credentials":
@@ -94,7 +103,7 @@ def create_app(
         try:
             body = await read_body(request, MAX_REQUEST_BYTES)
         except BodyError as exc:
-            return _error(exc.status, exc.message)
+            return _error(exc.status, exc.message, headers=exc.headers)
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -166,8 +175,10 @@ async def _run(fn: Any, *args: Any) -> Any:
     return await run_in_threadpool(fn, *args)
 
 
-def _error(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> Response:
+def _error(
+    status: int, message: str, errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+) -> Response:
     body: dict[str, Any] = {"message": message}
     if errors is not None:
         body["errors"] = errors
-    return json_response(body, status)
+    return json_response(body, status, headers)

@@ -124,9 +124,17 @@ def aggregate(rows: Iterable[dict[str, Any]], q: UsageQuery) -> list[dict[str, A
             row["bucket"] = _bucket_start(key[1], q.bucket or "")
         for name, value in zip(q.group_by, key[2:], strict=True):
             row[name] = value
-        row["value"] = to_units(groups[key].result(q.aggregation), q.quantity_per_unit, q.rounding)
+        row["value"] = _json_exact(to_units(groups[key].result(q.aggregation), q.quantity_per_unit, q.rounding))
         out.append(row)
     return out
+
+
+def _json_exact(value: Any) -> Any:
+    """A whole number past 64 bits (a sum can get there) as its decimal digits: JSON codecs
+    stop at 64 bits, and the exact figure matters more than its type."""
+    if type(value) is int and not -(2**63) <= value < 2**63:
+        return str(value)
+    return value
 
 
 def _find(m: dict[str, Any], code: str, numeric: bool) -> Any:

@@ -8,6 +8,7 @@ account, ts) into :mod:`.queries`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,18 +33,35 @@ measurements = sa.Table(
 )
 
 
+def _private_file(url: str) -> None:
+    """Create a SQLite database file readable by its owner only (its -wal and -shm files
+    take the same mode), before SQLite creates it with the umask's mode."""
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    if not path or path.startswith(":memory:") or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        os.chmod(path, 0o600)  # an older ledger's file, made with the umask's 0644
+    except OSError:
+        return  # a missing folder or another owner's file: SQLite says so, or it is theirs to share
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``sqlite:///path`` or ``postgresql://...`` (psycopg 3)."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("sqlite"):
+        _private_file(url)
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-            cur.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; safe with WAL
+            # FULL: a commit is fsynced before the ledger answers, so an acknowledged
+            # measurement survives power loss (the agent never resends what was acknowledged).
+            # NORMAL would lose the last transactions on power loss, WAL or not.
+            cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 

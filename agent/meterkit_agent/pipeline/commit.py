@@ -10,6 +10,7 @@ dead-lettered.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections import Counter
@@ -25,6 +26,8 @@ from .checkpoint import Checkpoint
 from .deadletters import DeadLetters
 from .prepare import Prepared
 from .telemetry import AgentMetrics
+
+logger = logging.getLogger("meterkit.agent")
 
 
 class Committer:
@@ -42,7 +45,13 @@ class Committer:
         delivered = [m for m in p.records if id(m) not in refused_ids]
         journal = list(p.journal)
 
-        self.dead_letters.add("agent", [(r.measurement, r.reason, r.detail) for r in rejected] + p.broken)
+        by_stage: dict[str, list[tuple[Any, str, str]]] = {}
+        for r in rejected:
+            by_stage.setdefault(r.stage or "agent", []).append((r.measurement, r.reason, r.detail))
+        for body, reason, detail, stage in p.broken:
+            by_stage.setdefault(stage, []).append((body, reason, detail))
+        for stage, entries in by_stage.items():
+            self.dead_letters.add(stage, entries)
         if rejected or p.broken:
             journal.append(dead_letter_entry(rejected, p.broken))
         delivered_uids = {m["uid"] for m in delivered}
@@ -64,13 +73,22 @@ class Committer:
         )
         self.journal.append(journal)
         self.checkpoint.advance(p.positions, self.journal.seq)
-        self._count(rejected, delivered)
+        self._count(rejected, p.broken, delivered)
 
-    def _count(self, rejected: list[Rejected], delivered: list[dict[str, Any]]) -> None:
-        for r in rejected:
-            self.metrics.dead_lettered.add(1, {"reason": r.reason})
-            if r.reason.startswith("rejected_by_backend"):
-                self.metrics.rejected.add(1)
+    def _count(self, rejected: list[Rejected], broken: list[tuple[Any, str, str, str]], delivered: list[Any]) -> None:
+        isolated = Counter((r.stage or "agent", r.reason) for r in rejected)
+        isolated.update((stage, reason) for _, reason, _, stage in broken)
+        for (stage, reason), n in isolated.items():
+            self.metrics.dead_lettered.add(n, {"reason": reason, "stage": stage})
+            if reason.startswith("rejected_by_backend"):
+                self.metrics.rejected.add(n)
+        if isolated:
+            logger.warning(
+                "meterkit agent: dead-lettered %d of %d: %s (meterkit dlq list shows them)",
+                sum(isolated.values()),
+                len(delivered) + sum(isolated.values()),
+                ", ".join(f"{n} {reason} at {stage}" for (stage, reason), n in sorted(isolated.items())),
+            )
         self.metrics.delivered.add(len(delivered))
         now = time.time_ns()
         for m in delivered:
@@ -78,9 +96,10 @@ class Committer:
                 self.metrics.latency.record(max(0.0, (now - wire_ts_ns(m["ts"])) / 1e9))
 
 
-def dead_letter_entry(rejected: list[Rejected], broken: list[tuple[Any, str, str]]) -> dict[str, Any]:
-    """The journal's account of a batch's dead letters: how many, why, and their totals."""
-    reasons = Counter(r.reason for r in rejected) + Counter(reason for _, reason, _ in broken)
+def dead_letter_entry(rejected: list[Rejected], broken: list[tuple[Any, str, str, str]]) -> dict[str, Any]:
+    """The journal's account of a batch's dead letters: how many, why, and their totals
+    (frames that are no measurement at all count, but add to no usage total)."""
+    reasons = Counter(r.reason for r in rejected) + Counter(reason for _, reason, _, _ in broken)
     measurements = [r.measurement for r in rejected if isinstance(r.measurement, dict)]
     uids = [m["uid"] for m in measurements if isinstance(m.get("uid"), str)]
     return {

@@ -1,11 +1,15 @@
 """The agent's own health, through the OpenTelemetry metrics API.
 
 Instruments (all prefixed ``meterkit.agent.``): ``received``, ``delivered``, ``retried``,
-``rejected``, ``dead_lettered`` (with attribute ``reason``), ``sdk_lost`` (losses the SDKs
-reported in their control records, by ``reason``), ``corrupt_bytes``, ``queue_depth``
-(observable), ``delivery_latency`` (seconds from record to acknowledgement, histogram).
-A periodic reader writes a snapshot to ``<state_dir>/status.json`` for ``meterkit agent
-status``; any other OpenTelemetry exporter can be added to the same provider.
+``rejected``, ``dead_lettered`` (with attributes ``reason`` and ``stage``), ``quarantined``
+(control records with a wrong shape), ``sdk_lost`` (losses the SDKs reported in their
+control records, by ``reason``), ``corrupt_bytes``, ``queue_depth`` (observable),
+``paused`` (observable: 1 per exporter paused for a wrong URL or credentials, with
+``exporter`` and ``status``), ``delivery_latency`` (seconds from record to
+acknowledgement, histogram), ``segments_abandoned`` (spool segments given up on because
+their writer is gone, by ``reason``).
+A periodic reader writes a snapshot to ``<state_dir>/status.json`` (mode 0600) for
+``meterkit agent status``; any other OpenTelemetry exporter can be added to the same provider.
 """
 
 from __future__ import annotations
@@ -59,7 +63,14 @@ class StatusFileExporter(MetricExporter):
                             )
                     snapshot["metrics"][metric.name] = points
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(snapshot))
+        # Owner only (0600), whatever the umask or a tmp file an older agent left more open:
+        # the status names exporters, accounts' losses and paths (DESIGN.md §7).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, orjson.dumps(snapshot))
+        finally:
+            os.close(fd)
         os.replace(tmp, self.path)
         return MetricExportResult.SUCCESS
 
@@ -117,12 +128,25 @@ class AgentMetrics:
         self.dead_lettered = meter.create_counter("meterkit.agent.dead_lettered", unit="{measurement}")
         self.sdk_lost = meter.create_counter("meterkit.agent.sdk_lost", unit="{measurement}")
         self.corrupt_bytes = meter.create_counter("meterkit.agent.corrupt_bytes", unit="By")
+        # Segments given up on because their writer is gone, by ``reason`` (receivers/spool.py).
+        self.segments_abandoned = meter.create_counter("meterkit.agent.segments_abandoned", unit="{segment}")
+        self.quarantined = meter.create_counter("meterkit.agent.quarantined", unit="{record}")
         self.latency = meter.create_histogram("meterkit.agent.delivery_latency", unit="s")
 
         def observe(_options: CallbackOptions) -> Sequence[Observation]:
             return [Observation(queue_depth())]
 
         meter.create_observable_gauge("meterkit.agent.queue_depth", callbacks=[observe], unit="{frame}")
+        self._paused: Callable[[], dict[str, int]] = dict
+
+        def observe_paused(_options: CallbackOptions) -> Sequence[Observation]:
+            return [Observation(1, {"exporter": name, "status": status}) for name, status in self._paused().items()]
+
+        meter.create_observable_gauge("meterkit.agent.paused", callbacks=[observe_paused], unit="{exporter}")
+
+    def observe_paused(self, paused: Callable[[], dict[str, int]]) -> None:
+        """Report the exporters paused for a wrong URL or credentials (exporter -> HTTP status)."""
+        self._paused = paused
 
     def shutdown(self) -> None:
         self.provider.shutdown()

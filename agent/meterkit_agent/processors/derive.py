@@ -1,13 +1,19 @@
 """Evaluates each meter's derived fields with the SDK's expression engine and stores the
-result in the derived field's category."""
+result in the derived field's category.
+
+A result no backend can hold exactly (an integer past 64 bits, an infinite float: the
+engine's :class:`NumberOutOfRange`) makes that measurement an error, rejected alone with
+``invalid:derived_out_of_range`` for the dead-letter store; its batch goes on. A
+calculation that cannot be evaluated for other reasons (division by zero, a type
+mismatch, a null) leaves that field out and is logged once per meter and field.
+"""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
-from meterkit._expr import ExpressionError, parse
+from meterkit._expr import ExpressionError, NumberOutOfRange, parse
 from meterkit._guard import log_once
 from meterkit._model import CATEGORIES, NUMERIC_CATEGORIES
 
@@ -19,8 +25,6 @@ class DeriveConfig(Settings):
 
 
 def derive_processor(cfg: DeriveConfig) -> Processor:
-    """A calculation that cannot be evaluated (division by zero, a type mismatch) leaves
-    that field out and is logged once per meter and field."""
     catalog = catalog_at(cfg.catalog)
     plans: dict[str, list[tuple[str, str, Any]]] = {}
     if catalog is not None:
@@ -28,46 +32,64 @@ def derive_processor(cfg: DeriveConfig) -> Processor:
             plans[meter.code] = [(d.code, d.category.value, parse(d.calculation)) for d in meter.derived_fields]
 
     def process(batch: list[Measurement]) -> tuple[list[Measurement], list[Rejected]]:
+        kept: list[Measurement] = []
+        rejected: list[Rejected] = []
         for m in batch:
             plan = plans.get(m.get("meter", ""))
             if not plan:
+                kept.append(m)
                 continue
-            assert catalog is not None
-            env: dict[str, Any] = dict(catalog.meters[m["meter"]].custom_fields)
-            for values in (m.get(c) for c in CATEGORIES):
-                if values:
-                    env.update(values)
-            env["ts"], env["ets"] = m.get("ts"), m.get("ets")
-            for code, category, expr in plan:
-                try:
-                    value = expr.evaluate(env)
-                except ExpressionError as exc:
+            try:
+                derive(m, plan)
+            except NumberOutOfRange as exc:
+                rejected.append(Rejected(m, "invalid:derived_out_of_range", str(exc), "derive"))
+            else:
+                kept.append(m)
+        return kept, rejected
+
+    def derive(m: Measurement, plan: list[tuple[str, str, Any]]) -> None:
+        """Compute every derived field, then store them all: a measurement rejected for
+        one of them is dead-lettered as it arrived."""
+        assert catalog is not None
+        env: dict[str, Any] = dict(catalog.meters[m["meter"]].custom_fields)
+        for values in (m.get(c) for c in CATEGORIES):
+            if values:
+                env.update(values)
+        env["ts"], env["ets"] = m.get("ts"), m.get("ets")
+        results: list[tuple[str, str, Any]] = []
+        for code, category, expr in plan:
+            try:
+                value = expr.evaluate(env)
+            except NumberOutOfRange as exc:
+                raise NumberOutOfRange(f"derived field {m['meter']}.{code}: {exc}") from None
+            except ExpressionError as exc:
+                log_once(
+                    ("derive", m["meter"], code),
+                    30,
+                    "meterkit agent: derived field %s.%s not computed: %s",
+                    m["meter"],
+                    code,
+                    exc,
+                )
+                continue
+            if value is None:
+                continue
+            if category in NUMERIC_CATEGORIES:
+                if isinstance(value, bool) or not isinstance(value, int | float):
                     log_once(
-                        ("derive", m["meter"], code),
+                        ("derive-type", m["meter"], code),
                         30,
-                        "meterkit agent: derived field %s.%s not computed: %s",
+                        "meterkit agent: derived field %s.%s gave %r, not a number",
                         m["meter"],
                         code,
-                        exc,
+                        value,
                     )
                     continue
-                if value is None:
-                    continue
-                if category in NUMERIC_CATEGORIES:
-                    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                        log_once(
-                            ("derive-type", m["meter"], code),
-                            30,
-                            "meterkit agent: derived field %s.%s gave %r, not a number",
-                            m["meter"],
-                            code,
-                            value,
-                        )
-                        continue
-                else:
-                    value = str(value)
-                m.setdefault(category, {})[code] = value
-        return batch, []
+            else:
+                value = str(value)
+            results.append((category, code, value))
+        for category, code, value in results:
+            m.setdefault(category, {})[code] = value
 
     return process
 

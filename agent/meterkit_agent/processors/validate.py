@@ -40,7 +40,7 @@ class ValidateProcessor:
             try:
                 kept.append(validate_wire(m, self.catalog, now))
             except MeasurementError as exc:
-                rejected.append(Rejected(m, f"invalid:{exc.reason}", str(exc)))
+                rejected.append(Rejected(m, f"invalid:{exc.reason}", str(exc), "validate"))
         return kept, rejected
 
 

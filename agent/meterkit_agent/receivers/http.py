@@ -4,7 +4,9 @@ Accepted measurements are appended to the agent's own spool and fsynced before t
 so a 200 means "durable". A request with a bad measurement is refused whole with a 400
 naming every bad one (index, uid, reason), so the client can fix or drop them and resend.
 Listens on 127.0.0.1 unless configured otherwise; a bearer token, if set, is compared in
-constant time.
+constant time. A body over ``max_request_bytes``, as sent or once decompressed, is a 413 as
+soon as it passes the limit, chunked or not; ``Content-Encoding`` may be gzip, deflate or
+identity, anything else is a 415 (``httpserver.read_body``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def create_receiver_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Catal
         try:
             body = await read_body(request, cfg.max_request_bytes)
         except BodyError as exc:
-            return json_response({"message": exc.message}, exc.status)
+            return json_response({"message": exc.message}, exc.status, exc.headers)
         items, problem = _parse(body, request.headers.get("content-type", ""))
         if problem:
             return json_response({"message": problem}, 400)
@@ -71,7 +73,7 @@ def create_receiver_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Catal
         try:
             spool_accepted(sink, good)
         except BodyError as exc:
-            return json_response({"message": exc.message}, exc.status)
+            return json_response({"message": exc.message}, exc.status, exc.headers)
         return json_response({"accepted": len(good)})
 
     return app

@@ -11,10 +11,30 @@ measurement from its attributes (the resource's attributes fill in what a record
 ``meterkit.<category>.<code>``    a field: ``meterkit.measure.bytes``, ``meterkit.who.user``
 ================================  ============================================
 
-The timestamp is the record's ``time_unix_nano`` (else its observed time). Without a
-``meterkit.uid`` the uid is derived from the record's content, so an exporter's retry of
-the same request can never double count. Records that are not measurements, or not valid
-ones, are answered with OTLP's partial success: how many were rejected, and why.
+The timestamp is the record's ``time_unix_nano`` (else its observed time).
+
+**Records are counted as sent.** A ``meterkit.uid`` is the record's identity: records that
+share one are one measurement. Without one, the uid is derived from what the request
+says, never from when or how often it arrived: the record's serialized content and its
+resource's ``meterkit.*`` attributes, plus its *occurrence*, how many records with exactly
+that content came before it in the same request. So two equal records in one request (the
+same event twice in a clock tick) are two measurements, and a byte-identical resend of the
+request (an exporter's retry: the OpenTelemetry SDK re-sends the same
+``ExportLogsServiceRequest``) derives the same uids and adds nothing. The occurrence
+counts equal records, not positions, so a record keeps its uid wherever a resend places it
+(a Collector that re-batches); the first occurrence keeps the uid earlier versions gave it.
+Equal records in *different* requests are taken to be resends of one: a sender that means
+two must give them different times or a ``meterkit.uid``.
+
+A record with neither a time (``time_unix_nano`` and ``observed_time_unix_nano`` both 0)
+nor a ``meterkit.uid`` is refused (reason ``missing_ts``): the receive time would make it a
+new measurement at each resend, and its content alone would merge it with every equal
+record sent later. (A record with a ``meterkit.uid`` but no time is stamped with the time
+it is received; its uid keeps resends idempotent.)
+
+Records that are not measurements, or not valid ones, are answered with OTLP's partial
+success: ``rejected_log_records`` counts every one, and ``error_message`` names the first
+few by their position in the request, with the reason.
 """
 
 from __future__ import annotations
@@ -24,6 +44,8 @@ import contextlib
 import hashlib
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -36,6 +58,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from meterkit import Catalog, MeasurementError
 from meterkit._model import CATEGORIES, validate_wire
@@ -72,8 +95,24 @@ def _attrs(kvs: Any) -> dict[str, Any]:
     return {kv.key: _value(kv.value) for kv in kvs}
 
 
-def to_measurement(resource: dict[str, Any], record: Any) -> dict[str, Any]:
-    """One log record as a wire measurement (not yet validated)."""
+def content_hash(resource_key: bytes, record: LogRecord) -> str:
+    """What a record says, as a hex sha256: its serialized content and its resource's
+    ``meterkit.*`` attributes (``resource_key``, as sorted JSON)."""
+    return hashlib.sha256(record.SerializeToString(deterministic=True) + resource_key).hexdigest()
+
+
+def derived_uid(content: str, occurrence: int) -> str:
+    """The uid of a record without a ``meterkit.uid``, from its :func:`content_hash` and
+    how many equal records came before it in its request. The first occurrence adds no
+    count, so its uid is the one earlier versions derived: a retry across an upgrade still
+    adds nothing."""
+    return str(uuid.uuid5(OTLP_NAMESPACE, f"{content}#{occurrence}" if occurrence else content))
+
+
+def to_measurement(resource: dict[str, Any], record: LogRecord, derived: str) -> dict[str, Any]:
+    """One log record as a wire measurement (not yet validated), with the uid ``derived``
+    if it has no ``meterkit.uid``. A record with no time and no ``meterkit.uid`` gets no
+    ``ts`` and no uid: it is refused (see the module's docstring)."""
     attrs = {**resource, **_attrs(record.attributes)}
     m: dict[str, Any] = {"meter": attrs.get(PREFIX + "meter"), "account": attrs.get(PREFIX + "account")}
     for key, value in attrs.items():
@@ -82,16 +121,30 @@ def to_measurement(resource: dict[str, Any], record: Any) -> dict[str, Any]:
         category, _, code = key[len(PREFIX) :].partition(".")
         if category in CATEGORIES and code:
             m.setdefault(category, {})[code] = value
-    ns = record.time_unix_nano or record.observed_time_unix_nano or time.time_ns()
-    m["ts"] = iso_ms(ns)
     uid = attrs.get(PREFIX + "uid")
-    if not uid:
-        digest = hashlib.sha256(
-            record.SerializeToString(deterministic=True) + orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
-        )
-        uid = str(uuid.uuid5(OTLP_NAMESPACE, digest.hexdigest()))
-    m["uid"] = uid
+    ns = record.time_unix_nano or record.observed_time_unix_nano
+    if ns or uid:
+        m["ts"] = iso_ms(ns or time.time_ns())
+        m["uid"] = uid or derived
     return m
+
+
+def to_measurements(req: ExportLogsServiceRequest) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """Each log record of a request, numbered from 1 in request order, as a wire
+    measurement (not yet validated), or None for a record that is not a measurement (no
+    ``meterkit.meter``). Equal records get distinct uids by their occurrence."""
+    seen: Counter[str] = Counter()
+    number = 0
+    for rl in req.resource_logs:
+        resource = {k: v for k, v in _attrs(rl.resource.attributes).items() if k.startswith(PREFIX)}
+        resource_key = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+        for sl in rl.scope_logs:
+            for record in sl.log_records:
+                number += 1
+                content = content_hash(resource_key, record)
+                m = to_measurement(resource, record, derived_uid(content, seen[content]))
+                seen[content] += 1
+                yield number, (m if m.get("meter") else None)
 
 
 def _hex_ids_to_base64(doc: Any) -> Any:
@@ -124,7 +177,7 @@ def create_otlp_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Catalog |
         try:
             body = await read_body(request, max_bytes)
         except BodyError as exc:
-            return Response(exc.message, status_code=exc.status)
+            return Response(exc.message, status_code=exc.status, headers=exc.headers)
         req = ExportLogsServiceRequest()
         try:
             if as_json:
@@ -135,25 +188,24 @@ def create_otlp_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Catalog |
             return Response(f"not an ExportLogsServiceRequest: {type(exc).__name__}", status_code=400)
         good, problems = [], []
         now = time.time_ns()
-        total = 0
-        for rl in req.resource_logs:
-            resource = {k: v for k, v in _attrs(rl.resource.attributes).items() if k.startswith(PREFIX)}
-            for sl in rl.scope_logs:
-                for record in sl.log_records:
-                    total += 1
-                    m = to_measurement(resource, record)
-                    if not m.get("meter"):
-                        problems.append(f"record {total}: no meterkit.meter attribute (not a measurement)")
-                        continue
-                    try:
-                        good.append(validate_wire(m, catalog, now))
-                    except MeasurementError as exc:
-                        problems.append(f"record {total} (uid {m['uid']}): {exc}")
+        for number, m in to_measurements(req):
+            if m is None:
+                problems.append(f"record {number}: no meterkit.meter attribute (not a measurement)")
+            elif "ts" not in m:
+                problems.append(
+                    f"record {number}: no time (time_unix_nano and observed_time_unix_nano are 0) and no "
+                    "meterkit.uid (missing_ts): a resend could not be told from a new record"
+                )
+            else:
+                try:
+                    good.append(validate_wire(m, catalog, now))
+                except MeasurementError as exc:
+                    problems.append(f"record {number} (uid {m['uid']}): {exc}")
         if good:
             try:
                 spool_accepted(sink, good)
             except BodyError as exc:
-                return Response(exc.message, status_code=exc.status)
+                return Response(exc.message, status_code=exc.status, headers=exc.headers)
         response = ExportLogsServiceResponse()
         if problems:
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")

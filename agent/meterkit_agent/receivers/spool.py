@@ -4,6 +4,18 @@ the delivery worker with its position (the checkpoint key and the offset it ends
 The network receivers (``http``, ``otlp``) deliver nothing themselves: they append what
 they accept to a spool of the agent's own (fsynced before they answer), which this
 receiver tails, so the spool remains the only queue and a crash after a 200 loses nothing.
+
+A segment is done, and retired once acknowledged, when it is sealed or when its writer is
+gone. The header names the writer (pid and host). When the header cannot be read (an empty
+file, part of a header, a damaged one) the file name's pid stands in for it, on this host
+(a spool directory belongs to one host), and such a segment is never judged gone before it
+has been left unchanged for :data:`NEW_SEGMENT_GRACE_SECONDS`: a live writer creates the
+file and writes its header in one go, so only a writer that stopped can leave it so. An
+empty file is also abandoned after :data:`EMPTY_SEGMENT_TIMEOUT_SECONDS` unchanged whatever
+its name says (its pid may have been reused): no writer ever goes back to one. Segments
+given up on with nothing more to read are logged as warnings and counted by reason
+(``meterkit.agent.segments_abandoned``): ``empty``, ``header_only``, ``incomplete_header``,
+``corrupt_header``, ``torn_tail``.
 """
 
 from __future__ import annotations
@@ -17,20 +29,49 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from meterkit._guard import background_error, log_once
+from meterkit._permissions import group_id, private_dir, spool_dir
 from meterkit._settings import default_spool_dir
-from meterkit._spool import FRAME_HEADER_SIZE, read_segment, segments
+from meterkit._spool import FRAME_HEADER_SIZE, SegmentRead, read_segment, segment_pid, segments
 
 from ..component import Factory, ReceiverHost, Settings
 
 logger = logging.getLogger("meterkit.agent")
 
+#: How long a segment whose header cannot be read must have been left unchanged before
+#: the pid in its name may say its writer is gone.
+NEW_SEGMENT_GRACE_SECONDS = 10.0
+#: How long an empty segment must have been left unchanged to be abandoned, whoever wrote it.
+EMPTY_SEGMENT_TIMEOUT_SECONDS = 600.0
+
+# Why a segment was given up on with nothing more to read (the metric's ``reason``).
+_ABANDONED = {
+    "empty": "it is empty",
+    "header_only": "it holds a header and no frame",
+    "incomplete_header": "it holds part of a header and no frame",
+    "corrupt_header": "its header is damaged and no frame follows it",
+    "torn_tail": "it ends in a torn frame",
+}
+
 
 class SpoolReceiverConfig(Settings):
     directory: Path = Field(default_factory=default_spool_dir)
     poll_interval_millis: int = Field(200, gt=0)
+    # Share the directory with this group (name or id): 02770, setgid, so the application's
+    # user writes and the agent's user reads (docs/spool-format.md). Unset: created 0700.
+    shared_group: str | None = None
+
+    @field_validator("shared_group")
+    @classmethod
+    def _known_group(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                group_id(v)
+            except (KeyError, ImportError):
+                raise ValueError(f"no group named {v!r} on this host") from None
+        return v
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +95,20 @@ class _Segment:
     last_frame_end: int = 0
     done: bool = False  # no more frames will come: sealed, or its writer is gone
     torn_tail: bool = False
-    pid: int | None = None
+    pid: int | None = None  # from the header; None while it cannot be read
     host: str | None = None
     validated: str | None = None
+    header_corrupt: str | None = None
+
+    @property
+    def writer(self) -> str:
+        if self.pid is not None:
+            return f"{self.pid}@{self.host}"
+        return f"{segment_pid(self.path)}@?"  # the header is unreadable: the name's pid, host unknown
 
 
-def _writer_alive(pid: int | None, host: str | None) -> bool:
-    if pid is None or host != socket.gethostname():
+def _writer_alive(pid: object, host: str | None) -> bool:
+    if not isinstance(pid, int) or host != socket.gethostname():
         return True  # cannot tell: wait for the seal
     try:
         os.kill(pid, 0)
@@ -80,19 +128,26 @@ class SpoolReceiver:
         *,
         poll_interval: float = 0.2,
         on_corrupt: Callable[[str, int], None] | None = None,
+        on_abandoned: Callable[[str, str], None] | None = None,
+        new_segment_grace: float = NEW_SEGMENT_GRACE_SECONDS,
+        empty_segment_timeout: float = EMPTY_SEGMENT_TIMEOUT_SECONDS,
     ) -> None:
         self.directory = directory
         self.acknowledged = acknowledged  # segment key -> offset acknowledged up to
         self.emit = emit
         self.poll_interval = poll_interval
         self.on_corrupt = on_corrupt or (lambda _key, _n: None)
+        self.on_abandoned = on_abandoned or (lambda _key, _reason: None)  # (key, reason) per segment given up on
+        self.new_segment_grace = new_segment_grace
+        self.empty_segment_timeout = empty_segment_timeout
         self._segments: dict[str, _Segment] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.directory.is_dir():
+            private_dir(self.directory)  # a configured spool was made by `_create`, shared or not
         self._thread = threading.Thread(target=self._run, name=f"spool-receiver:{self.directory}", daemon=True)
         self._thread.start()
 
@@ -132,23 +187,17 @@ class SpoolReceiver:
             if result.header and seg.pid is None:
                 seg.pid, seg.host = result.header.get("pid"), result.header.get("host")
                 seg.validated = result.header.get("validated")
-            for c in result.corrupt:
-                if not (result.torn and c is result.corrupt[-1]):
-                    self.on_corrupt(key, c.length)
-                    log_once(
-                        ("corrupt", key, c.offset),
-                        logging.ERROR,
-                        "meterkit agent: %s: %s at byte %d (%d bytes skipped)",
-                        key,
-                        c.reason,
-                        c.offset,
-                        c.length,
-                    )
+            if result.header_corrupt and seg.header_corrupt is None:
+                seg.header_corrupt = result.header_corrupt
+                logger.warning(
+                    "meterkit agent: %s: %s; who wrote it is unknown, the frames after it are read all the same",
+                    key,
+                    result.header_corrupt,
+                )
+            self._report_corruption(key, result)
             for frame in result.frames:
                 end = frame.offset + FRAME_HEADER_SIZE + len(frame.payload)
-                envelope = Envelope(
-                    key, f"{seg.pid}@{seg.host}", seg.validated, end, frame.kind, frame.payload, time.time_ns()
-                )
+                envelope = Envelope(key, seg.writer, seg.validated, end, frame.kind, frame.payload, time.time_ns())
                 while not self.emit(envelope):
                     if self._stop.is_set():
                         return busy
@@ -158,18 +207,66 @@ class SpoolReceiver:
             if result.sealed:
                 seg.read_offset = result.next_offset
                 seg.done = True
-            elif not result.frames and not _writer_alive(seg.pid, seg.host):
+            elif not result.frames and (gone := self._writer_gone(seg)):
                 # The writer is gone and left no seal: whatever is unreadable at the end was
                 # torn by its crash. Everything readable has been emitted.
-                seg.done = True
-                seg.torn_tail = result.torn
-                if result.torn:
-                    logger.warning(
-                        "meterkit agent: %s ends in a torn frame from a crashed writer (pid %s); it is abandoned",
-                        key,
-                        seg.pid,
-                    )
+                self._abandon(seg, result, gone)
         return busy
+
+    def _report_corruption(self, key: str, result: SegmentRead) -> None:
+        for c in result.corrupt:
+            if result.torn and c is result.corrupt[-1]:
+                continue  # the writer may still complete it; counted if it is abandoned
+            self.on_corrupt(key, c.length)
+            log_once(
+                ("corrupt", key, c.offset),
+                logging.ERROR,
+                "meterkit agent: %s: %s at byte %d (%d bytes skipped)",
+                key,
+                c.reason,
+                c.offset,
+                c.length,
+            )
+
+    def _writer_gone(self, seg: _Segment) -> str | None:
+        """Why no more frames will come to ``seg``, or None while its writer may still write."""
+        if seg.pid is not None:
+            return None if _writer_alive(seg.pid, seg.host) else f"its writer, pid {seg.pid}, has exited"
+        # No readable header: the file name and the file's age are all there is to go by.
+        try:
+            st = seg.path.stat()
+        except FileNotFoundError:
+            return None  # deleted by someone else; the next listing drops it
+        unchanged = time.time() - st.st_mtime
+        if unchanged < self.new_segment_grace:
+            return None
+        pid = segment_pid(seg.path)
+        if pid is not None and not _writer_alive(pid, socket.gethostname()):
+            return f"its writer, pid {pid} by its name, has exited"
+        if st.st_size == 0 and unchanged >= self.empty_segment_timeout:
+            return f"nothing has written to it for {unchanged:.0f} s"
+        return None
+
+    def _abandon(self, seg: _Segment, result: SegmentRead, why: str) -> None:
+        seg.done = True
+        seg.torn_tail = result.torn
+        if result.torn and result.corrupt:
+            self.on_corrupt(seg.key, result.corrupt[-1].length)  # held back while it might complete
+        if seg.last_frame_end > 0 and not result.torn:
+            return  # its writer stopped between two writes: every frame was read, nothing is lost
+        if seg.last_frame_end == 0 and result.next_offset == 0:
+            if result.header_corrupt:
+                reason = "corrupt_header"
+            else:
+                reason = "empty" if _size(seg.path) == 0 else "incomplete_header"
+        elif seg.last_frame_end == 0 and not result.torn:
+            reason = "header_only"
+        else:
+            reason = "torn_tail"
+        logger.warning(
+            "meterkit agent: %s is abandoned: %s, and %s; it will be retired", seg.key, _ABANDONED[reason], why
+        )
+        self.on_abandoned(seg.key, reason)
 
     def retirable(self) -> list[_Segment]:
         """Segments fully read and fully acknowledged."""
@@ -181,7 +278,24 @@ class SpoolReceiver:
             self._segments.pop(seg.key, None)
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _create(_cid: str, cfg: SpoolReceiverConfig, host: ReceiverHost) -> None:
+    # Only a missing directory is made, or one the configuration shares: an existing
+    # directory's mode is its owner's choice (the SDK tightens its own private spools).
+    if cfg.shared_group is not None or not cfg.directory.is_dir():
+        try:
+            spool_dir(cfg.directory, cfg.shared_group)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"receivers.spool: cannot prepare {cfg.directory} (shared_group {cfg.shared_group}): {exc.strerror}",
+            ) from exc
     host.tail(cfg.directory, cfg.poll_interval_millis / 1000.0)
 
 

@@ -12,7 +12,7 @@ import pytest
 import responses
 from pydantic import SecretStr
 
-from meterkit_agent.component import RetryLater
+from meterkit_agent.component import Misconfigured, RetryLater
 from meterkit_agent.exporters.exporterhelper import chunks, classify, idempotency_key, parse_retry_after, request_body
 from meterkit_agent.exporters.http import HttpExporter, HttpExporterConfig
 from tests.agent.exporters.helpers import FAST, URL, body_of, m
@@ -31,9 +31,9 @@ from tests.agent.exporters.helpers import FAST, URL, body_of, m
         (503, "retry"),
         (504, "retry"),
         (400, "isolate"),
-        (401, "isolate"),
-        (403, "isolate"),
-        (404, "isolate"),
+        (401, "pause"),  # wrong credentials, wrong URL: the configuration, never the data
+        (403, "pause"),
+        (404, "pause"),
         (409, "isolate"),
         (413, "isolate"),
         (422, "isolate"),
@@ -103,3 +103,15 @@ def test_unnamed_bad_records_are_isolated_by_splitting() -> None:
     assert rejected[0].detail == "HTTP 422: bad record in here"
     delivered = [x["uid"] for c in responses.calls if c.response.status_code == 200 for x in body_of(c)["measurements"]]
     assert sorted(delivered) == [str(i) for i in range(8) if i != 3]
+
+
+@responses.activate
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_wrong_url_or_credentials_pause_and_dead_letter_nothing(status: int) -> None:
+    responses.post(URL, status=status, json={"message": "no"})
+    exporter = HttpExporter("http", HttpExporterConfig(url=URL, retry=FAST))
+    with pytest.raises(Misconfigured) as info:
+        exporter.export([m("1"), m("2")])
+    assert info.value.status == status and isinstance(info.value, RetryLater)
+    assert "http" in str(info.value) and URL in str(info.value)
+    assert len(responses.calls) == 1  # no splitting of the batch to find a "bad" record
