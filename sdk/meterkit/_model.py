@@ -13,6 +13,7 @@ by backfill and by the agent, so a measurement means the same thing everywhere.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
@@ -21,6 +22,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from ._errors import MeasurementError, Problem
 from ._timefmt import iso_ms, parse_ts, wire_ts_ns
@@ -298,6 +301,12 @@ RULES_VERSION = 1
 def validation_token(catalog: Catalog | None) -> str:
     """Names what a measurement was validated against: the rules and the catalog."""
     return f"rules{RULES_VERSION}:{catalog.digest if catalog is not None else 'no-catalog'}"
+
+
+def content_hash(m: Mapping[str, Any]) -> str:
+    """The digest of a measurement's content, the same wherever it is computed (the agent's
+    journal, the ledger, reconciliation): sha256 of its JSON with sorted keys, in hex."""
+    return hashlib.sha256(orjson.dumps(m, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def tally(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
