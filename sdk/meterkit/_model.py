@@ -6,9 +6,11 @@ A measurement on the wire (and in the spool) is a JSON object::
      "ets": "...", "who": {...}, "what": {...}, "where": {...}, "other": {...},
      "metadata": {...}, "measure": {...}, "income": {...}, "cost": {...}}
 
-String categories hold strings, numeric categories hold finite numbers; empty categories
-are left out. :func:`build` is used by the SDK's flusher, by strict mode at the call site,
-by backfill and by the agent, so a measurement means the same thing everywhere.
+String categories hold strings, numeric categories hold numbers; empty categories are
+left out. :func:`build` is used by the SDK's flusher, by strict mode at the call site, by
+backfill and (through :func:`validate_wire`) by the agent and the ledger, so a measurement
+means the same thing everywhere. The limits it enforces (lengths, characters, the numeric
+range, the time range) and their sources are in ``_limits``.
 """
 
 from __future__ import annotations
@@ -20,13 +22,30 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._errors import MeasurementError, Problem
-from ._timefmt import iso_ms, parse_ts, wire_ts_ns
+from ._errors import MeasurementError
+from ._limits import (
+    MAX_ACCOUNT_LENGTH,
+    MAX_CODE_LENGTH,
+    MAX_INT,
+    MAX_METADATA_LENGTH,
+    MAX_STRING_LENGTH,
+    MAX_UID_LENGTH,
+    MIN_INT,
+    check_ts,
+    identifier_ok,
+    identifier_problem,
+    number_value,
+    string_value,
+)
+
+# Re-exported: the ledger checks an organisation id with ``check_org``; backfill uses ``problem``.
+from ._limits import check_org as check_org
+from ._limits import problem as problem
+from ._timefmt import iso_ms
 
 if TYPE_CHECKING:
     from ._catalog import Catalog
@@ -38,91 +57,13 @@ CATEGORIES = STRING_CATEGORIES + NUMERIC_CATEGORIES
 #: m3ter: at most fifteen data fields and fifteen derived fields per meter.
 MAX_DATA_FIELDS = 15
 MAX_DERIVED_FIELDS = 15
-#: m3ter: codes are at most 80 characters.
-MAX_CODE_LENGTH = 80
-#: m3ter: Metadata values are at most 256 characters.
-MAX_METADATA_LENGTH = 256
-#: Clocks drift; a measurement more than this far ahead of the recorder's clock is refused
-#: rather than billed in a period that has not happened yet.
-MAX_FUTURE_SKEW_NS = 5 * 60 * 1_000_000_000
-
-#: A uid travels as an idempotency key (m3ter uid, CloudEvents id, Stripe identifier);
-#: Stripe's identifier allows 100 characters, the tightest of them.
-MAX_UID_LENGTH = 100
-
 FIELD_CODE_RE = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,79}\Z")
 METER_CODE_RE = re.compile(r"[A-Za-z0-9_$][A-Za-z0-9_$.:\-]{0,79}\Z")
 
 
-def problem(reason: str, message: str, meter: str | None = None, field: str | None = None) -> MeasurementError:
-    return MeasurementError(Problem(reason, message, meter=meter, field=field))
-
-
-def _string_value(meter: str, category: str, code: str, value: object) -> str:
-    if isinstance(value, str):
-        if category == "metadata" and len(value) > MAX_METADATA_LENGTH:
-            raise problem(
-                "metadata_too_long",
-                f"Metadata value is {len(value)} characters; at most {MAX_METADATA_LENGTH} are allowed",
-                meter,
-                f"{category}.{code}",
-            )
-        return value
-    # An int identifier (a user id, a shard number) is written as its decimal text.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise problem(
-        "wrong_type",
-        f"{category.upper()} fields take strings, got {type(value).__name__} {value!r:.40}",
-        meter,
-        f"{category}.{code}",
-    )
-
-
-def _number_value(meter: str, category: str, code: str, value: object) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        raise problem(
-            "wrong_type",
-            f"{category.upper()} fields take numbers, got {type(value).__name__} {value!r:.40}",
-            meter,
-            f"{category}.{code}",
-        )
-    if isinstance(value, int):
-        return value
-    number = float(value)
-    if not math.isfinite(number):
-        raise problem(
-            "not_finite",
-            f"{category.upper()} value is {value}; only finite numbers are billable",
-            meter,
-            f"{category}.{code}",
-        )
-    return number
-
-
-def check_ts(meter: str, name: str, value: object, now_ns: int) -> int:
-    """Validate a caller-given timestamp and return it as nanoseconds since the epoch."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        ns = value
-    else:
-        try:
-            # Wire-format strings (what spools and ingest requests carry) take a cached fast path.
-            ns = wire_ts_ns(value) if isinstance(value, str) else parse_ts(value)
-        except ValueError as exc:
-            raise problem("bad_timestamp", str(exc), meter, name) from None
-    if ns > now_ns + MAX_FUTURE_SKEW_NS:
-        raise problem(
-            "ts_in_future",
-            f"{name} is {(ns - now_ns) / 1e9:.0f} s ahead of this clock;"
-            f" at most {MAX_FUTURE_SKEW_NS // 1_000_000_000} s is accepted",
-            meter,
-            name,
-        )
-    return ns
-
-
 _good_meters: set[str] = set()
 _good_codes: set[str] = set()
+_good_accounts: set[str] = set()
 _CACHE_LIMIT = 10_000  # codes are few; stop caching if a caller invents them per event
 
 
@@ -135,6 +76,26 @@ def _meter_ok(meter: object) -> bool:
     if isinstance(meter, str) and METER_CODE_RE.match(meter):
         if len(_good_meters) < _CACHE_LIMIT:
             _good_meters.add(meter)
+        return True
+    return False
+
+
+def _meter_problem(meter: object) -> MeasurementError:
+    if isinstance(meter, str) and meter and not identifier_ok(meter, MAX_CODE_LENGTH):
+        # too long, or a control character: named as such; any other bad character is a bad code
+        return identifier_problem(meter, MAX_CODE_LENGTH, None, "meter")
+    return problem(
+        "bad_meter_code",
+        f"meter code must be 1-{MAX_CODE_LENGTH} letters, digits or _$.:- characters, got {meter!r:.90}",
+        None,
+    )
+
+
+def _account_ok(account: str) -> bool:
+    """Whether an account code is within m3ter's rules; the good ones are cached (accounts repeat)."""
+    if identifier_ok(account, MAX_ACCOUNT_LENGTH):
+        if len(_good_accounts) < _CACHE_LIMIT:
+            _good_accounts.add(account)
         return True
     return False
 
@@ -176,11 +137,7 @@ def build(
     so the common case (known codes, plain str/int/float values) takes the short paths.
     """
     if not _meter_ok(meter):
-        raise problem(
-            "bad_meter_code",
-            f"meter code must be 1-80 letters, digits or _$.:- characters, got {meter!r:.90}",
-            None,
-        )
+        raise _meter_problem(meter)
     assert isinstance(meter, str)
     if type(account) is not str or not account or account.isspace():
         raise problem(
@@ -189,13 +146,14 @@ def build(
             meter,
             "account",
         )
-    if type(uid) is not str or not 0 < len(uid) <= MAX_UID_LENGTH:
-        raise problem(
-            "bad_uid",
-            f"uid must be a string of 1-{MAX_UID_LENGTH} characters, got {uid!r:.60}",
-            meter,
-            "uid",
-        )
+    if account not in _good_accounts and not _account_ok(account):
+        raise identifier_problem(account, MAX_ACCOUNT_LENGTH, meter, "account")
+    if type(uid) is not str or not uid:
+        raise problem("bad_uid", f"uid must be a non-empty string, got {uid!r:.60}", meter, "uid")
+    # isprintable() (no control character, no lone surrogate) is the cheap common case.
+    common = len(uid) <= MAX_UID_LENGTH and uid.isprintable() and uid[0] != " " and uid[-1] != " "
+    if not common and not identifier_ok(uid, MAX_UID_LENGTH):
+        raise identifier_problem(uid, MAX_UID_LENGTH, meter, "uid")
     if user_ts is not None or ets is not None:
         if now_ns is None:
             now_ns = time.time_ns()
@@ -219,7 +177,9 @@ def build(
         if not given:
             continue
         numeric = category in NUMERIC_CATEGORIES
+        longest = MAX_METADATA_LENGTH if category == "metadata" else MAX_STRING_LENGTH
         clean: dict[str, Any] = {}
+        value: Any
         for code, value in given.items():
             if categories is not None:
                 expected = categories.get(code)
@@ -235,15 +195,17 @@ def build(
             if value is None:
                 continue
             kind = type(value)
+            # The short paths: a plain int or float within range, a short string with no
+            # control character. Everything else, good or bad, is decided in ``_limits``.
             if numeric:
-                if kind is int or (kind is float and math.isfinite(value)):  # type: ignore[arg-type]
+                if (kind is int and MIN_INT <= value <= MAX_INT) or (kind is float and math.isfinite(value)):
                     clean[code] = value
                 else:
-                    clean[code] = _number_value(meter, category, code, value)
-            elif kind is str and (category != "metadata" or len(value) <= MAX_METADATA_LENGTH):  # type: ignore[arg-type]
+                    clean[code] = number_value(meter, category, code, value)
+            elif kind is str and len(value) <= longest and value.isprintable():
                 clean[code] = value
             else:
-                clean[code] = _string_value(meter, category, code, value)
+                clean[code] = string_value(meter, category, code, value)
         if clean:
             count += len(clean)
             out[category] = clean
@@ -295,7 +257,7 @@ class UidSource:
 
 #: Bumped whenever :func:`build`'s rules change: a spool segment written under the same
 #: rules and catalog needs no second validation by the agent.
-RULES_VERSION = 1
+RULES_VERSION = 2  # 2: input limits (lengths, characters, numeric and time ranges)
 
 
 def validation_token(catalog: Catalog | None) -> str:
@@ -361,7 +323,7 @@ def validate_wire(raw: object, catalog: Catalog | None = None, now_ns: int | Non
     unknown = sorted(str(k) for k in raw if k not in WIRE_KEYS)
     if unknown:
         raise problem("unknown_key", f"unknown key(s) {', '.join(unknown)}", label)
-    if not raw.get("ts"):
+    if raw.get("ts") in (None, ""):
         raise problem("missing_ts", "ts is required", label, "ts")
     values = [raw.get(c) for c in CATEGORIES]
     for category, v in zip(CATEGORIES, values, strict=True):

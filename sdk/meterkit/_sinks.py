@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import json
 import os
 import socket
 import threading
@@ -160,7 +161,12 @@ class SpoolSink:
             self._used += self._writer.bytes_written - before
 
     def reject(self, entry: dict[str, Any]) -> None:
-        line = orjson.dumps(entry, default=repr) + b"\n"
+        try:
+            line = orjson.dumps(entry, default=repr) + b"\n"
+        except TypeError:
+            # What orjson cannot encode is often why the record was refused: an integer past
+            # 64 bits, a lone surrogate. The standard encoder writes both (escaped), exactly.
+            line = json.dumps(entry, default=repr, ensure_ascii=True).encode() + b"\n"
         with self.lock:
             if self._reject_fd < 0:
                 folder = private_dir(self.directory / REJECTED_DIR)

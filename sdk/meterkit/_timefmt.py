@@ -1,12 +1,24 @@
-"""UTC timestamps in m3ter's ingest format, millisecond precision, cheaply."""
+"""UTC timestamps in m3ter's ingest format, millisecond precision, cheaply.
+
+Measurements are accepted with times in years 2000 to 9999 (:data:`MIN_NS`, :data:`MAX_NS`;
+checked in ``_limits.check_ts``): in that range :func:`iso_ms` always writes
+``YYYY-MM-DDTHH:MM:SS.mmmZ``, which sorts as time does. Earlier instants are refused, not
+formatted: ``time.strftime`` writes year 1 as ``1``, not ``0001``, and a time before 2000 in
+usage data is a number read in the wrong unit far more often than history.
+"""
 
 from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
 
-_last_second = -1
-_last_prefix = ""
+#: 2000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999999999Z, in nanoseconds since the epoch.
+MIN_NS = 946_684_800 * 1_000_000_000
+MAX_NS = 253_402_300_800 * 1_000_000_000 - 1
+
+#: (second, its formatted prefix), replaced as one object so threads never pair one
+#: second with another's prefix
+_cache: tuple[int, str] = (-1, "")
 
 
 def iso_ms(ns: int) -> str:
@@ -15,12 +27,12 @@ def iso_ms(ns: int) -> str:
     The seconds part is cached: a flusher formats thousands of timestamps per second
     and nearly all share a second, so this costs a division and an f-string.
     """
-    global _last_second, _last_prefix
+    global _cache
     second, rest = divmod(ns, 1_000_000_000)
-    if second != _last_second:
-        _last_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _last_second = second
-    return f"{_last_prefix}.{rest // 1_000_000:03d}Z"
+    cached = _cache
+    if cached[0] != second:
+        cached = _cache = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{rest // 1_000_000:03d}Z"
 
 
 def parse_ts(value: object) -> int:
@@ -44,7 +56,9 @@ def parse_ts(value: object) -> int:
         raise ValueError(f"expected a timezone-aware datetime or ISO 8601 string, got {type(value).__name__}")
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"timestamp {value!s} has no time zone; give UTC explicitly")
-    delta = dt.astimezone(timezone.utc) - _EPOCH
+    # Subtracting aware datetimes never overflows, where astimezone() does for an instant
+    # just outside years 1-9999 (0001-01-01T00:00:00+01:00); the caller checks the range.
+    delta = dt - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 

@@ -45,6 +45,7 @@ from ._client import Client
 from ._errors import ConfigError
 from ._guard import background_error
 from ._model import NUMERIC_CATEGORIES, STRING_CATEGORIES
+from ._timefmt import iso_ms
 
 ACCOUNT_ATTRIBUTE = "meterkit.account"
 
@@ -186,7 +187,9 @@ class UsageSpanProcessor(SpanProcessor):
         client.record(
             rule.meter,
             account=str(account) if account is not None else None,
-            ts=span.start_time,
+            # A span's time is integer nanoseconds; record() takes no bare numbers (whose unit
+            # would be a guess), so it is given as the wire's ISO 8601 text.
+            ts=iso_ms(span.start_time) if span.start_time is not None else None,
             who=values["who"] or None,
             what=values["what"] or None,
             where=values["where"] or None,

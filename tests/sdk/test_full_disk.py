@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import subprocess
 import time
@@ -385,3 +386,20 @@ def test_a_real_full_tmpfs(tmpfs: Path) -> None:
     assert reported == stats["lost"] and stats["lost_unreported"] == 0
     assert stats["written"] + sum(stats["lost"].values()) == recorded
     assert len(segments(spool)) <= 3
+
+
+def test_a_refused_record_orjson_cannot_encode_is_still_kept_and_its_batch_delivered(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    client = meterkit.Client(spool_dir=spool, flush_interval_millis=10)
+    client.record("m", account="a", measure={"n": 1})
+    client.record("m", account="a", measure={"n": 2**70})  # past 64 bits: refused, counted
+    client.record("m", account="a", who={"user": "\ud800"})  # a lone surrogate: refused, counted
+    client.record("m", account="a", measure={"n": 3})
+    assert client.shutdown(10)
+    assert sorted(m["measure"]["n"] for m in spooled(spool)) == [1, 3]
+    assert sum(client.stats()["lost"].values()) == 2
+    kept = [json.loads(line) for f in (spool / "rejected").glob("*.jsonl") for line in f.open()]
+    by_reason = {k["reason"]: k["record"] for k in kept}
+    assert set(by_reason) == {"number_out_of_range", "invalid_unicode"}
+    assert by_reason["number_out_of_range"]["measure"]["n"] == 2**70  # kept exactly, as it was refused
+    assert by_reason["invalid_unicode"]["who"]["user"] == "\ud800"
