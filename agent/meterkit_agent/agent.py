@@ -88,6 +88,8 @@ class Agent:
             if isinstance(exporter, IngestExporter):
                 # One request never exceeds the batch processor's limits (m3ter's, by default).
                 exporter.max_count, exporter.max_bytes = self.batch_cfg.max_measurements, self.batch_cfg.max_bytes
+            if hasattr(exporter, "journal_head"):  # carried to the backend, which anchors the journal
+                exporter.journal_head = self.journal.anchor
             self.exporters.append(exporter)
             retry[exporter.name] = getattr(cfg, "retry", RetryConfig())
 

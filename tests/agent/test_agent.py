@@ -317,7 +317,7 @@ def test_frames_validated_by_their_writer_under_the_same_catalog_are_not_validat
     client.shutdown(5)
     [segment] = segments(spool)
     header = read_segment(segment).header
-    assert header is not None and header["validated"] == f"rules1:{meterkit.load_catalog(CATALOG).digest}"
+    assert header is not None and header["validated"] == f"rules2:{meterkit.load_catalog(CATALOG).digest}"
 
     same = Agent(
         simple_config(

@@ -1,34 +1,41 @@
-"""The audit journal: one hash-chained, append-only entry per delivered batch.
+"""The audit journal: one chained, append-only entry per delivered batch.
 
 Each line of ``<state_dir>/journal.jsonl`` is a JSON object with ``seq``, ``prev`` (the
 previous entry's hash), ``hash``, ``type`` and ``at``, plus what the type records:
 
 - ``delivery``: a batch every exporter acknowledged. ``batch`` id, ``idempotency_key``,
   ``uid_digest`` (SHA-256 over its sorted uids), ``totals`` per (meter, account, hour):
-  count and sums of numeric fields, ``sources``: per spool segment the writer's pid and
-  host and the uids (compressed to counter ranges), ``exporters`` with their answers, and
-  ``positions``: the checkpoint this batch advanced to.
+  count, sums of numeric fields and the bucket's content digest (:mod:`..contentdigest`),
+  ``sources``: per spool segment the writer's pid and host and the uids (compressed to
+  counter ranges), ``exporters`` with their answers, and ``positions``: the checkpoint
+  this batch advanced to.
 - ``dead_letter``: measurements refused for good (by validation or by the backend), with
   their reason, totals and uids.
 - ``sdk_tally`` / ``sdk_losses``: the SDKs' own control records, as they arrived.
 - ``replay`` / ``repair``: dead letters re-delivered, missing measurements re-sent.
+- ``keyed``: the point from which entries are keyed (below).
 
-``hash = sha256(prev + "\\n" + canonical JSON of the entry without its hash)``, so an
-edited, removed or reordered entry breaks the chain at that point; :func:`verify` names it.
-The head (last seq and hash) can be exported and stored elsewhere or signed
-(``meterkit audit head``), which makes truncation of the tail detectable too.
+``hash = HMAC-SHA256(key, prev + "\\n" + canonical JSON of the entry without its hash)``,
+the key being ``<state_dir>/journal.key`` (created on first use, mode 0600), so an edited,
+removed or reordered entry breaks the chain, and rewriting it, even recomputing every hash,
+needs a secret that is not in the journal file. A journal begun by an older agent is
+unkeyed (plain SHA-256, no key); the first append of this version writes a ``keyed``
+marker and keys everything after it. The head (seq and hash) travels with every delivery
+to the backend (``X-Meterkit-Journal-Head``), which keeps the latest as the journal's
+anchor: :mod:`.chain` checks the local chain against it, so a cut or rewritten journal is
+caught without anyone keeping a head by hand.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import os
 import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +45,87 @@ from meterkit._spool import private_dir
 from meterkit._timefmt import iso_ms
 
 GENESIS = "0" * 64
+KEY_FILE = "journal.key"
+#: the type of the entry from which a journal is keyed
+KEYED = "keyed"
+_KEYED_MARK = b'"type":"keyed"'  # how orjson writes it (no spaces): found without parsing
 _SDK_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 
 
-def entry_hash(prev: str, entry: dict[str, Any]) -> str:
+def entry_hash(prev: str, entry: dict[str, Any], key: bytes | None = None) -> str:
+    """The chain hash of an entry: keyed (HMAC-SHA256) when ``key`` is given."""
     body = {k: v for k, v in entry.items() if k != "hash"}
-    return hashlib.sha256(prev.encode() + b"\n" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return link_hash(prev, orjson.dumps(body, option=orjson.OPT_SORT_KEYS), key)
+
+
+def link_hash(prev: str, canonical: bytes, key: bytes | None) -> str:
+    message = prev.encode() + b"\n" + canonical
+    if key is None:
+        return hashlib.sha256(message).hexdigest()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def read_key(state_dir: Path) -> bytes | None:
+    """The journal's key, or None if it has none yet. Raises JournalError if unreadable."""
+    path = Path(state_dir) / KEY_FILE
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JournalError(f"{path}: cannot read the journal key: {exc}") from None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise JournalError(f"{path}: not a journal key (64 hex digits)")
+    return key
+
+
+def journal_id(key: bytes) -> str:
+    """The journal's public name (anchors are kept under it), derived from its key so it
+    names this chain and reveals nothing of the key."""
+    return hashlib.sha256(b"meterkit journal id\n" + key).hexdigest()[:32]
+
+
+def _create_key(state_dir: Path) -> bytes:
+    """A new key, written 0600 and fsynced before any entry depends on it; if another
+    process got there first, theirs."""
+    path = Path(state_dir) / KEY_FILE
+    key = os.urandom(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        found = read_key(state_dir)
+        assert found is not None
+        return found
+    try:
+        os.write(fd, key.hex().encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return key
+
+
+def has_keyed_marker(path: Path) -> bool:
+    """Whether the journal holds its ``keyed`` entry (a byte search, no parsing)."""
+    overlap = len(_KEYED_MARK) - 1
+    try:
+        with path.open("rb") as f:
+            tail = b""
+            while block := f.read(1 << 22):
+                if _KEYED_MARK in tail + block:
+                    return True
+                tail = block[-overlap:]
+    except FileNotFoundError:
+        return False
+    return False
 
 
 def uid_digest(uids: Iterable[str]) -> str:
@@ -75,6 +157,19 @@ def compress_uids(uids: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def expand_uids(compressed: Any) -> list[str]:
+    """Every uid of a :func:`compress_uids` value (malformed parts are skipped)."""
+    if not isinstance(compressed, dict):
+        return []
+    out = [u for u in compressed.get("other", []) if isinstance(u, str)]
+    runs = compressed.get("runs")
+    for prefix, spans in runs.items() if isinstance(runs, dict) else ():
+        for span in spans if isinstance(spans, list) else ():
+            if isinstance(span, list) and len(span) == 2 and all(isinstance(n, int) for n in span):
+                out.extend(f"{prefix}{n:012x}" for n in range(span[0], span[1] + 1))
+    return out
+
+
 def contains_uid(compressed: dict[str, Any], uid: str) -> bool:
     if _SDK_UID.match(uid):
         n = int(uid[24:], 16)
@@ -86,9 +181,16 @@ class Journal:
     """Appends entries, each fsynced before :meth:`append` returns."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = private_dir(state_dir) / "journal.jsonl"
+        self.state_dir = private_dir(state_dir)
+        self.path = self.state_dir / "journal.jsonl"
         self._lock = threading.Lock()
+        self._key = read_key(self.state_dir)
+        self._keyed = False  # whether the file holds the keyed marker: looked up under the lock
         self._reload()
+
+    @property
+    def id(self) -> str | None:
+        return journal_id(self._key) if self._key is not None else None
 
     def _reload(self) -> None:
         self.seq, self.head = 0, GENESIS
@@ -100,10 +202,16 @@ class Journal:
                 self.seq, self.head = int(entry["seq"]), str(entry["hash"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 raise JournalError(f"{self.path}: the last entry is unreadable; run `meterkit audit verify`") from None
+        self._anchor = (self.id, f"{self.seq}:{self.head}") if self.id and self.seq else None
+
+    def anchor(self) -> tuple[str, str] | None:
+        """(journal id, ``"<seq>:<hash>"``): the head to carry to the backend, once keyed."""
+        return self._anchor
 
     def append(self, entries: list[dict[str, Any]]) -> None:
         """Append entries under an exclusive lock (the agent and ``meterkit reconcile
-        --repair`` may both write), chaining from the entry actually last in the file."""
+        --repair`` may both write), chaining from the entry actually last in the file. The
+        first append to an unkeyed journal creates the key and writes the ``keyed`` marker."""
         if not entries:
             return
         with self._lock:
@@ -112,20 +220,31 @@ class Journal:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 if os.fstat(fd).st_size != self._size:
                     self._reload()
+                if not self._keyed:  # another writer (dlq replay, repair) may have keyed it
+                    self._key = self._key or read_key(self.state_dir)
+                    self._keyed = self._key is not None and has_keyed_marker(self.path)
+                if not self._keyed:
+                    self._key = self._key or _create_key(self.state_dir)
+                    entries = [{"type": KEYED, "journal": journal_id(self._key)}, *entries]
                 lines = []
                 seq, head = self.seq, self.head
                 now = iso_ms(time.time_ns())
                 for entry in entries:
                     seq += 1
                     full = {"seq": seq, "prev": head, "at": now, **entry}
-                    head = full["hash"] = entry_hash(head, full)
-                    lines.append(orjson.dumps(full) + b"\n")
+                    canonical = orjson.dumps(full, option=orjson.OPT_SORT_KEYS)
+                    head = link_hash(full["prev"], canonical, self._key)
+                    # Written with sorted keys, so a verifier hashes the line as it is (less
+                    # its hash) instead of re-serialising it.
+                    lines.append(orjson.dumps({**full, "hash": head}, option=orjson.OPT_SORT_KEYS) + b"\n")
                 os.write(fd, b"".join(lines))
                 os.fsync(fd)
                 self._size = os.fstat(fd).st_size
             finally:
                 os.close(fd)  # releases the lock
+            self._keyed = True
             self.seq, self.head = seq, head
+            self._anchor = (journal_id(self._key), f"{seq}:{head}") if self._key else None
 
     def tail_after(self, seq: int) -> list[dict[str, Any]]:
         """Entries with a sequence number above ``seq`` (the checkpoint file's), newest last."""
@@ -165,49 +284,3 @@ def read_entries(path: Path) -> Iterator[tuple[int, Any]]:
                 yield number, orjson.loads(line)
             except orjson.JSONDecodeError:
                 yield number, "not JSON"
-
-
-@dataclass
-class Verdict:
-    ok: bool
-    entries: int
-    head: str
-    line: int | None = None
-    seq: int | None = None
-    reason: str = ""
-
-
-def verify(path: Path, expected_head: str | None = None) -> Verdict:
-    """Walk the chain; report the first broken link (edited, removed, reordered, truncated)."""
-    if not path.exists():
-        return Verdict(False, 0, GENESIS, reason=f"{path} does not exist")
-    prev, expected_seq, count = GENESIS, 1, 0
-    for line, entry in read_entries(path):
-        if not isinstance(entry, dict):
-            return Verdict(False, count, prev, line, expected_seq, str(entry))
-        seq = entry.get("seq")
-        if seq != expected_seq:
-            what = "removed" if isinstance(seq, int) and seq > expected_seq else "reordered or duplicated"
-            return Verdict(
-                False,
-                count,
-                prev,
-                line,
-                expected_seq,
-                f"expected entry {expected_seq}, found {seq}: an entry was {what}",
-            )
-        if entry.get("prev") != prev:
-            return Verdict(False, count, prev, line, seq, "its 'prev' is not the hash of the entry before it")
-        if entry.get("hash") != entry_hash(prev, entry):
-            return Verdict(False, count, prev, line, seq, "its content does not match its hash: the entry was edited")
-        prev, expected_seq, count = entry["hash"], expected_seq + 1, count + 1
-    if expected_head is not None and expected_head != prev:
-        return Verdict(
-            False,
-            count,
-            prev,
-            None,
-            None,
-            "the chain does not end at the exported head: entries were removed from the end",
-        )
-    return Verdict(True, count, prev)

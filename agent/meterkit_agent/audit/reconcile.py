@@ -1,55 +1,77 @@
 """Reconciliation: for a period, compare what the SDKs recorded, what the agent delivered
-(or dead-lettered) and what the backend holds, and name every difference.
+(or dead-lettered) and what the backend holds, measurement by measurement, and name every
+difference.
 
-Sources: the audit journal (SDK tallies and losses, deliveries, dead letters, replays) and
-the backend's usage query. Periods are whole hours: the journal counts per hour, so a
+1. The backend's per-bucket digests are fetched (in a thread) while the journal is read
+   once: its chain verified against the backend's anchor (:mod:`.chain`), its totals and
+   digests added up (:mod:`.journalview`).
+2. Per (meter, account, hour): the count and content digest delivered against those held.
+   Equal digests mean the same measurements with the same content: nothing more is read.
+3. Where they differ, drill-down (:mod:`.drilldown`) names each missing, extra, altered
+   and conflicting uid, and counts idempotent re-sends, which are no difference.
+
+Only the entries the chain proves count. Entries after a broken link, past a cut the
+anchor reveals, or all of a rewritten journal, are treated as never written: what the
+backend holds for them is named as extra, and the journal's state is itself an
+unexplained difference. Periods are whole hours: the journal counts per hour, so a
 ``from``/``to`` inside an hour is widened to the hour and said so.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from meterkit._model import tally
-from meterkit._spool import KIND_MEASUREMENT, read_segment, segments
 from meterkit._timefmt import iso_ms, parse_ts
 
-from .backends import Backend, ReconcileError, Side
-from .journal import Journal, compress_uids, contains_uid, read_entries, verify
+from ..contentdigest import Digest
+from .backends import Backend, ReconcileError
+from .chain import Anchor, Verdict
+from .drilldown import DrillDown, Finding, Result
+from .journal import JournalError, journal_id, read_key
+from .journalview import BucketKey, JournalView, Row
+from .originals import Originals
 
-Key = tuple[str, str]  # (meter, account)
+#: what each kind of difference means, and whether it is explained
+KINDS: dict[str, tuple[str, bool]] = {
+    "dropped_in_sdk": ("the SDK dropped or refused them", True),
+    "dead_lettered": ("refused for good; see `meterkit dlq list`", True),
+    "resent": ("delivered again with the same uid and content (replays, backfill re-runs): held once", True),
+    "undelivered": ("recorded by the SDK but neither delivered nor dead-lettered (still in a spool?)", False),
+    "unrecorded": ("delivered without an SDK tally (a spool segment lost, or a tally torn by a crash)", False),
+    "missing_at_backend": ("delivered and acknowledged, but not in the backend; `--repair` re-sends them", False),
+    "extra_at_backend": ("in the backend, but in no delivery the journal proves", False),
+    "altered": ("in the backend with other content than was delivered", False),
+    "conflicting": ("delivered more than once with different content under one uid", False),
+    "unresolved": ("a delivery's bucket differs in ways the journal cannot pin on single measurements", False),
+    "journal_broken": ("the journal's chain is broken", False),
+    "journal_truncated": ("entries were cut from the end of the journal", False),
+    "journal_rewritten": ("the journal was rewritten", False),
+    "journal_regressed": ("the journal was cut and written on", False),
+}
 
 
 @dataclass
 class Difference:
-    kind: str  # missing_at_backend | duplicated | value_mismatch | undelivered | dropped_in_sdk | dead_lettered
+    kind: str
     meter: str
     account: str
     count: int
     detail: str
     explained: bool
+    uids: list[dict[str, str]] = field(default_factory=list)  # each: uid, hour, detail
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("kind", "meter", "account", "count", "detail", "explained")}
-
-
-@dataclass
-class Row:
-    meter: str
-    account: str
-    recorded: Side = field(default_factory=Side)
-    sdk_lost: Counter[str] = field(default_factory=Counter)
-    dead_lettered: Side = field(default_factory=Side)
-    delivered: Side = field(default_factory=Side)
-    backend: Side = field(default_factory=Side)
-    hourly: Counter[str] = field(default_factory=Counter)  # delivered per hour, for the chart
+        out = {k: getattr(self, k) for k in ("kind", "meter", "account", "count", "detail", "explained")}
+        if self.uids:
+            out["uids"] = self.uids
+        return out
 
 
 @dataclass
@@ -60,6 +82,7 @@ class Report:
     differences: list[Difference]
     notes: list[str]
     journal_entries: int
+    journal: dict[str, Any] = field(default_factory=dict)
 
     @property
     def unexplained(self) -> list[Difference]:
@@ -67,7 +90,7 @@ class Report:
 
     @property
     def empty(self) -> bool:
-        return not self.rows
+        return not self.rows and not self.unexplained
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +98,7 @@ class Report:
             "to": self.end,
             "reconciled": not self.unexplained and not self.empty,
             "empty": self.empty,
+            "journal": self.journal,
             "rows": [
                 {
                     "meter": r.meter,
@@ -83,10 +107,10 @@ class Report:
                     "sdk_lost": dict(r.sdk_lost),
                     "dead_lettered": r.dead_lettered.count,
                     "delivered": r.delivered.count,
-                    "backend": r.backend.count,
+                    "resent": r.resent,
+                    "backend": r.backend,
                     "recorded_sums": r.recorded.sums,
                     "delivered_sums": r.delivered.sums,
-                    "backend_sums": r.backend.sums,
                     "hourly_delivered": dict(sorted(r.hourly.items())),
                 }
                 for r in self.rows
@@ -114,6 +138,7 @@ def reconcile(
     end: str,
     meter: str | None = None,
     account: str | None = None,
+    spool_dirs: Iterable[Path] = (),
 ) -> Report:
     notes: list[str] = []
     try:
@@ -124,87 +149,121 @@ def reconcile(
         raise ReconcileError(f"empty period: from {start} is not before to {end}")
     if (start_h, end_h) != (iso_ms(parse_ts(start)), iso_ms(parse_ts(end))):
         notes.append(f"the journal counts whole hours: the period is widened to {start_h} .. {end_h}")
-
     journal = state_dir / "journal.jsonl"
-    verdict = verify(journal)
-    if not verdict.ok:
-        where = f" at line {verdict.line}" if verdict.line else ""
-        raise ReconcileError(
-            f"the audit journal {journal} is broken{where}: {verdict.reason}; nothing can be proven from it"
-        )
+    if not journal.exists():
+        raise ReconcileError(f"the audit journal {journal} does not exist: is this the agent's state directory?")
+    try:
+        key = read_key(state_dir)
+    except JournalError as exc:
+        raise ReconcileError(str(exc)) from None
+    jid = journal_id(key) if key is not None else None
+    anchor = backend.anchor(jid) if jid is not None else None
 
-    rows: dict[Key, Row] = {}
+    view = JournalView(journal, key, anchor, (start_h, end_h), meter, account)
+    with ThreadPoolExecutor(1, thread_name_prefix="meterkit-reconcile") as pool:
+        held = pool.submit(backend.buckets, start_h, end_h, meter, account)
+        view.read()
+        buckets = held.result()
 
-    def row(m: str, a: str) -> Row:
-        if (m, a) not in rows:
-            rows[(m, a)] = Row(m, a)
-        return rows[(m, a)]
-
-    def wanted(m: str, a: str) -> bool:
-        return (meter is None or m == meter) and (account is None or a == account)
-
-    future_limit = iso_ms(time.time_ns() + 3_600_000_000_000)
-    future: set[str] = set()
-
-    def in_period(hour: str) -> bool:
-        if hour > future_limit:
-            future.add(hour)
-        return start_h[:13] <= hour[:13] < end_h[:13]
-
-    def apply(entries: Iterable[dict[str, Any]], pick: str, sign: int = 1) -> None:
-        for t in entries:
-            m, a, hour = str(t.get("meter")), str(t.get("account")), str(t.get("hour", ""))
-            if not wanted(m, a) or not in_period(hour):
-                continue
-            r = row(m, a)
-            side = getattr(r, pick)
-            sums = {k: int(v) if isinstance(v, str) else v for k, v in (t.get("sums") or {}).items()}
-            side.add(sign * int(t.get("count", 0)), {k: sign * v for k, v in sums.items()})
-            if pick == "delivered":
-                r.hourly[hour] += int(t.get("count", 0))
-
-    for _, entry in read_entries(journal):
-        kind = entry.get("type")
-        if kind == "sdk_tally":
-            apply(entry.get("entries", []), "recorded")
-        elif kind == "delivery":
-            apply(entry.get("totals", []), "delivered")
-        elif kind == "dead_letter":
-            apply(entry.get("totals", []), "dead_lettered")
-        elif kind == "replay":
-            # Handed back by `meterkit dlq replay`: no longer dead; what was handed back
-            # (possibly corrected to another meter or account) counts as recorded instead.
-            apply(entry.get("original_totals", []), "dead_lettered", sign=-1)
-            apply(entry.get("original_totals", []), "recorded", sign=-1)
-            apply(entry.get("totals", []), "recorded")
-        elif kind == "sdk_losses":
-            at = str(entry.get("at", ""))
-            if not (start_h <= at < end_h):
-                continue
-            for e in entry.get("entries", []):
-                m, a = str(e.get("meter")), str(e.get("account"))
-                if wanted(m, a) or (e.get("account") is None and (meter is None or m == meter) and account is None):
-                    row(m, a).sdk_lost[str(e.get("reason"))] += int(e.get("count", 0))
+    differing = _compare(view, buckets)
+    result = DrillDown(view, backend, Originals(state_dir, spool_dirs)).run(differing) if differing else Result()
+    for (m, a), n in result.resent.items():
+        view.row(m, a).resent += n
+    notes.extend(_journal_notes(view.verdict, jid, anchor))
+    notes.extend(result.notes)
+    future = sorted(h for h in view.hours_seen if h > iso_ms(time.time_ns() + 3_600_000_000_000))
     if future:
-        notes.append(
-            f"measurements are dated in the future ({', '.join(sorted(future)[:3])}): a client clock is skewed"
-        )
+        notes.append(f"measurements are dated in the future ({', '.join(future[:3])}): a client clock is skewed")
 
-    meters = sorted({m for m, _ in rows} | ({meter} if meter else set()))
-    for m in meters:
-        fields = sorted({f for (mm, _), r in rows.items() if mm == m for f in (*r.recorded.sums, *r.delivered.sums)})
-        for a, side in backend.totals(m, account, start_h, end_h, fields).items():
-            if wanted(m, a):
-                row(m, a).backend = side
-
-    differences: list[Difference] = []
-    for _key, r in sorted(rows.items()):
+    differences = _journal_differences(view.verdict)
+    for _key, r in sorted(view.rows.items()):
         differences.extend(_classify(r))
-    return Report(start_h, end_h, [rows[k] for k in sorted(rows)], differences, notes, verdict.entries)
+    differences.extend(_grouped(result.findings))
+    differences.extend(_unnamed(view, buckets, differing, result))
+    summary = {
+        "entries": view.verdict.entries,
+        "trusted": view.verdict.trusted,
+        "keyed_from": view.verdict.keyed_from,
+        "id": jid,
+        "anchor": {"seq": anchor.seq, "hash": anchor.hash, "at": anchor.at} if anchor else None,
+    }
+    rows = [view.rows[k] for k in sorted(view.rows)]
+    return Report(start_h, end_h, rows, differences, notes, view.verdict.trusted, summary)
 
 
-def _close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+def _compare(view: JournalView, buckets: list[dict[str, Any]]) -> set[BucketKey]:
+    """The buckets whose count or content digest differ between journal and backend."""
+    differing: set[BucketKey] = set()
+    seen = set()
+    for b in buckets:
+        key = (b["meter"], b["account"], b["hour"])
+        seen.add(key)
+        view.row(key[0], key[1]).backend += int(b["count"])
+        mine = view.buckets.get(key)
+        try:
+            theirs = Digest.from_json(b)
+        except ValueError:
+            differing.add(key)
+            continue
+        if mine is None or mine.legacy or mine.count != theirs.count or mine.digest().total != theirs.total:
+            differing.add(key)
+    return differing | (view.buckets.keys() - seen)
+
+
+def _unnamed(
+    view: JournalView, buckets: list[dict[str, Any]], differing: set[BucketKey], result: Result
+) -> list[Difference]:
+    """A bucket that differs but where drill-down named nothing and re-sends do not account
+    for it: never let that pass as reconciled."""
+    named = {f.bucket for f in result.findings}
+    held = {(b["meter"], b["account"], b["hour"]): int(b["count"]) for b in buckets}
+    out = []
+    for key in sorted(differing - named):
+        mine = view.buckets.get(key)
+        delivered = mine.count if mine else 0
+        resent = result.resent_at[key]
+        if delivered - resent != held.get(key, 0) or not (resent or (mine and mine.legacy)):
+            detail = f"{key[2]}: {delivered} delivered, {held.get(key, 0)} held, and no measurement could be named"
+            out.append(Difference("unresolved", key[0], key[1], 1, detail, False))
+    return out
+
+
+def _grouped(findings: list[Finding]) -> list[Difference]:
+    by: dict[tuple[str, str, str], list[Finding]] = defaultdict(list)
+    for f in findings:
+        by[(f.kind, f.bucket[0], f.bucket[1])].append(f)
+    out = []
+    for (kind, m, a), found in sorted(by.items()):
+        uids = [{"uid": f.uid, "hour": f.bucket[2], "detail": f.detail} for f in sorted(found, key=lambda f: f.uid)]
+        out.append(Difference(kind, m, a, len(found), KINDS[kind][0], False, uids))
+    return out
+
+
+def _journal_differences(verdict: Verdict) -> list[Difference]:
+    if verdict.ok:
+        return []
+    where = f" at line {verdict.line} (entry {verdict.seq})" if verdict.line else ""
+    rest = (
+        f"; only its first {verdict.trusted:,} entries are proven and reconciled, the rest count as never written"
+        if verdict.trusted
+        else "; none of it is proven: everything the backend holds counts as unexplained"
+    )
+    kind = f"journal_{verdict.problem or 'broken'}"
+    return [
+        Difference(kind, "-", "-", max(verdict.entries - verdict.trusted, 1), f"{verdict.reason}{where}{rest}", False)
+    ]
+
+
+def _journal_notes(verdict: Verdict, jid: str | None, anchor: Anchor | None) -> list[str]:
+    notes = list(verdict.notes)
+    if verdict.anchored:
+        notes.append(f"journal {verdict.anchored}")
+    elif jid is not None and anchor is None:
+        notes.append(
+            f"the backend holds no anchor for this journal ({jid}):"
+            " a cut at its end shows only as usage the journal cannot explain"
+        )
+    return notes
 
 
 def _classify(r: Row) -> list[Difference]:
@@ -214,113 +273,16 @@ def _classify(r: Row) -> list[Difference]:
         if n:
             out.append(Difference("dropped_in_sdk", m, a, n, f"the SDK dropped or refused {n} ({reason})", True))
     if r.dead_lettered.count:
-        out.append(
-            Difference("dead_lettered", m, a, r.dead_lettered.count, "refused for good; see `meterkit dlq list`", True)
-        )
+        out.append(Difference("dead_lettered", m, a, r.dead_lettered.count, KINDS["dead_lettered"][0], True))
+    if r.resent:
+        out.append(Difference("resent", m, a, r.resent, KINDS["resent"][0], True))
+    # Every delivery counts here, re-sends included: a backfill run twice was recorded twice.
     undelivered = r.recorded.count - r.delivered.count - r.dead_lettered.count
     if undelivered > 0:
-        out.append(
-            Difference(
-                "undelivered",
-                m,
-                a,
-                undelivered,
-                "recorded by the SDK but neither delivered nor dead-lettered (still in a spool?)",
-                False,
-            )
-        )
+        out.append(Difference("undelivered", m, a, undelivered, KINDS["undelivered"][0], False))
     elif undelivered < 0:
-        out.append(
-            Difference(
-                "unrecorded",
-                m,
-                a,
-                -undelivered,
-                "delivered without an SDK tally (a spool segment lost, or a tally torn by a crash)",
-                False,
-            )
-        )
-    gap = r.delivered.count - r.backend.count
-    if gap > 0:
-        out.append(
-            Difference(
-                "missing_at_backend",
-                m,
-                a,
-                gap,
-                "delivered and acknowledged, but not in the backend; `--repair` re-sends them",
-                False,
-            )
-        )
-    elif gap < 0:
-        out.append(Difference("duplicated", m, a, -gap, "the backend holds more than was delivered", False))
-    if gap == 0:
-        for name in sorted(set(r.delivered.sums) | set(r.backend.sums)):
-            want, have = r.delivered.sums.get(name, 0), r.backend.sums.get(name, 0)
-            if not _close(want, have):
-                out.append(
-                    Difference("value_mismatch", m, a, 1, f"{name}: delivered {want:g}, backend holds {have:g}", False)
-                )
+        out.append(Difference("unrecorded", m, a, -undelivered, KINDS["unrecorded"][0], False))
     return out
-
-
-@dataclass
-class RepairResult:
-    resent: int = 0
-    refused: int = 0
-    unrecoverable: dict[Key, int] = field(default_factory=dict)
-
-
-def repair(state_dir: Path, report: Report, backend: Backend, exporter: Any, spool_dirs: list[Path]) -> RepairResult:
-    """Re-send measurements the journal says were delivered but the backend lacks, from the
-    spool segments still on disk (live or retained). Uids are unchanged, so a repair can
-    never double count."""
-
-    result = RepairResult()
-    missing = [d for d in report.differences if d.kind == "missing_at_backend"]
-    if not missing:
-        return result
-    delivered = [e for _, e in read_entries(state_dir / "journal.jsonl") if e.get("type") == "delivery"]
-    folders = [*spool_dirs, state_dir / "retained", *sorted((state_dir / "http-spool").glob("*"))]
-    # Read the segments on disk once: every measurement of the period for the keys in question.
-    wanted = {(d.meter, d.account) for d in missing}
-    on_disk: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for folder in folders:
-        for seg in segments(folder):
-            for frame in read_segment(seg).frames:
-                if frame.kind != KIND_MEASUREMENT:
-                    continue
-                m = frame.json()
-                key = (m.get("meter"), m.get("account"))
-                if key in wanted and report.start <= m.get("ts", "") < report.end:
-                    on_disk[key][m["uid"]] = m
-    resend: list[dict[str, Any]] = []
-    for d in missing:
-        have = backend.uids(d.meter, d.account, report.start, report.end)
-        found = {
-            uid: m
-            for uid, m in on_disk[(d.meter, d.account)].items()
-            if uid not in have
-            and any(contains_uid(s.get("uids", {}), uid) for e in delivered for s in e.get("sources", []))
-        }
-        resend.extend(found.values())
-        if len(found) < d.count:
-            result.unrecoverable[(d.meter, d.account)] = d.count - len(found)
-    if resend:
-        refused = exporter.export(resend)
-        result.refused = len(refused)
-        result.resent = len(resend) - len(refused)
-        Journal(state_dir).append(
-            [
-                {
-                    "type": "repair",
-                    "count": result.resent,
-                    "uids": compress_uids(m["uid"] for m in resend),
-                    "totals": tally(resend),
-                }
-            ]
-        )
-    return result
 
 
 def period_default() -> tuple[str, str]:

@@ -82,6 +82,15 @@ def _chart(meter: str, per_account: dict[str, dict[str, int]]) -> str:
     return f'<figure><figcaption>{html.escape(meter)}: delivered measurements per hour</figcaption>{"".join(parts)}<div class="legend">{"".join(legend)}</div></figure>'
 
 
+def _uids(uids: list[dict[str, str]], shown: int = 10) -> str:
+    """The first named measurements of a difference, each with what differs."""
+    if not uids:
+        return ""
+    items = "".join(f"<li><code>{html.escape(u['uid'])}</code> {html.escape(u['detail'])}</li>" for u in uids[:shown])
+    more = f"<li>... and {len(uids) - shown:,} more (reconcile --json lists them all)</li>" if len(uids) > shown else ""
+    return f'<ul class="uids">{items}{more}</ul>'
+
+
 def render(report: Report, title: str = "meterkit reconciliation") -> str:
     data: dict[str, Any] = report.as_dict()
     unexplained = report.unexplained
@@ -97,7 +106,7 @@ def render(report: Report, title: str = "meterkit reconciliation") -> str:
     rows = []
     for r in data["rows"]:
         lost = ", ".join(f"{k}: {v}" for k, v in sorted(r["sdk_lost"].items())) or "0"
-        ok = r["delivered"] == r["backend"]
+        ok = r["delivered"] - r["resent"] == r["backend"]
         rows.append(
             f"<tr><td>{html.escape(r['meter'])}</td><td>{html.escape(r['account'])}</td><td>{r['recorded']:,}</td>"
             f"<td>{html.escape(lost)}</td><td>{r['dead_lettered']:,}</td><td>{r['delivered']:,}</td>"
@@ -105,7 +114,7 @@ def render(report: Report, title: str = "meterkit reconciliation") -> str:
         )
     diffs = [
         f'<tr class="{"explained" if d.explained else "unexplained"}"><td>{html.escape(d.kind)}</td><td>{html.escape(d.meter)}</td>'
-        f"<td>{html.escape(d.account)}</td><td>{d.count:,}</td><td>{html.escape(d.detail)}</td></tr>"
+        f"<td>{html.escape(d.account)}</td><td>{d.count:,}</td><td>{html.escape(d.detail)}{_uids(d.uids)}</td></tr>"
         for d in report.differences
     ]
     per_meter: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
@@ -128,7 +137,7 @@ figure {{ margin: 16px 0 32px; }} figcaption {{ font-weight: 600; margin-bottom:
 svg {{ width: 100%; height: auto; background: #fff; }} .grid {{ stroke: #e5e7eb; }} .axis {{ font-size: 11px; fill: #6b7280; }}
 .drop {{ fill: none; stroke: #dc2626; stroke-width: 3; }} .spike {{ fill: none; stroke: #16a34a; stroke-width: 3; }}
 .legend {{ display: flex; gap: 16px; flex-wrap: wrap; font-size: 13px; }} .key i {{ display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 6px; vertical-align: -1px; }}
-.signals {{ font-size: 13px; color: #4b5563; }}
+.signals {{ font-size: 13px; color: #4b5563; }} ul.uids {{ margin: 4px 0 0; padding-left: 18px; font-size: 12px; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p class="period">{html.escape(report.start)} to {html.escape(report.end)} · {report.journal_entries:,} journal entries verified</p>

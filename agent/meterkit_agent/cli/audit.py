@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from .output import StateDir, fail, state_dir_or_default
 
-audit_app = typer.Typer(help="The audit journal: verify it, trace a measurement.", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="The audit journal: verify it against the backend's anchor, trace a measurement.", no_args_is_help=True
+)
 
 
 @audit_app.command("verify")
@@ -18,28 +21,64 @@ def audit_verify(
     head: Annotated[
         str | None, typer.Option("--head", help="a previously exported head hash the chain must end at")
     ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="the agent's agent.yaml: its state dir and the backend's anchor")
+    ] = None,
+    backend_url: Annotated[str | None, typer.Option("--backend", help="ledger base URL holding the anchor")] = None,
+    ledger_db: Annotated[str | None, typer.Option("--ledger-db", help="ledger database holding the anchor")] = None,
+    org: Annotated[str, typer.Option("--org")] = "default",
+    token: Annotated[str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN")] = None,
 ) -> None:
-    """Walk the hash chain; report the first broken link."""
-    from ..audit.journal import verify
+    """Walk the chain (keyed entries with journal.key) and check it against the anchor the
+    backend keeps: names the first edited, removed or reordered entry, a cut end, a rewrite."""
+    from ..audit.backends import ReconcileError
+    from ..audit.chain import verify
+    from ..audit.journal import JournalError, journal_id, read_key
+    from .reconcile import backend_for
 
-    journal = state_dir_or_default(state_dir) / "journal.jsonl"
-    verdict = verify(journal, head)
+    backend: Any = None
+    try:
+        if head is None and (config or backend_url or ledger_db or _default_ledger_exists()):
+            backend, _, cfg_state = backend_for(config, backend_url, ledger_db, org, token)
+            state_dir = state_dir or cfg_state
+        directory = state_dir_or_default(state_dir)
+        key = read_key(directory)
+        anchor = backend.anchor(journal_id(key)) if backend is not None and key is not None else None
+    except (ReconcileError, JournalError) as exc:
+        raise fail(str(exc), 2) from None
+    where = backend.name if backend is not None else ""
+    journal = directory / "journal.jsonl"
+    verdict = verify(journal, head, key, anchor)
     if verdict.ok:
         typer.echo(f"{journal}: ok, {verdict.entries:,} entries, head {verdict.head}")
+        for note in verdict.notes:
+            typer.echo(f"note: {note}")
+        if verdict.anchored:
+            typer.echo(f"anchored: {verdict.anchored} ({where})")
+        elif head is None:
+            found = f"{where} holds no anchor for this journal" if where else "no backend was asked for its anchor"
+            typer.echo(f"not anchored: {found}; a cut at the end cannot be seen from here", err=True)
         return
-    where = f"line {verdict.line} (entry {verdict.seq})" if verdict.line else "the end"
-    typer.echo(f"{journal}: BROKEN at {where}: {verdict.reason}", err=True)
-    typer.echo(f"the first {verdict.entries:,} entries are intact", err=True)
+    where_broken = f"line {verdict.line} (entry {verdict.seq})" if verdict.line else "the end"
+    typer.echo(f"{journal}: BROKEN at {where_broken}: {verdict.reason}", err=True)
+    typer.echo(f"the first {verdict.trusted:,} entries are proven", err=True)
     raise typer.Exit(1)
+
+
+def _default_ledger_exists() -> bool:
+    from ..paths import default_ledger_url
+
+    return Path(default_ledger_url().split(":///", 1)[1]).exists()
 
 
 @audit_app.command("head")
 def audit_head(state_dir: StateDir = None) -> None:
     """Print the chain head (seq and hash) to store elsewhere or sign."""
-    from ..audit.journal import verify
+    from ..audit.chain import verify
+    from ..audit.journal import read_key
 
     journal = state_dir_or_default(state_dir) / "journal.jsonl"
-    verdict = verify(journal)
+    verdict = verify(journal, key=read_key(state_dir_or_default(state_dir)))
     if not verdict.ok:
         raise fail(f"{journal} is broken: {verdict.reason}; run `meterkit audit verify`", 1)
     typer.echo(json.dumps({"journal": str(journal), "entries": verdict.entries, "head": verdict.head}))

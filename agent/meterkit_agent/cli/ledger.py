@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
+import orjson
 import typer
 
 import meterkit
 
-from .output import fail, print_json, print_table
+from .output import fail, print_table
 
 ledger_app = typer.Typer(help="The embedded m3ter-compatible backend.", no_args_is_help=True)
 
@@ -61,20 +63,36 @@ def usage(
     url: Annotated[str, typer.Option("--url", help="ledger base URL")] = "http://127.0.0.1:8765",
     org: Annotated[str, typer.Option("--org")] = "default",
     account: Annotated[str | None, typer.Option("--account")] = None,
-    start: Annotated[str | None, typer.Option("--from")] = None,
-    end: Annotated[str | None, typer.Option("--to")] = None,
+    start: Annotated[
+        str | None, typer.Option("--from", help="inclusive: 2026-11-01T00:00:00Z, ...+01:00, or 2026-11-01 (UTC)")
+    ] = None,
+    end: Annotated[str | None, typer.Option("--to", help="exclusive; the same spellings as --from")] = None,
     aggregation: Annotated[str, typer.Option("--aggregation")] = "SUM",
     field: Annotated[str | None, typer.Option("--field")] = None,
     bucket: Annotated[str | None, typer.Option("--bucket", help="hour, day or month")] = None,
     group_by: Annotated[list[str] | None, typer.Option("--group-by")] = None,
-    quantity_per_unit: Annotated[float, typer.Option("--quantity-per-unit")] = 1.0,
+    quantity_per_unit: Annotated[
+        str, typer.Option("--quantity-per-unit", help="a decimal from 1e-9 to 1e18, read exactly")
+    ] = "1",
     rounding: Annotated[str, typer.Option("--rounding")] = "NONE",
     token: Annotated[str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Query usage from a ledger and print it as a table."""
+    """Query usage from a ledger and print it as a table. Values are exact decimals; a bad
+    --from, --to or --quantity-per-unit, or a query the ledger refuses, exits 2."""
     import requests
 
+    from ..ledger.exact import per_unit
+    from ..ledger.queries import QueryError, period
+
+    try:  # the ledger's own rules, checked here too so the message names the option
+        period(start, end, names=("--from", "--to"))
+    except QueryError as exc:
+        raise fail("; ".join(exc.problems)) from None
+    try:
+        per_unit(quantity_per_unit)
+    except ValueError as exc:
+        raise fail(f"--quantity-per-unit: {exc}") from None
     params: dict[str, Any] = {
         "meter": meter,
         "aggregation": aggregation,
@@ -93,10 +111,30 @@ def usage(
         )
     except requests.RequestException as exc:
         raise fail(f"cannot reach {url}: {type(exc).__name__}") from None
+    if response.status_code == 400:
+        raise fail(f"the ledger refused the query: {_message(response)}")
     if response.status_code != 200:
         raise fail(f"{url} answered {response.status_code}: {response.text[:500]}")
-    data = response.json()["data"]
+    # Every number as a Decimal: the ledger writes exact literals, and a float would round them.
+    answer = response.json(parse_float=Decimal, parse_int=Decimal)
+    for note in answer.get("notes", []):
+        typer.echo(f"note: {note}", err=True)
+    data = answer["data"]
     if as_json:
-        print_json(data)
+        typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=_exact_literal).decode())
         return
-    print_table(data)
+    print_table([{k: f"{v:,f}" if isinstance(v, Decimal) else v for k, v in row.items()} for row in data])
+
+
+def _exact_literal(value: Any) -> Any:
+    """orjson's hook for a Decimal: its exact digits as a JSON number."""
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value).encode())
+    raise TypeError(type(value).__name__)
+
+
+def _message(response: Any) -> str:
+    try:
+        return str(response.json()["message"])
+    except (ValueError, KeyError, TypeError):
+        return str(response.text[:500])

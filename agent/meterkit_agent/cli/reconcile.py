@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,8 +11,11 @@ import typer
 from .output import StateDir, fail, print_json, print_table, state_dir_or_default
 
 
-def _backend(config: Path | None, backend_url: str | None, ledger_db: str | None, org: str, token: str | None) -> Any:
-    """The backend view and an exporter to repair with, from an agent config or flags."""
+def backend_for(
+    config: Path | None, backend_url: str | None, ledger_db: str | None, org: str, token: str | None
+) -> tuple[Any, Callable[[], Any], Path | None]:
+    """The backend view, a way to build an exporter to repair with, and the state directory,
+    from an agent config or flags."""
     from ..audit.backends import LedgerDbBackend, LedgerHttpBackend
     from ..config import load_config
     from ..exporters.ledger import LedgerExporter, LedgerExporterConfig
@@ -21,9 +25,10 @@ def _backend(config: Path | None, backend_url: str | None, ledger_db: str | None
         cfg = load_config(config)
         exporter_cfg = cfg.component("exporters", cfg.pipeline.exporters[0])
         if isinstance(exporter_cfg, LedgerExporterConfig):
+            ledger_cfg = exporter_cfg
             return (
-                LedgerDbBackend(exporter_cfg.db, exporter_cfg.org_id),
-                LedgerExporter("ledger", exporter_cfg),
+                LedgerDbBackend(ledger_cfg.db, ledger_cfg.org_id),
+                lambda: LedgerExporter("ledger", ledger_cfg),
                 cfg.service.state_dir,
             )
         if isinstance(exporter_cfg, M3terExporterConfig):
@@ -32,20 +37,25 @@ def _backend(config: Path | None, backend_url: str | None, ledger_db: str | None
                     f"{config}: the m3ter exporter sends to m3ter itself (no base_url), and reconcile "
                     "cannot query m3ter's own usage API yet; it needs a ledger (or a backend with the ledger's API)"
                 )
-            tok = exporter_cfg.token.get_secret_value() if exporter_cfg.token else None
+            m3ter_cfg, base = exporter_cfg, exporter_cfg.base_url
+            tok = m3ter_cfg.token.get_secret_value() if m3ter_cfg.token else None
             return (
-                LedgerHttpBackend(exporter_cfg.base_url, exporter_cfg.org_id, tok),
-                M3terExporter("m3ter", exporter_cfg),
+                LedgerHttpBackend(base, m3ter_cfg.org_id, tok),
+                lambda: M3terExporter("m3ter", m3ter_cfg),
                 cfg.service.state_dir,
             )
         raise fail("reconcile needs a backend it can query: a ledger (ledger exporter) or an m3ter-compatible one")
     if backend_url:
-        exporter = M3terExporter("m3ter", M3terExporterConfig(base_url=backend_url, org_id=org, token=token or "none"))
-        return LedgerHttpBackend(backend_url, org, token), exporter, None
+        url = backend_url
+
+        def http_exporter() -> Any:
+            return M3terExporter("m3ter", M3terExporterConfig(base_url=url, org_id=org, token=token or "none"))
+
+        return LedgerHttpBackend(backend_url, org, token), http_exporter, None
     from ..paths import default_ledger_url
 
     db = ledger_db or default_ledger_url()
-    return LedgerDbBackend(db, org), LedgerExporter("ledger", LedgerExporterConfig(db=db, org_id=org)), None
+    return LedgerDbBackend(db, org), lambda: LedgerExporter("ledger", LedgerExporterConfig(db=db, org_id=org)), None
 
 
 def reconcile_cmd(
@@ -63,7 +73,10 @@ def reconcile_cmd(
     ledger_db: Annotated[str | None, typer.Option("--ledger-db")] = None,
     org: Annotated[str, typer.Option("--org")] = "default",
     token: Annotated[str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN")] = None,
-    spool_dir: Annotated[list[Path] | None, typer.Option("--spool-dir", help="live spool(s) to repair from")] = None,
+    spool_dir: Annotated[
+        list[Path] | None,
+        typer.Option("--spool-dir", help="live spool(s): original content to name altered fields and to repair from"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     do_repair: Annotated[
         bool, typer.Option("--repair", help="re-send measurements missing at the backend, then check again")
@@ -72,16 +85,19 @@ def reconcile_cmd(
 ) -> None:
     """Compare what SDKs recorded, what the agent delivered and what the backend holds."""
     from ..audit.backends import ReconcileError
-    from ..audit.reconcile import period_default, reconcile, repair
+    from ..audit.reconcile import period_default, reconcile
+    from ..audit.repair import repair
     from ..audit.report import render
 
     default_start, default_end = period_default()
-    backend, exporter, cfg_state = _backend(config, backend_url, ledger_db, org, token)
+    backend, exporter, cfg_state = backend_for(config, backend_url, ledger_db, org, token)
     directory = state_dir or cfg_state or state_dir_or_default(None)
+    spools = list(spool_dir or [])
+    period = (start or default_start, end or default_end)
     try:
-        report = reconcile(directory, backend, start or default_start, end or default_end, meter, account)
+        report = reconcile(directory, backend, *period, meter, account, spools)
         if do_repair and any(d.kind == "missing_at_backend" for d in report.differences):
-            result = repair(directory, report, backend, exporter, list(spool_dir or []))
+            result = repair(directory, report, exporter(), spools)
             typer.echo(f"repair: re-sent {result.resent:,}, refused {result.refused:,}", err=True)
             for (m, a), n in result.unrecoverable.items():
                 typer.echo(
@@ -89,7 +105,7 @@ def reconcile_cmd(
                     " (keep them with service.retain_segments_hours)",
                     err=True,
                 )
-            report = reconcile(directory, backend, start or default_start, end or default_end, meter, account)
+            report = reconcile(directory, backend, *period, meter, account, spools)
     except ReconcileError as exc:
         raise fail(str(exc), 2) from None
     if html_out is not None:
@@ -101,8 +117,14 @@ def reconcile_cmd(
     raise typer.Exit(1 if report.unexplained else 0)
 
 
+#: uids printed per difference; --json lists them all
+SHOWN_UIDS = 20
+
+
 def _print_report(report: Any) -> None:
-    typer.echo(f"period {report.start} .. {report.end}; journal verified ({report.journal_entries:,} entries)")
+    journal = report.journal
+    trust = "" if journal.get("trusted") == journal.get("entries") else f", {journal.get('trusted', 0):,} proven"
+    typer.echo(f"period {report.start} .. {report.end}; journal read ({journal.get('entries', 0):,} entries{trust})")
     for note in report.notes:
         typer.echo(f"note: {note}")
     if report.empty:
@@ -116,7 +138,8 @@ def _print_report(report: Any) -> None:
             "sdk lost": sum(r.sdk_lost.values()),
             "dead": r.dead_lettered.count,
             "delivered": r.delivered.count,
-            "backend": r.backend.count,
+            "resent": r.resent,
+            "backend": r.backend,
         }
         for r in report.rows
     ]
@@ -126,6 +149,10 @@ def _print_report(report: Any) -> None:
         for d in report.differences:
             mark = "explained  " if d.explained else "UNEXPLAINED"
             typer.echo(f"{mark} {d.kind:<19} {d.meter}/{d.account}: {d.count:,}  {d.detail}")
+            for u in d.uids[:SHOWN_UIDS]:
+                typer.echo(f"    {u['uid'] or '(several)'}  {u['hour']}  {u['detail']}")
+            if len(d.uids) > SHOWN_UIDS:
+                typer.echo(f"    ... and {len(d.uids) - SHOWN_UIDS:,} more (--json lists them all)")
     typer.echo("")
     if report.unexplained:
         typer.echo(f"NOT reconciled: {len(report.unexplained)} unexplained difference(s)")

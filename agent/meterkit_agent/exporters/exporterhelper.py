@@ -13,6 +13,11 @@ delivered and the bad ones are dead-lettered with the backend's reason.
 
 An exporter is called by one delivery thread at a time, so each keeps one
 ``requests.Session`` (connection pooling) without sharing it across threads.
+
+Every ingest request carries the audit journal's head (``X-Meterkit-Journal`` and
+``X-Meterkit-Journal-Head: <seq>:<hash>``) when the pipeline provides it through
+:attr:`IngestExporter.journal_head`: a backend that keeps it (the ledger does) anchors
+the journal off the agent's disk (docs/audit-journal.md).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import email.utils
 import gzip
 import hashlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 import orjson
@@ -33,6 +38,10 @@ from ..component import Misconfigured, Rejected, RetryLater, Settings
 USER_AGENT = "meterkit-agent/0.1"
 
 Outcome = Literal["ok", "retry", "pause", "isolate"]
+
+#: The journal carried on ingest requests: its id, and its head as ``<seq>:<hash>``.
+JOURNAL_HEADER = "X-Meterkit-Journal"
+JOURNAL_HEAD_HEADER = "X-Meterkit-Journal-Head"
 
 #: Statuses that mean "wrong URL or credentials": never the data's fault.
 PAUSE_STATUSES = frozenset({401, 403, 404})
@@ -140,6 +149,8 @@ class IngestExporter:
         self.session = session(**{"Content-Type": "application/json"})
         self.requests_sent = 0
         self.last_answer = ""  # for the audit journal: what the backend said last
+        #: set by the pipeline: (journal id, "<seq>:<hash>") to carry on each request, or None
+        self.journal_head: Callable[[], tuple[str, str] | None] | None = None
 
     def headers(self) -> dict[str, str]:
         return {}
@@ -164,6 +175,9 @@ class IngestExporter:
             "Idempotency-Key": idempotency_key(m["uid"] for m, _ in chunk),
             "Content-Encoding": "gzip",
         }
+        head = self.journal_head() if self.journal_head is not None else None
+        if head is not None:
+            headers[JOURNAL_HEADER], headers[JOURNAL_HEAD_HEADER] = head
         return self._send(body, headers)
 
     def _send(self, body: bytes, headers: dict[str, str]) -> requests.Response:

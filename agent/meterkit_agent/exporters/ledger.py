@@ -1,7 +1,18 @@
-"""Straight into a ledger database: the embedded default, no HTTP in between."""
+"""Straight into a ledger database: the embedded default, no HTTP in between.
+
+The ledger's answer goes into ``last_answer`` (the audit journal records it per batch):
+how many were stored, already stored, and re-sent with different content. A conflicting
+re-send is acknowledged (the first content stored for a uid stands) and logged as a
+warning, since the measurement the application sent is not the one that will be billed.
+The audit journal's head (``journal_head``, set by the pipeline) is recorded as the
+journal's anchor after each ingest, as the ledger's API does for the header an HTTP
+exporter carries (:mod:`..ledger.digests`).
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy.exc
@@ -11,9 +22,12 @@ from meterkit import MeasurementError
 from meterkit._model import validate_wire
 
 from ..component import Factory, Rejected, RetryLater, Settings
+from ..ledger.digests import Digests
 from ..ledger.store import Ledger
 from ..paths import default_ledger_url
 from .exporterhelper import short
+
+logger = logging.getLogger(__name__)
 
 
 class LedgerExporterConfig(Settings):
@@ -27,6 +41,9 @@ class LedgerExporter:
         self.org = cfg.org_id
         self.ledger = Ledger(cfg.db)
         self.last_answer = ""
+        #: set by the pipeline: (journal id, "<seq>:<hash>") to anchor the journal with
+        self.journal_head: Callable[[], tuple[str, str] | None] | None = None
+        self._digests: Digests | None = None
 
     def export(self, records: list[dict[str, Any]]) -> list[Rejected]:
         good, rejected = [], []
@@ -36,10 +53,19 @@ class LedgerExporter:
             except MeasurementError as exc:
                 rejected.append(Rejected(record, f"rejected_by_backend:{exc.reason}", str(exc)))
         try:
-            new, duplicates = self.ledger.ingest(self.org, good)
+            ingested = self.ledger.ingest(self.org, good)
         except sqlalchemy.exc.OperationalError as exc:
             raise RetryLater(f"ledger database: {short(exc.orig or exc)}") from None
-        self.last_answer = f"stored {new}, already stored {duplicates}"
+        self.last_answer = ingested.summary()
+        if ingested.conflicts:
+            logger.warning("meterkit agent: %s: %s", self.name, self.last_answer)
+        head = self.journal_head() if self.journal_head is not None else None
+        if head is not None:
+            try:
+                self._digests = self._digests or Digests(self.ledger)
+                self._digests.record_anchor(self.org, *head)
+            except sqlalchemy.exc.SQLAlchemyError as exc:  # stored all the same; the next batch anchors
+                logger.warning("meterkit agent: %s: could not record the journal anchor: %s", self.name, short(exc))
         return rejected
 
     def shutdown(self) -> None:

@@ -6,9 +6,23 @@
   soon as it passes the limit); gzip or deflate, any other ``Content-Encoding`` is a 415
   (``httpserver.read_body``). A request with
   any bad measurement is refused whole with a 400 naming each bad one by index and uid, so
-  a client can resend the rest; a measurement whose uid is already stored is accepted and
-  ignored (never an error, never a second count).
+  a client can resend the rest. A measurement whose uid is already stored is acknowledged
+  and never counted twice: the first content stored for a uid stands (inside one request,
+  the first occurrence). The answer is m3ter's ``{"result": "accepted"}`` plus the counts
+  ``accepted`` (stored now), ``duplicates`` (re-sent with the same content), ``conflicts``
+  (re-sent with different content, not stored) and ``conflictingUids``.
+- ``GET /organizations/{orgId}/conflicts?uid=&limit=``: those conflicting re-sends, each
+  with the digest of the content that stands, the refused content and when it was seen.
 - ``GET /organizations/{orgId}/usage``: aggregations per account, bucket and segment.
+  ``from`` and ``to`` are instants in any ISO 8601 spelling with an offset, or dates
+  (midnight UTC), compared as instants, ``[from, to)`` (:mod:`.instants`). Values are
+  exact (:mod:`.exact`): each is a JSON number literal holding the exact decimal, an
+  integer when whole; parse numbers as decimals to keep them exact (Python:
+  ``json.loads(text, parse_float=Decimal)``). A bad parameter (a time that is not one, a
+  ``quantityPerUnit`` outside [1e-9, 1e18], an unknown aggregation) is a 400 naming it;
+  with a catalog, so is a meter or field it does not have. An organisation or meter with
+  nothing stored answers an empty ``data`` and a ``notes`` entry saying so: organisations
+  are not provisioned here, one exists once something is stored for it.
 - ``GET /health``.
 """
 
@@ -25,10 +39,13 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from meterkit import Catalog
+from meterkit import Catalog, MeasurementError
+from meterkit._model import check_org
 
 from ..httpserver import BodyError, bearer_ok, json_response, read_body, validate_items
-from .queries import UsageQuery
+from .digests import register as register_reconciliation
+from .exact import json_value
+from .queries import QueryError, UsageQuery, catalog_problems
 from .store import Ledger
 
 MAX_MEASUREMENTS = 1_000
@@ -101,6 +118,10 @@ def create_app(
     @app.post("/organizations/{org_id}/measurements", dependencies=auth)
     async def ingest(org_id: str, request: Request) -> Response:
         try:
+            check_org(org_id)
+        except MeasurementError as exc:
+            return _error(400, exc.problem.message)
+        try:
             body = await read_body(request, MAX_REQUEST_BYTES)
         except BodyError as exc:
             return _error(exc.status, exc.message, headers=exc.headers)
@@ -116,8 +137,8 @@ def create_app(
         good, errors = validate_items(items, catalog)
         if errors:
             return _error(400, f"{len(errors)} of {len(items)} measurements are invalid; none were stored", errors)
-        new, duplicates = await _run(ledger.ingest, org_id, good)
-        return json_response({"result": "accepted", "accepted": new, "duplicates": duplicates})
+        ingested = await _run(ledger.ingest, org_id, good)
+        return json_response({"result": "accepted", **ingested.answer()})
 
     @app.get("/organizations/{org_id}/usage", dependencies=auth)
     async def usage(
@@ -130,9 +151,11 @@ def create_app(
         field: str | None = None,
         bucket: str | None = None,
         group_by: Annotated[list[str] | None, Query(alias="groupBy")] = None,
-        quantity_per_unit: Annotated[float, Query(alias="quantityPerUnit")] = 1.0,
+        quantity_per_unit: Annotated[str, Query(alias="quantityPerUnit")] = "1",
         rounding: str = "NONE",
     ) -> Response:
+        """Aggregated usage. Each ``value`` is an exact JSON number literal (see the module's
+        docstring); a bad parameter is a 400 that names it."""
         query = UsageQuery(
             meter=meter,
             account=account,
@@ -145,11 +168,20 @@ def create_app(
             quantity_per_unit=quantity_per_unit,
             rounding=rounding.upper(),
         )
+        problems = catalog_problems(query, catalog) if catalog is not None else []
         try:
-            data = await _run(ledger.usage, org_id, query)
-        except ValueError as exc:
-            return _error(400, str(exc))
-        return json_response({"data": data})
+            query.checked()
+        except QueryError as exc:
+            problems.extend(exc.problems)
+        if problems:
+            return _error(400, "; ".join(problems))
+        data = await _run(ledger.usage, org_id, query)
+        answer: dict[str, Any] = {"data": [{**row, "value": json_value(row["value"])} for row in data]}
+        if not data:
+            why = await _run(ledger.absent, org_id, meter)
+            if why is not None:
+                answer["notes"] = [why]
+        return json_response(answer)
 
     @app.get("/organizations/{org_id}/uids", dependencies=auth)
     async def list_uids(
@@ -159,7 +191,33 @@ def create_app(
         start: Annotated[str | None, Query(alias="from")] = None,
         end: Annotated[str | None, Query(alias="to")] = None,
     ) -> Response:
-        return json_response({"uids": await _run(ledger.uids, org_id, meter, account, start, end)})
+        try:
+            uids = await _run(ledger.uids, org_id, meter, account, start, end)
+        except QueryError as exc:
+            return _error(400, str(exc))
+        return json_response({"uids": uids})
+
+    @app.get("/organizations/{org_id}/conflicts", dependencies=auth)
+    async def list_conflicts(
+        org_id: str, uid: str | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
+    ) -> Response:
+        """Re-sends of a stored uid with different content, oldest first. The first content
+        stored for a uid stands; these were acknowledged and not stored."""
+        found = await _run(ledger.conflicts, org_id, uid, limit)
+        return json_response(
+            {
+                "conflicts": [
+                    {
+                        "uid": c["uid"],
+                        "firstHash": c["first_hash"],
+                        "otherHash": c["other_hash"],
+                        "other": c["other"],
+                        "seenAt": c["seen_at"],
+                    }
+                    for c in found
+                ]
+            }
+        )
 
     @app.get("/organizations/{org_id}/measurements/{uid}", dependencies=auth)
     async def get_measurement(org_id: str, uid: str) -> Response:
@@ -168,6 +226,7 @@ def create_app(
             return _error(404, f"no measurement with uid {uid!r}")
         return json_response(found)
 
+    register_reconciliation(app, ledger, auth)  # digests, uid listings and journal anchors
     return app
 
 

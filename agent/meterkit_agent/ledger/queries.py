@@ -1,140 +1,237 @@
 """Usage queries: m3ter's aggregations (SUM, MIN, MAX, COUNT, LATEST, MEAN, UNIQUE) per
 account, bucket and group fields, with ``quantityPerUnit`` and rounding.
 
-The store streams the rows a query selects; this module folds them in Python, which keeps
-the SQL identical on SQLite and PostgreSQL.
+The store selects a query's rows by instant in SQL (``ts_ms``, see :mod:`.instants`) and
+streams them here, oldest first; this module folds them in Python with exact arithmetic
+(:mod:`.exact`), so the SQL is the same on SQLite and PostgreSQL and so is every answer.
+Buckets are UTC hours, days and calendar months of each row's instant. A group exists only
+where a row was folded into it: MEAN, MIN and MAX never answer for nothing.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
-from typing import Any
+from decimal import Decimal
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
 
 from meterkit._model import NUMERIC_CATEGORIES, STRING_CATEGORIES
 
+from .exact import EXACT, ROUNDINGS, Number, exact, per_unit, to_units
+from .instants import DAY_MS, HOUR_MS, InstantError, iso, month_start_ms, parse_instant
+
+if TYPE_CHECKING:
+    from meterkit import Catalog
+
 AGGREGATIONS = ("SUM", "MIN", "MAX", "COUNT", "LATEST", "MEAN", "UNIQUE")
-ROUNDINGS = ("NONE", "UP", "DOWN", "NEAREST")
-BUCKETS = {"hour": 13, "day": 10, "month": 7}
+#: the aggregations of numbers (MEASURE, INCOME, COST fields)
+NUMERIC_AGGREGATIONS = ("SUM", "MIN", "MAX", "MEAN")
+BUCKETS = ("hour", "day", "month")
+
+
+class QueryError(ValueError):
+    """A query the ledger refuses; ``problems`` names each thing wrong with it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 @dataclass(frozen=True)
 class UsageQuery:
     meter: str
     account: str | None = None
-    start: str | None = None  # inclusive, ISO 8601 UTC
+    start: str | None = None  # inclusive; an instant as .instants accepts it
     end: str | None = None  # exclusive
     aggregation: str = "SUM"
     target: str | None = None  # field code; optional for COUNT
     bucket: str | None = None  # hour | day | month
     group_by: Sequence[str] = field(default_factory=tuple)
-    quantity_per_unit: float = 1.0
+    quantity_per_unit: Decimal | int | float | str = 1  # text is read as a decimal
     rounding: str = "NONE"
 
-    def problems(self) -> list[str]:
+    def checked(self) -> Plan:
+        """The query with its period as instants and its unit as a decimal. Raises
+        :class:`QueryError` naming every problem at once."""
         out = []
         if self.aggregation not in AGGREGATIONS:
-            out.append(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
+            out.append(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r:.40}")
         if self.aggregation != "COUNT" and not self.target:
-            out.append(f"{self.aggregation} needs a target field")
+            out.append(f"{self.aggregation:.40} needs a target field")
         if self.bucket is not None and self.bucket not in BUCKETS:
-            out.append(f"bucket must be one of {', '.join(BUCKETS)}")
+            out.append(f"bucket must be one of {', '.join(BUCKETS)}, got {self.bucket!r:.40}")
         if self.rounding not in ROUNDINGS:
-            out.append(f"rounding must be one of {', '.join(ROUNDINGS)}")
-        if not (self.quantity_per_unit > 0 and math.isfinite(self.quantity_per_unit)):
-            out.append("quantityPerUnit must be a positive number")
-        return out
+            out.append(f"rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r:.40}")
+        unit = Decimal(1)
+        start_ms = end_ms = None
+        try:
+            unit = per_unit(self.quantity_per_unit)
+        except ValueError as exc:
+            out.append(str(exc))
+        try:
+            start_ms, end_ms = period(self.start, self.end)
+        except QueryError as exc:
+            out.extend(exc.problems)
+        if out:
+            raise QueryError(out)
+        return Plan(self, start_ms, end_ms, unit)
 
 
-class _Acc:
-    """Folds values for one aggregation."""
+@dataclass(frozen=True)
+class Plan:
+    """A checked query: its period ``[start_ms, end_ms)`` in UTC milliseconds (None: open)."""
 
-    __slots__ = ("count", "latest", "latest_ts", "max", "min", "sum", "unique")
+    query: UsageQuery
+    start_ms: int | None
+    end_ms: int | None
+    unit: Decimal
 
-    def __init__(self) -> None:
+
+def period(
+    start: str | None, end: str | None, names: tuple[str, str] = ("from", "to")
+) -> tuple[int | None, int | None]:
+    """``from`` and ``to`` as whole UTC milliseconds (see :mod:`.instants`). Raises
+    :class:`QueryError` naming each bad bound (by ``names``), or an empty period."""
+    bounds: list[int | None] = []
+    problems = []
+    for text, name in zip((start, end), names, strict=True):
+        try:
+            bounds.append(None if text is None else parse_instant(text, name))
+        except InstantError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise QueryError(problems)
+    lo, hi = bounds
+    if lo is not None and hi is not None and lo >= hi:
+        raise QueryError([f"empty period: {names[0]} {start} is not before {names[1]} {end}"])
+    return (None if lo is None else -(-lo // 1_000_000)), (None if hi is None else -(-hi // 1_000_000))
+
+
+def catalog_problems(q: UsageQuery, catalog: Catalog) -> list[str]:
+    """What a query names that the catalog does not have: its meter, its field, a groupBy
+    field, or a field of the wrong kind for its aggregation."""
+    meter = catalog.meters.get(q.meter)
+    if meter is None:
+        return [f"meter {q.meter!r:.90} is not in the catalog {catalog.source}"]
+    out = []
+    for name, code in (("field", q.target), *(("groupBy", g) for g in q.group_by)):
+        if code is None:
+            continue
+        category = meter.wire_categories.get(code)
+        if category is None:
+            out.append(f"{name}: meter {q.meter!r} has no field {code!r:.90}")
+        elif name == "field" and q.aggregation in NUMERIC_AGGREGATIONS and category not in NUMERIC_CATEGORIES:
+            out.append(
+                f"field: {code!r} is a {category.upper()} field of meter {q.meter!r};"
+                f" {q.aggregation} needs a MEASURE, INCOME or COST field"
+            )
+    return out
+
+
+class _Fold:
+    """Folds one group's values for one aggregation, exactly."""
+
+    __slots__ = ("aggregation", "count", "decimals", "high", "ints", "latest", "latest_ms", "low", "unique")
+
+    def __init__(self, aggregation: str) -> None:
+        self.aggregation = aggregation
         self.count = 0
-        self.sum = 0.0
-        self.min = math.inf
-        self.max = -math.inf
+        self.ints = 0  # integers sum as integers: exact and fast
+        self.decimals = Decimal(0)  # floats, as the decimals they were written as
+        self.low: Number | None = None
+        self.high: Number | None = None
         self.latest: Any = None
-        self.latest_ts = ""
+        self.latest_ms = 0
         self.unique: set[Any] = set()
 
-    def add(self, value: Any, ts: str) -> None:
+    def add(self, value: Any, ts_ms: int) -> None:
         self.count += 1
-        if isinstance(value, int | float):
-            self.sum += value
-            self.min = min(self.min, value)
-            self.max = max(self.max, value)
-        else:
-            self.unique.add(value)
-        if ts >= self.latest_ts:
-            self.latest, self.latest_ts = value, ts
-
-    def result(self, aggregation: str) -> Any:
+        aggregation = self.aggregation
         if aggregation == "COUNT":
-            return self.count
+            return
         if aggregation == "UNIQUE":
-            return len(self.unique)
-        if aggregation == "SUM":
-            return self.sum
-        if aggregation == "MEAN":
-            return self.sum / self.count if self.count else None
-        if aggregation == "MIN":
-            return self.min if self.count else None
-        if aggregation == "MAX":
-            return self.max if self.count else None
-        return self.latest
+            self.unique.add(value)
+        elif aggregation == "LATEST":
+            if self.count == 1 or ts_ms >= self.latest_ms:  # rows arrive by (ts_ms, uid): ties go to the later uid
+                self.latest, self.latest_ms = value, ts_ms
+        elif aggregation in ("SUM", "MEAN"):
+            if type(value) is int:
+                self.ints += value
+            else:
+                self.decimals = EXACT.add(self.decimals, Decimal(repr(value)))
+        else:
+            number = exact(value)
+            if self.low is None or number < self.low:
+                self.low = number
+            if self.high is None or number > self.high:
+                self.high = number
+
+    def result(self) -> Fraction | str:
+        """The exact result, or a LATEST that is a string."""
+        aggregation = self.aggregation
+        if aggregation == "COUNT":
+            return Fraction(self.count)
+        if aggregation == "UNIQUE":
+            return Fraction(len(self.unique))
+        if aggregation in ("SUM", "MEAN"):
+            total = Fraction(self.ints) + Fraction(self.decimals)
+            return total if aggregation == "SUM" else total / self.count
+        chosen = {"MIN": self.low, "MAX": self.high}.get(aggregation, self.latest)
+        if isinstance(chosen, str):
+            return chosen
+        return Fraction(exact(chosen))
 
 
-def to_units(value: Any, per_unit: float, rounding: str) -> Any:
-    """m3ter's quantityPerUnit and rounding: how many billable units a value is."""
-    if value is None or not isinstance(value, int | float):
-        return value
-    units = Decimal(str(value)) / Decimal(str(per_unit))
-    if rounding == "NONE":
-        result = float(units)
-    else:
-        mode = {"UP": ROUND_CEILING, "DOWN": ROUND_FLOOR, "NEAREST": ROUND_HALF_UP}[rounding]
-        result = float(units.quantize(Decimal(1), rounding=mode))
-    return int(result) if result.is_integer() else result
-
-
-def aggregate(rows: Iterable[dict[str, Any]], q: UsageQuery) -> list[dict[str, Any]]:
-    """Fold the measurements a query selected into its answer rows, sorted by key."""
-    cut = BUCKETS.get(q.bucket or "", 0)
-    groups: dict[tuple[Any, ...], _Acc] = {}
-    for m in rows:
+def aggregate(rows: Iterable[tuple[int, dict[str, Any]]], plan: Plan) -> list[dict[str, Any]]:
+    """Fold the ``(ts_ms, measurement)`` rows a query selected into its answer rows,
+    sorted by account, bucket and group values. Values are ``int``, ``Decimal`` (exact) or,
+    for LATEST of a string field, ``str``."""
+    q = plan.query
+    numeric = q.aggregation in NUMERIC_AGGREGATIONS
+    bucket_of = _bucketer(q.bucket)
+    groups: dict[tuple[Any, ...], _Fold] = {}
+    for ts_ms, m in rows:
         value: Any = 1
         if q.target:
-            value = _find(m, q.target, numeric=q.aggregation not in ("UNIQUE", "COUNT", "LATEST"))
-            if value is None:
+            value = _find(m, q.target, numeric)
+            if value is None or (numeric and (type(value) is not int and type(value) is not float)):
                 continue
-        key = (m["account"], m["ts"][:cut] if cut else None, *(_find(m, g, numeric=False) for g in q.group_by))
-        acc = groups.get(key)
-        if acc is None:
-            acc = groups[key] = _Acc()
-        acc.add(value, m["ts"])
+        key = (m["account"], bucket_of(ts_ms), *(_find(m, g, numeric=False) for g in q.group_by))
+        fold = groups.get(key)
+        if fold is None:
+            fold = groups[key] = _Fold(q.aggregation)
+        fold.add(value, ts_ms)
     out = []
-    for key in sorted(groups, key=lambda k: tuple("" if v is None else str(v) for v in k)):
+    for key in sorted(groups, key=lambda k: (k[0], k[1], *("" if v is None else str(v) for v in k[2:]))):
         row: dict[str, Any] = {"meter": q.meter, "account": key[0]}
-        if cut:
-            row["bucket"] = _bucket_start(key[1], q.bucket or "")
-        for name, value in zip(q.group_by, key[2:], strict=True):
-            row[name] = value
-        row["value"] = _json_exact(to_units(groups[key].result(q.aggregation), q.quantity_per_unit, q.rounding))
+        if q.bucket:
+            row["bucket"] = iso(key[1])
+        for name, group_value in zip(q.group_by, key[2:], strict=True):
+            row[name] = group_value
+        result = groups[key].result()
+        row["value"] = result if isinstance(result, str) else to_units(result, plan.unit, q.rounding)
         out.append(row)
     return out
 
 
-def _json_exact(value: Any) -> Any:
-    """A whole number past 64 bits (a sum can get there) as its decimal digits: JSON codecs
-    stop at 64 bits, and the exact figure matters more than its type."""
-    if type(value) is int and not -(2**63) <= value < 2**63:
-        return str(value)
-    return value
+def _bucketer(bucket: str | None) -> Callable[[int], int]:
+    if bucket == "hour":
+        return lambda ms: ms - ms % HOUR_MS
+    if bucket == "day":
+        return lambda ms: ms - ms % DAY_MS
+    if bucket == "month":
+        months: dict[int, int] = {}  # day number -> the month's first millisecond
+
+        def month(ms: int) -> int:
+            day = ms // DAY_MS
+            start = months.get(day)
+            if start is None:
+                start = months[day] = month_start_ms(ms)
+            return start
+
+        return month
+    return lambda ms: 0
 
 
 def _find(m: dict[str, Any], code: str, numeric: bool) -> Any:
@@ -143,11 +240,3 @@ def _find(m: dict[str, Any], code: str, numeric: bool) -> Any:
         if values and code in values:
             return values[code]
     return None
-
-
-def _bucket_start(prefix: str, bucket: str) -> str:
-    if bucket == "hour":
-        return prefix + ":00:00.000Z"
-    if bucket == "day":
-        return prefix + "T00:00:00.000Z"
-    return prefix + "-01T00:00:00.000Z"

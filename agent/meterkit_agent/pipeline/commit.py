@@ -5,6 +5,11 @@ checkpoint file follows.
 A crash before the journal append replays the batch; after it, the journal says where to
 resume. The checkpoint never passes a record that was neither acknowledged nor
 dead-lettered.
+
+Each ``delivery`` entry's totals carry, per (meter, account, hour), the content digest of
+what was delivered (:mod:`..contentdigest`): one sha256 of each measurement's JSON, the
+same hash the ledger stores, so reconciliation compares measurement by measurement and
+not only totals.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from meterkit._model import tally
+from meterkit._model import content_hash, tally
 from meterkit._timefmt import wire_ts_ns
 
 from ..audit.journal import Journal, compress_uids, uid_digest
 from ..component import Rejected
+from ..contentdigest import bucket_of, fold
 from ..exporters.exporterhelper import idempotency_key
 from .checkpoint import Checkpoint
 from .deadletters import DeadLetters
@@ -62,7 +68,7 @@ class Committer:
                 "idempotency_key": idempotency_key(delivered_uids),
                 "uid_digest": uid_digest(delivered_uids),
                 "count": len(delivered),
-                "totals": tally(delivered),
+                "totals": delivery_totals(delivered),
                 "sources": [
                     {"segment": seg, "writer": writer, "uids": compress_uids(u for u in uids if u in delivered_uids)}
                     for seg, (writer, uids) in p.sources.items()
@@ -94,6 +100,17 @@ class Committer:
         for m in delivered:
             with contextlib.suppress(KeyError, ValueError):
                 self.metrics.latency.record(max(0.0, (now - wire_ts_ns(m["ts"])) / 1e9))
+
+
+def delivery_totals(delivered: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`meterkit._model.tally` of a delivered batch, each bucket with its content digest."""
+    hashes: dict[tuple[str, str, str], list[str]] = {}
+    for m in delivered:
+        hashes.setdefault(bucket_of(m), []).append(content_hash(m))
+    totals = tally(delivered)
+    for row in totals:
+        row.update(fold(hashes[(row["meter"], row["account"], row["hour"])]).as_json())
+    return totals
 
 
 def dead_letter_entry(rejected: list[Rejected], broken: list[tuple[Any, str, str, str]]) -> dict[str, Any]:

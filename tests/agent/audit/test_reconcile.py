@@ -7,95 +7,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import sqlite3
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 import meterkit
-from tests.agent.conftest import TOKEN, LedgerServer, Proc, cli_cmd, start_ledger, wait_for
-from tests.conftest import CATALOG
-
-PERIOD = ("--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z")
-
-
-class Scenario:
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp = tmp_path
-        self.spool = tmp_path / "spool"
-        self.state = tmp_path / "agent-state"
-        self.ledger: LedgerServer = start_ledger(tmp_path / "ledger", extra=("--catalog", str(CATALOG)))
-        self.config = tmp_path / "agent.yaml"
-        self.config.write_text(
-            f"""
-receivers: {{spool: {{directory: {self.spool}, poll_interval_millis: 50}}}}
-processors: {{validate: {{}}, batch: {{max_measurements: 100, timeout_millis: 50}}}}
-exporters:
-  m3ter: {{base_url: "{self.ledger.url}", org_id: test-org, token: {TOKEN}, retry: {{initial_interval_millis: 20, max_interval_millis: 200}}}}
-service: {{state_dir: {self.state}, retain_segments_hours: 1, pipelines: {{usage: {{receivers: [spool], processors: [validate, batch], exporters: [m3ter]}}}}}}
-"""
-        )
-        self.agent: Proc | None = None
-
-    def record(self) -> dict[str, int]:
-        client = meterkit.Client(spool_dir=self.spool, flush_interval_millis=20)
-        expected = {"acme": 0, "globex": 0}
-        for i in range(300):
-            account = "acme" if i % 3 else "globex"
-            client.record("data_downloaded", account=account, measure={"bytes": i}, who={"user": f"u{i % 4}"})
-            expected[account] += 1
-        client.record("data_downloaded", account="acme", measure={"bytes": float("nan")})  # lost in the SDK
-        client.record("unknown_meter", account="acme", measure={"n": 1})  # refused by the ledger
-        client.record("unknown_meter", account="acme", measure={"n": 2})
-        assert client.shutdown(10)
-        return expected
-
-    def start_agent(self) -> None:
-        log = self.tmp / "agent.log"
-        before = log.read_text().count("started") if log.exists() else 0
-        self.agent = Proc(cli_cmd("agent", "run", "--config", str(self.config), "-v"), log).start()
-        wait_for(lambda: log.read_text().count("started") > before, what="agent start")
-
-    def stop_agent(self) -> None:
-        if self.agent is not None and self.agent.alive():
-            assert self.agent.kill(signal.SIGTERM) == 0
-        self.agent = None
-
-    def deliver(self) -> None:
-        self.start_agent()
-        wait_for(lambda: self.ledger.count() >= 300, timeout=60, what="delivery")
-        wait_for(lambda: not list(self.spool.glob("*.mks")), timeout=30, what="retirement")
-        self.stop_agent()
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(cli_cmd(*args), capture_output=True, text=True, timeout=120, check=False)
-
-    def reconcile(self, *extra: str) -> tuple[int, dict[str, Any], str]:
-        done = self.cli("reconcile", "--config", str(self.config), *PERIOD, "--json", *extra)
-        assert "Traceback" not in done.stderr, done.stderr
-        return done.returncode, (json.loads(done.stdout) if done.stdout.strip() else {}), done.stderr
-
-    def ledger_db(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.tmp / "ledger" / "ledger.db")
-
-    def close(self) -> None:
-        self.stop_agent()
-        self.ledger.proc.kill()
-
-
-@pytest.fixture
-def scenario(tmp_path: Path) -> Any:
-    s = Scenario(tmp_path)
-    yield s
-    s.close()
-
-
-def kinds(report: dict[str, Any]) -> set[tuple[str, str, int, bool]]:
-    return {(d["kind"], d["account"], d["count"], d["explained"]) for d in report["differences"]}
+from tests.agent.audit.conftest import PERIOD, Scenario, kinds, named
+from tests.agent.conftest import TOKEN, wait_for
 
 
 def test_clean_run_reconciles_with_only_explained_differences(scenario: Scenario) -> None:
@@ -107,7 +27,7 @@ def test_clean_run_reconciles_with_only_explained_differences(scenario: Scenario
     assert rows[("data_downloaded", "acme")]["recorded"] == expected["acme"]
     assert rows[("data_downloaded", "acme")]["backend"] == expected["acme"]
     assert rows[("data_downloaded", "globex")]["delivered"] == expected["globex"]
-    assert rows[("data_downloaded", "acme")]["delivered_sums"] == rows[("data_downloaded", "acme")]["backend_sums"]
+    assert rows[("data_downloaded", "acme")]["resent"] == 0
     assert kinds(report) == {
         ("dropped_in_sdk", "acme", 1, True),  # NaN, refused by the SDK
         ("dead_lettered", "acme", 2, True),  # unknown meter, refused by the ledger
@@ -129,10 +49,8 @@ def test_injected_discrepancies_are_found_and_named(scenario: Scenario) -> None:
     assert code == 1 and report["reconciled"] is False
     found = kinds(report)
     assert ("missing_at_backend", "acme", 3, False) in found
-    assert any(
-        d["kind"] == "value_mismatch" and d["account"] == "globex" and "measure.bytes" in d["detail"]
-        for d in report["differences"]
-    )
+    assert set(named(report, "missing_at_backend")) == set(acme[:3])
+    assert "measure.bytes" in named(report, "altered")[body["uid"]]
 
     with scenario.ledger_db() as db:  # a measurement the agent never delivered
         extra = {**body, "uid": "intruder-1", "account": "acme"}
@@ -141,7 +59,9 @@ def test_injected_discrepancies_are_found_and_named(scenario: Scenario) -> None:
             (extra["ts"], json.dumps(extra)),
         )
     _, report, _ = scenario.reconcile()
-    assert ("missing_at_backend", "acme", 2, False) in kinds(report)  # 3 missing, 1 intruder: net 2
+    # Named each, not netted: 3 missing and 1 intruder are not "2 missing".
+    assert ("missing_at_backend", "acme", 3, False) in kinds(report)
+    assert set(named(report, "extra_at_backend")) == {"intruder-1"}
 
     with scenario.ledger_db() as db:
         db.execute("DELETE FROM measurements WHERE uid='intruder-1'")
@@ -154,7 +74,8 @@ def test_injected_discrepancies_are_found_and_named(scenario: Scenario) -> None:
             (body["ts"], json.dumps({**body, "uid": "dup-1"})),
         )
     _, report, _ = scenario.reconcile()
-    assert ("duplicated", "globex", 1, False) in kinds(report)
+    assert ("extra_at_backend", "globex", 1, False) in kinds(report)
+    assert named(report, "altered") == {}  # restored to what was delivered
 
     # --repair re-sends the missing ones from retained segments, with their original uids.
     with scenario.ledger_db() as db:
@@ -177,7 +98,7 @@ def test_repair_says_when_segments_are_gone(scenario: Scenario) -> None:
         db.execute("DELETE FROM measurements WHERE uid IN (SELECT uid FROM measurements WHERE account='acme' LIMIT 2)")
     code, report, err = scenario.reconcile("--repair")
     assert code == 1 and "cannot be re-sent: their spool segments are gone" in err
-    assert ("missing_at_backend", "acme", 2, False) in kinds(report)
+    assert ("missing_at_backend", "acme", 2, False) in kinds(report) and len(named(report, "missing_at_backend")) == 2
 
 
 def test_journal_tampering_is_detected_and_never_reconciles(scenario: Scenario) -> None:
@@ -205,8 +126,10 @@ def test_journal_tampering_is_detected_and_never_reconciles(scenario: Scenario) 
     assert "line 2" in broken([lines[0], lines[2], lines[1], *lines[3:]])
     assert "removed from the end" in broken(lines[:-1])
     assert "truncated" in broken([*lines[:-1], lines[-1][:20]])
-    code, report, err = scenario.reconcile()
-    assert code == 2 and "journal" in err and "broken" in err and not report
+    # A broken journal is itself an unexplained difference; what it no longer proves is
+    # reconciled as never written.
+    code, report, _ = scenario.reconcile()
+    assert code == 1 and any(d["kind"] == "journal_broken" for d in report["differences"])
 
 
 def test_trace_one_measurement(scenario: Scenario) -> None:

@@ -4,6 +4,7 @@ de-duplication by uid, clear 400s, limits, and usage queries on SQLite and Postg
 from __future__ import annotations
 
 import gzip
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from meterkit_agent.ledger import Ledger, UsageQuery
+from meterkit_agent.ledger import Ingested, Ledger, UsageQuery
 from meterkit_agent.ledger.api import create_app
 from tests.agent.conftest import TOKEN, LedgerServer, start_ledger
 
@@ -37,7 +38,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
     url = f"sqlite:///{tmp_path / 'l.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     ledger = Ledger(url)
     with ledger.engine.begin() as conn:
-        conn.exec_driver_sql("DELETE FROM measurements")
+        conn.exec_driver_sql("DELETE FROM measurements WHERE org IN ('org', 'other-org')")
     ledger.ingest("org", SAMPLE)
     return ledger
 
@@ -47,11 +48,11 @@ def usage(store: Ledger, **kw: Any) -> list[dict[str, Any]]:
 
 
 def test_resending_never_changes_a_total(store: Ledger) -> None:
-    assert store.ingest("org", SAMPLE) == (0, len(SAMPLE))
-    assert store.ingest("org", [SAMPLE[0], SAMPLE[0]]) == (0, 2)
+    assert store.ingest("org", SAMPLE) == Ingested(0, len(SAMPLE))
+    assert store.ingest("org", [SAMPLE[0], SAMPLE[0]]) == Ingested(0, 2)
     assert [r["value"] for r in usage(store, target="bytes")] == [1450, 14]
     assert store.count("org") == 6
-    assert store.ingest("other-org", SAMPLE[:1]) == (1, 0)  # uids are per organisation
+    assert store.ingest("other-org", SAMPLE[:1]) == Ingested(1, 0)  # uids are per organisation
 
 
 @pytest.mark.parametrize(
@@ -62,7 +63,7 @@ def test_resending_never_changes_a_total(store: Ledger) -> None:
         ("MAX", "bytes", {"acme": 1000, "globex": 7}),
         ("COUNT", None, {"acme": 4, "globex": 2}),
         ("LATEST", "bytes", {"acme": 1000, "globex": 7}),
-        ("MEAN", "bytes", {"acme": 362.5, "globex": 7}),
+        ("MEAN", "bytes", {"acme": Decimal("362.5"), "globex": 7}),
         ("UNIQUE", "user", {"acme": 2, "globex": 1}),
         ("UNIQUE", "req", {"acme": 0, "globex": 2}),
     ],
@@ -98,14 +99,14 @@ def test_buckets_groups_and_time_range(store: Ledger) -> None:
     ("per_unit", "rounding", "expected"),
     [
         (1, "NONE", 1450),
-        (1000, "NONE", 1.45),
+        (1000, "NONE", Decimal("1.45")),
         (1000, "UP", 2),
         (1000, "DOWN", 1),
         (1000, "NEAREST", 1),
         (100, "NEAREST", 15),
     ],
 )
-def test_quantity_per_unit_and_rounding(store: Ledger, per_unit: float, rounding: str, expected: float) -> None:
+def test_quantity_per_unit_and_rounding(store: Ledger, per_unit: int, rounding: str, expected: Decimal) -> None:
     [row] = usage(store, account="acme", target="bytes", quantity_per_unit=per_unit, rounding=rounding)
     assert row["value"] == expected
 

@@ -1,0 +1,46 @@
+"""One ledger per module and database (SQLite, PostgreSQL), shared by a module's tests and
+examples; each test writes into organisations of its own, so nothing needs emptying."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from meterkit_agent.ledger import Ledger
+from meterkit_agent.ledger.api import create_app
+from tests.agent.conftest import TOKEN
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+_orgs = itertools.count()
+
+
+def ledger_url(kind: str, request: pytest.FixtureRequest, folder: Path) -> str:
+    return f"sqlite:///{folder / 'ledger.db'}" if kind == "sqlite" else str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def shared_ledger(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
+    ledger = Ledger(ledger_url(request.param, request, tmp_path_factory.mktemp("ledger")))
+    yield ledger
+    ledger.close()
+
+
+@pytest.fixture(scope="module")
+def shared_api(shared_ledger: Ledger) -> TestClient:
+    return TestClient(create_app(shared_ledger, token=TOKEN))
+
+
+def fresh_org() -> str:
+    """An organisation no other test or example writes to (the PostgreSQL server is one
+    per session)."""
+    return f"t{next(_orgs)}-{uuid.uuid4().hex[:8]}"
+
+
+def measurement(uid: str, ts: str, account: str = "acme", meter: str = "downloads", **fields: Any) -> dict[str, Any]:
+    return {"uid": uid, "meter": meter, "account": account, "ts": ts, **fields}
