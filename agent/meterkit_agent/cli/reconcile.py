@@ -84,16 +84,26 @@ def reconcile_cmd(
     html_out: Annotated[Path | None, typer.Option("--html", help="also write a self-contained HTML report")] = None,
 ) -> None:
     """Compare what SDKs recorded, what the agent delivered and what the backend holds."""
+    from meterkit._timefmt import iso_ms
+
     from ..audit.backends import ReconcileError
     from ..audit.reconcile import period_default, reconcile
     from ..audit.repair import repair
     from ..audit.report import render
+    from ..ledger.instants import InstantError, parse_instant
 
     default_start, default_end = period_default()
     backend, exporter, cfg_state = backend_for(config, backend_url, ledger_db, org, token)
     directory = state_dir or cfg_state or state_dir_or_default(None)
     spools = list(spool_dir or [])
-    period = (start or default_start, end or default_end)
+    try:
+        # The same spellings, and the same instants, as the ledger API and `meterkit usage`.
+        period = (
+            iso_ms(parse_instant(start, "--from")) if start else default_start,
+            iso_ms(parse_instant(end, "--to")) if end else default_end,
+        )
+    except InstantError as exc:
+        raise fail(f"bad period: {exc}", 2) from None
     try:
         report = reconcile(directory, backend, *period, meter, account, spools)
         if do_repair and any(d.kind == "missing_at_backend" for d in report.differences):

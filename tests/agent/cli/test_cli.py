@@ -129,3 +129,22 @@ def test_backfill_jsonl_reports_bad_json(tmp_path: Path) -> None:
     done = cli("backfill", str(source), "--meter", "m", "--spool-dir", str(tmp_path / "s"))
     assert done.returncode == 1 and f"{source}:2:" in done.stderr
     assert "1 measurement(s) spooled, 1 rejected" in done.stdout
+
+
+def test_reconcile_reads_periods_as_the_ledger_does(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    refused = cli("reconcile", "--from", "yesterday", "--ledger-db", db, "--state-dir", str(tmp_path))
+    assert refused.returncode == 2 and "--from: 'yesterday' is not an ISO 8601 date-time" in refused.stderr
+    # A date alone and an offset both read as instants: the run gets past the period to the journal.
+    later = cli(
+        "reconcile",
+        "--from",
+        "2026-11-01",
+        "--to",
+        "2026-11-02T00:00:00+01:00",
+        "--ledger-db",
+        db,
+        "--state-dir",
+        str(tmp_path / "none"),
+    )
+    assert later.returncode == 2 and "journal" in later.stderr and "--from" not in later.stderr
