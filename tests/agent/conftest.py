@@ -26,6 +26,20 @@ import requests
 TOKEN = "test-token-4f9a"
 
 
+#: A meter whose derived fields poison a record on demand: ``big`` passes 64 bits for
+#: n >= 5, ``huge`` is infinite for n >= 2e8.
+POISON_CATALOG = """
+meters:
+  - code: jobs
+    name: Jobs
+    data_fields:
+      - {code: n, name: Units, category: MEASURE}
+    derived_fields:
+      - {code: big, name: Big, category: MEASURE, calculation: "n ^ 30"}
+      - {code: huge, name: Huge, category: MEASURE, calculation: "n * 1e300"}
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,6 +20,7 @@ import pytest
 import meterkit
 from meterkit._spool import KIND_CONTROL, KIND_MEASUREMENT, SegmentWriter, encode_frame
 from tests.agent.conftest import (
+    POISON_CATALOG,
     TOKEN,
     FaultProxy,
     LedgerServer,
@@ -32,16 +33,6 @@ from tests.agent.conftest import (
 )
 from tests.conftest import small_tmpfs
 
-CATALOG = """
-meters:
-  - code: jobs
-    name: Jobs
-    data_fields:
-      - {code: n, name: Units, category: MEASURE}
-    derived_fields:
-      - {code: big, name: Big, category: MEASURE, calculation: "n ^ 30"}
-      - {code: huge, name: Huge, category: MEASURE, calculation: "n * 1e300"}
-"""
 PERIOD = ("--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z")
 
 
@@ -82,7 +73,7 @@ def dead_letters(state: Path) -> list[tuple[str, str]]:
 
 def test_sigkills_poison_401_and_a_full_disk_together(tmp_path: Path, small_disk: Path) -> None:
     catalog = tmp_path / "meters.yaml"
-    catalog.write_text(CATALOG)
+    catalog.write_text(POISON_CATALOG)
     spool = small_disk / "spool"
     state = tmp_path / "agent-state"
     ledger = start_ledger(tmp_path / "ledger", extra=("--catalog", str(catalog)))

@@ -31,17 +31,21 @@ def test_m3ter_request_shape_with_bearer_token() -> None:
     assert body_of(call) == {"measurements": [m("1"), m("2")]}
 
 
-@responses.activate
-def test_m3ter_client_credentials_exchange_and_refresh_on_401() -> None:
-    token = responses.post("http://backend.test/oauth/token", json={"access_token": "first", "expires_in": 3600})
-    responses.post(URL, status=401)
-    responses.post(URL, json={"result": "accepted"})
-    exporter = M3terExporter(
+def client_credentials_exporter() -> M3terExporter:
+    return M3terExporter(
         "m3ter",
         M3terExporterConfig(
             base_url="http://backend.test", org_id="o1", client_id="id", client_secret=SecretStr("sec"), retry=FAST
         ),
     )
+
+
+@responses.activate
+def test_m3ter_client_credentials_exchange_and_refresh_on_401() -> None:
+    token = responses.post("http://backend.test/oauth/token", json={"access_token": "first", "expires_in": 3600})
+    responses.post(URL, status=401)
+    responses.post(URL, json={"result": "accepted"})
+    exporter = client_credentials_exporter()
     with pytest.raises(RetryLater, match="token refreshed"):
         exporter.export([m("1")])
     assert exporter.export([m("1")]) == []
@@ -131,12 +135,7 @@ def test_m3ter_calls_the_urls_the_official_client_calls(base_url: str | None, mo
 def test_m3ter_a_second_401_with_a_fresh_token_pauses_instead_of_refreshing_forever() -> None:
     token = responses.post("http://backend.test/oauth/token", json={"access_token": "t", "expires_in": 3600})
     responses.post(URL, status=401)
-    exporter = M3terExporter(
-        "m3ter",
-        M3terExporterConfig(
-            base_url="http://backend.test", org_id="o1", client_id="id", client_secret=SecretStr("sec"), retry=FAST
-        ),
-    )
+    exporter = client_credentials_exporter()
     with pytest.raises(RetryLater, match="token refreshed"):
         exporter.export([m("1")])
     with pytest.raises(Misconfigured) as info:
@@ -147,12 +146,7 @@ def test_m3ter_a_second_401_with_a_fresh_token_pauses_instead_of_refreshing_fore
 @responses.activate
 def test_m3ter_a_refused_client_secret_pauses() -> None:
     responses.post("http://backend.test/oauth/token", status=401, json={"error": "invalid_client"})
-    exporter = M3terExporter(
-        "m3ter",
-        M3terExporterConfig(
-            base_url="http://backend.test", org_id="o1", client_id="id", client_secret=SecretStr("sec"), retry=FAST
-        ),
-    )
+    exporter = client_credentials_exporter()
     with pytest.raises(Misconfigured, match="token exchange") as info:
         exporter.export([m("1")])
     assert "sec" not in str(info.value) and "invalid_client" not in str(info.value)

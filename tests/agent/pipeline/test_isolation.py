@@ -20,6 +20,7 @@ from meterkit_agent.pipeline.telemetry import AgentMetrics
 from meterkit_agent.processors.derive import DeriveConfig, derive_processor
 from meterkit_agent.receivers.spool import Envelope
 from tests.agent.conftest import (
+    POISON_CATALOG,
     FaultProxy,
     LedgerServer,
     cli_cmd,
@@ -28,17 +29,6 @@ from tests.agent.conftest import (
     wait_for,
     write_agent_config,
 )
-
-CATALOG = """
-meters:
-  - code: jobs
-    name: Jobs
-    data_fields:
-      - {code: n, name: Units, category: MEASURE}
-    derived_fields:
-      - {code: big, name: Big, category: MEASURE, calculation: "n ^ 30"}
-      - {code: huge, name: Huge, category: MEASURE, calculation: "n * 1e306"}
-"""
 
 
 def envelope(payload: Any, kind: int = KIND_MEASUREMENT, end: int = 1) -> Envelope:
@@ -58,7 +48,7 @@ def metrics(tmp_path: Path) -> Any:
 
 
 def test_each_kind_of_poison_is_set_aside_alone_with_its_stage(tmp_path: Path, metrics: AgentMetrics) -> None:
-    (tmp_path / "meters.yaml").write_text(CATALOG)
+    (tmp_path / "meters.yaml").write_text(POISON_CATALOG)
     derive = derive_processor(DeriveConfig(catalog=tmp_path / "meters.yaml"))
 
     def fails_on_seven(batch: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Rejected]]:
@@ -68,7 +58,7 @@ def test_each_kind_of_poison_is_set_aside_alone_with_its_stage(tmp_path: Path, m
 
     batch = [envelope(job(str(i), 1)) for i in range(10)]
     batch[3] = envelope(job("3", 5))  # 5^30 is past 64 bits
-    batch[4] = envelope(job("4", 1000))  # 1000 * 1e306 is infinite
+    batch[4] = envelope(job("4", 10**9))  # 1e9 * 1e300 is infinite
     batch.append(envelope(b"{not json", end=20))
     batch.append(envelope({"type": "losses", "entries": [{"reason": "x", "meter": "m", "count": "two"}]}, KIND_CONTROL))
     batch.append(envelope({"type": "tally", "entries": []}, KIND_CONTROL, end=30))
@@ -76,7 +66,7 @@ def test_each_kind_of_poison_is_set_aside_alone_with_its_stage(tmp_path: Path, m
     p = Preparer([("derive", derive), ("flaky", fails_on_seven)], metrics)(batch)
 
     assert sorted(m["uid"] for m in p.records) == ["0", "1", "2", "5", "6", "8", "9"]
-    assert all(m["measure"] == {"n": 1, "big": 1, "huge": 1e306} for m in p.records)
+    assert all(m["measure"] == {"n": 1, "big": 1, "huge": 1e300} for m in p.records)
     assert {(r.measurement["uid"], r.reason, r.stage) for r in p.rejected} == {
         ("3", "invalid:derived_out_of_range", "derive"),
         ("4", "invalid:derived_out_of_range", "derive"),
@@ -93,9 +83,9 @@ def test_each_kind_of_poison_is_set_aside_alone_with_its_stage(tmp_path: Path, m
 
 
 def test_derived_values_are_kept_exact_when_in_range(tmp_path: Path) -> None:
-    (tmp_path / "meters.yaml").write_text(CATALOG)
+    (tmp_path / "meters.yaml").write_text(POISON_CATALOG)
     kept, rejected = derive_processor(DeriveConfig(catalog=tmp_path / "meters.yaml"))([job("1", 4)])
-    assert rejected == [] and kept[0]["measure"] == {"n": 4, "big": 4**30, "huge": 4e306}
+    assert rejected == [] and kept[0]["measure"] == {"n": 4, "big": 4**30, "huge": 4e300}
 
 
 def test_an_unserialisable_record_is_set_aside_alone(metrics: AgentMetrics) -> None:
@@ -145,7 +135,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_poison_in_a_live_spool_costs_only_itself(tmp_path: Path) -> None:
     catalog = tmp_path / "meters.yaml"
-    catalog.write_text(CATALOG)
+    catalog.write_text(POISON_CATALOG)
     spool = tmp_path / "spool"
     ledger = start_ledger(tmp_path / "ledger", extra=("--catalog", str(catalog)))
     client = meterkit.Client(catalog, spool, flush_interval_millis=20)
@@ -154,7 +144,7 @@ def test_poison_in_a_live_spool_costs_only_itself(tmp_path: Path) -> None:
         if i in (100, 200):
             client.record("jobs", account="acme", measure={"n": 7})  # 7 ^ 30: past 64 bits
         if i == 150:
-            client.record("jobs", account="acme", measure={"n": 3 * 10**5})  # n * 1e306: infinite
+            client.record("jobs", account="acme", measure={"n": 3 * 10**8})  # n * 1e300: infinite
     assert client.shutdown(30)
     # A dead writer's segment with a control record of the wrong type between good frames.
     writer = SegmentWriter(spool, "raw0", fsync=True)
@@ -197,7 +187,7 @@ def test_poison_in_a_live_spool_costs_only_itself(tmp_path: Path) -> None:
 @pytest.mark.parametrize("status", [401, 404])
 def test_a_wrong_credential_or_url_pauses_delivery_and_loses_nothing(tmp_path: Path, status: int) -> None:
     catalog = tmp_path / "meters.yaml"
-    catalog.write_text(CATALOG)
+    catalog.write_text(POISON_CATALOG)
     spool = tmp_path / "spool"
     ledger = start_ledger(tmp_path / "ledger", extra=("--catalog", str(catalog)))
     proxy = FaultProxy(ledger.url)
