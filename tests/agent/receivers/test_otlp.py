@@ -29,8 +29,28 @@ from meterkit import load_catalog
 from meterkit._sinks import SpoolSink
 from meterkit._spool import KIND_MEASUREMENT, iter_records
 from meterkit_agent.receivers.otlp import OTLP_NAMESPACE, OtlpReceiverConfig, create_otlp_app, to_measurements
-from tests.agent.conftest import TOKEN, free_port, start_agent, start_ledger, wait_for, write_agent_config
+from tests.agent.conftest import (
+    TOKEN,
+    LedgerServer,
+    Proc,
+    free_port,
+    start_agent,
+    start_ledger,
+    wait_for,
+    write_agent_config,
+)
 from tests.conftest import CATALOG
+
+
+def ledger_and_otlp_agent(tmp_path: Path) -> tuple[LedgerServer, int, Proc]:
+    """A ledger, and an agent process delivering to it from an OTLP/HTTP receiver: (the
+    ledger, the receiver's port, the agent)."""
+    ledger = start_ledger(tmp_path / "ledger")
+    port = free_port()
+    receiver = f"  otlp: {{endpoint: '127.0.0.1:{port}'}}"
+    config = write_agent_config(tmp_path, tmp_path / "spool", ledger.url, CATALOG, extra_receivers=receiver)
+    config.write_text(config.read_text().replace("receivers: [spool, http]", "receivers: [spool, otlp]"))
+    return ledger, port, start_agent(tmp_path, config)
 
 
 def test_the_otel_log_exporter_delivers_usage_through_the_agent(tmp_path: Path) -> None:
@@ -39,12 +59,7 @@ def test_the_otel_log_exporter_delivers_usage_through_the_agent(tmp_path: Path) 
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
     from opentelemetry.sdk.resources import Resource
 
-    ledger = start_ledger(tmp_path / "ledger")
-    port = free_port()
-    receiver = f"  otlp: {{endpoint: '127.0.0.1:{port}'}}"
-    config = write_agent_config(tmp_path, tmp_path / "spool", ledger.url, CATALOG, extra_receivers=receiver)
-    config.write_text(config.read_text().replace("receivers: [spool, http]", "receivers: [spool, otlp]"))
-    agent = start_agent(tmp_path, config)
+    ledger, port, agent = ledger_and_otlp_agent(tmp_path)
     url = f"http://127.0.0.1:{port}/v1/logs"
     try:
         # A service written in any language: here, OpenTelemetry's own Python log pipeline.
@@ -316,12 +331,7 @@ def test_the_otel_exporter_counts_equal_records_as_sent_and_its_retry_adds_nothi
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
-    ledger = start_ledger(tmp_path / "ledger")
-    port = free_port()
-    receiver = f"  otlp: {{endpoint: '127.0.0.1:{port}'}}"
-    config = write_agent_config(tmp_path, tmp_path / "spool", ledger.url, CATALOG, extra_receivers=receiver)
-    config.write_text(config.read_text().replace("receivers: [spool, http]", "receivers: [spool, otlp]"))
-    agent = start_agent(tmp_path, config)
+    ledger, port, agent = ledger_and_otlp_agent(tmp_path)
     proxy = LostAnswers(f"http://127.0.0.1:{port}")
     try:
         exporter = OTLPLogExporter(endpoint=f"{proxy.url}/v1/logs", compression=Compression.Gzip)
