@@ -180,7 +180,7 @@ def run_meterkit(n: int = 200_000, threads: int = 4) -> dict[str, Any]:
             rate = n / elapsed
             # Latency at half the sustained rate, measured by the agent (record ts → ack).
             half = max(1000, int(rate / 2))
-            m = min(n // 2, half * 10)
+            m = min(n // 2, half * 10) // threads * threads  # each thread records m / threads
             time.sleep(1.5)  # the status file is rewritten every second
             before = stack.histogram()
             _record("half", m, threads, rate=half)
