@@ -1,11 +1,14 @@
 """The client: turns ``record(...)`` calls into spooled measurements.
 
-Hot path (``Client.record``): copy the caller's dicts into a tuple with a sequence number,
-the time and the current scope, and append it to a bounded deque. No I/O, no lock, no
-pydantic. The flusher thread (owned by a :class:`Flusher`, ``_flusher.py``) validates,
-assigns the uid text, frames and writes batches to the spool, and tallies what it wrote for
-reconciliation. This module keeps the hot path, the public methods and the fork and exit
-hooks; the flusher, its sink and its loss counts live in ``_flusher``.
+Hot path (``Client.record``): copy the caller's dicts into a tuple with the time, and
+append it to a bounded deque. No I/O, no lock, no validation. What needs more (a caller's
+ts, ets or uid, fields inherited from ``meterkit.context`` or Baggage) is queued as a
+``_rows.Rare`` item for the flusher to finish. The flusher thread (owned by a
+:class:`Flusher`, ``_flusher.py``) frames and writes batches to the spool and tallies what
+it wrote for reconciliation; in production mode the agent validates them against the
+catalog, in strict mode (and sync durability) ``record`` validates on the caller's thread.
+This module keeps the hot path, the public methods and the fork and exit hooks; the
+flusher, its sink and its loss counts live in ``_flusher``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import time
 import weakref
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +26,19 @@ from . import _backfill, _guard, _permissions
 from ._backfill import BatchResult
 from ._catalog import Catalog, load_catalog
 from ._errors import ConfigError, MeasurementError, MeterkitError, Problem
-from ._flusher import Flusher, Measurement, meter_name
+from ._flusher import Flusher, Measurement
+from ._losses import meter_name
 from ._model import UidSource, validation_token
 from ._otel_context import current_context_getter
-from ._scope import current_scope
+from ._rows import Rare
+from ._scope import EMPTY, current_scope
 from ._settings import Settings, resolve
 from ._sinks import MemorySink, Sink, SpoolSink
 
 _time_ns = time.time_ns
+_current_scope = current_scope.get
+#: Stands in for OpenTelemetry's context getter when it is off: never set, so always None.
+_no_context: ContextVar[None] = ContextVar("meterkit_no_otel_context", default=None)
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
@@ -62,23 +71,9 @@ class Client:
         otel_context: bool | None = None,
         sink: Sink | None = None,
     ) -> None:
-        self.settings: Settings = resolve(
-            catalog=None if isinstance(catalog, Catalog) else catalog,
-            spool_dir=spool_dir,
-            spool_shared_group=spool_shared_group,
-            mode=mode,
-            durability=durability,
-            flush_interval_millis=flush_interval_millis,
-            max_queue_size=max_queue_size,
-            max_batch_size=max_batch_size,
-            queue_full_timeout_millis=queue_full_timeout_millis,
-            max_segment_bytes=max_segment_bytes,
-            max_segment_age_seconds=max_segment_age_seconds,
-            max_spool_bytes=max_spool_bytes,
-            fsync=fsync,
-            shutdown_timeout_millis=shutdown_timeout_millis,
-            otel_context=otel_context,
-        )
+        # Every other argument is a setting (``_settings``), resolved with the environment's.
+        given = {k: v for k, v in locals().items() if k not in ("self", "catalog", "sink")}
+        self.settings: Settings = resolve(catalog=None if isinstance(catalog, Catalog) else catalog, **given)
         s = self.settings
         self.catalog: Catalog | None = (
             catalog if isinstance(catalog, Catalog) else (load_catalog(s.catalog) if s.catalog else None)
@@ -87,7 +82,9 @@ class Client:
         self._checked = self.strict or s.durability == "sync"  # validate on the caller's thread
         self._block_seconds = s.queue_full_timeout_millis / 1000.0
         self._uids = UidSource()
-        self._otel_context = current_context_getter() if s.otel_context else None
+        self._otel_context = (current_context_getter() if s.otel_context else None) or _no_context.get
+        # Production mode with buffered writes: the hot path queues rows for the flusher.
+        self._plain = not self._checked
         self.sink: Sink = sink if sink is not None else _spool_sink(s, self.catalog)
         self._flusher = Flusher(s, self.sink, self.catalog, self._uids)
         self._worker = self._flusher.worker
@@ -98,11 +95,10 @@ class Client:
 
     def _bind_hot_path(self) -> None:
         """What ``record`` reads, bound once: at construction, and again in a forked child."""
-        self._next_seq = self._uids.next
         self._record_checked = self._flusher.record_checked
         self._queue = self._worker.queue
-        self._max_queue = self._worker.max_queue_size
-        self._batch_size = self._worker.max_batch_size
+        self._max_slots = self._worker.max_queue_slots
+        self._wake_slots = self._worker.max_batch_slots
 
     @property
     def written(self) -> int:
@@ -129,36 +125,55 @@ class Client:
         uid: str | None = None,
     ) -> None:
         """Record one measurement. See :func:`meterkit.record`."""
+        self._record(meter, account, measure, who, what, where, other, metadata, income, cost, ts, ets, uid)
+
+    def _record(
+        self,
+        meter: Any,
+        account: Any,
+        measure: Any,
+        who: Any,
+        what: Any,
+        where: Any,
+        other: Any,
+        metadata: Any,
+        income: Any,
+        cost: Any,
+        ts: Any,
+        ets: Any,
+        uid: Any,
+    ) -> None:
+        """``record``, positional (cheaper to pass on). Copies the caller's dicts into a row
+        (``_rows``): its head is the time, or a ``Rare`` for the flusher to finish (a caller's
+        time or uid, ``meterkit.context``, an OTel span or Baggage); lays it flat in the queue."""
         try:
-            item = (  # in the layout ``_flusher`` reads
-                self._next_seq(),
-                _time_ns(),
+            scope = _current_scope()
+            otel = self._otel_context()
+            row = (
+                _time_ns()
+                if ts is ets is uid is None and scope is EMPTY and not otel
+                else Rare(_time_ns(), ts, ets, uid, scope, otel),
                 meter,
                 account,
-                ts,
-                ets,
-                uid,
-                current_scope.get(),
-                who and dict(who),
-                what and dict(what),
-                where and dict(where),
-                other and dict(other),
-                metadata and dict(metadata),
-                measure and dict(measure),
-                income and dict(income),
-                cost and dict(cost),
-                self._otel_context and self._otel_context(),
+                dict(who) if who else None,
+                dict(what) if what else None,
+                dict(where) if where else None,
+                dict(other) if other else None,
+                dict(metadata) if metadata else None,
+                dict(measure) if measure else None,
+                dict(income) if income else None,
+                dict(cost) if cost else None,
             )
-            if self._checked:
-                self._record_checked(item)
+            if self._plain:
+                queue = self._queue
+                if len(queue) < self._max_slots:
+                    queue.extend(row)  # one C call: no other thread's slots land in between
+                    if len(queue) == self._wake_slots:
+                        self._worker.wake()
+                    return
+                self._enqueue_slow(row)
                 return
-            queue = self._queue
-            if len(queue) < self._max_queue:
-                queue.append(item)
-                if len(queue) == self._batch_size:
-                    self._worker.wake()
-                return
-            self._enqueue_slow(item)
+            self._record_checked(row)
         except MeasurementError:
             if self.strict:
                 raise
@@ -196,7 +211,7 @@ class Client:
     def _write_now(self, records: list[Measurement]) -> None:
         """Backfill: write validated records through the same path as the flusher."""
         for record in records:
-            if not self._worker.put(record, max(self._block_seconds, 30.0)):
+            if not self._flusher.put_validated(record, max(self._block_seconds, 30.0)):
                 raise MeterkitError("the spool is not accepting measurements; try again later")
 
     # -- control ---------------------------------------------------------------------------
@@ -219,7 +234,7 @@ class Client:
         if self._closed:
             return True
         self._closed = True
-        self._max_queue = 0  # from now on record() takes the slow path, which writes directly
+        self._max_slots = 0  # from now on record() takes the slow path, which writes directly
         if timeout is None:
             timeout = self.settings.shutdown_timeout_millis / 1000.0
         try:
@@ -239,8 +254,33 @@ class Client:
             self._worker.start()
 
 
+def record_owned(client: Client, meter: str, account: Any, fields: tuple[Any, ...]) -> None:
+    """What ``meterkit.meter`` records: ``fields`` are the eight categories in row order,
+    dicts the block owns (or the meter's own, which nothing changes), so not copied again.
+    ``Client._record`` without the copies; here so the class reads on one page."""
+    try:
+        scope = _current_scope()
+        otel = client._otel_context()
+        head = _time_ns() if scope is EMPTY and not otel else Rare(_time_ns(), None, None, None, scope, otel)
+        if client._plain:
+            queue = client._queue
+            if len(queue) < client._max_slots:
+                queue.extend((head, meter, account, *fields))
+                if len(queue) == client._wake_slots:
+                    client._worker.wake()
+                return
+            client._enqueue_slow((head, meter, account, *fields))
+            return
+        client._record_checked((head, meter, account, *fields))
+    except MeasurementError:
+        if client.strict:
+            raise
+
+
 def _spool_sink(s: Settings, catalog: Catalog | None) -> SpoolSink:
-    """The default sink: this process's own segment files in the spool directory."""
+    """The default sink: this process's own segment files in the spool directory. Its
+    header names the catalog its frames were validated against when they were (strict mode,
+    sync durability); in production mode the agent validates them (``validated: null``)."""
     try:
         _permissions.spool_dir(s.spool_dir, s.spool_shared_group)  # shared with a group, or private
         return SpoolSink(
@@ -250,7 +290,7 @@ def _spool_sink(s: Settings, catalog: Catalog | None) -> SpoolSink:
             max_segment_age_seconds=s.max_segment_age_seconds,
             max_spool_bytes=s.max_spool_bytes,
             fsync=s.fsync,
-            validated=validation_token(catalog),
+            validated=validation_token(catalog) if s.mode == "strict" or s.durability == "sync" else None,
         )
     except OSError as exc:
         raise ConfigError(f"cannot use spool directory {s.spool_dir}: {exc.strerror}") from None

@@ -91,6 +91,18 @@ def _meter_problem(meter: object) -> MeasurementError:
     )
 
 
+def meter_ok(meter: object) -> bool:
+    """Whether ``meter`` is a good meter code (cached: codes are few)."""
+    return _meter_ok(meter)
+
+
+def account_ok(account: object) -> bool:
+    """Whether ``account`` is a good account code (the good ones are cached)."""
+    if type(account) is not str:
+        return False
+    return account in _good_accounts or (bool(account) and not account.isspace() and _account_ok(account))
+
+
 def _account_ok(account: str) -> bool:
     """Whether an account code is within m3ter's rules; the good ones are cached (accounts repeat)."""
     if identifier_ok(account, MAX_ACCOUNT_LENGTH):
@@ -140,12 +152,7 @@ def build(
         raise _meter_problem(meter)
     assert isinstance(meter, str)
     if type(account) is not str or not account or account.isspace():
-        raise problem(
-            "missing_account",
-            "no account: pass account= or set one with meterkit.context(account=...)",
-            meter,
-            "account",
-        )
+        raise _missing_account(meter)
     if account not in _good_accounts and not _account_ok(account):
         raise identifier_problem(account, MAX_ACCOUNT_LENGTH, meter, "account")
     if type(uid) is not str or not uid:
@@ -214,6 +221,36 @@ def build(
     return out
 
 
+def _missing_account(meter: str) -> MeasurementError:
+    return problem(
+        "missing_account", "no account: pass account= or set one with meterkit.context(account=...)", meter, "account"
+    )
+
+
+def key_problem(meter: object, account: object) -> MeasurementError | None:
+    """Why ``meter`` and ``account`` cannot make a measurement, as :func:`build` names it,
+    or ``None``. The production flusher checks each distinct pair of a batch this way,
+    not each measurement; good codes are cached, so a known pair costs two set lookups."""
+    if not _meter_ok(meter):
+        return _meter_problem(meter)
+    assert isinstance(meter, str)
+    if type(account) is not str or not account or account.isspace():
+        return _missing_account(meter)
+    if account not in _good_accounts and not _account_ok(account):
+        return identifier_problem(account, MAX_ACCOUNT_LENGTH, meter, "account")
+    return None
+
+
+def uid_problem(uid: object, meter: str | None) -> MeasurementError | None:
+    """Why a caller's ``uid`` is refused, as :func:`build` names it, or ``None``."""
+    if type(uid) is not str or not uid:
+        return problem("bad_uid", f"uid must be a non-empty string, got {uid!r:.60}", meter, "uid")
+    common = len(uid) <= MAX_UID_LENGTH and uid.isprintable() and uid[0] != " " and uid[-1] != " "
+    if not common and not identifier_ok(uid, MAX_UID_LENGTH):
+        return identifier_problem(uid, MAX_UID_LENGTH, meter, "uid")
+    return None
+
+
 def _misplaced(meter: str, category: str, code: str, expected: str | None) -> MeasurementError:
     if expected is None:
         return problem(
@@ -228,6 +265,10 @@ def _misplaced(meter: str, category: str, code: str, expected: str | None) -> Me
         meter,
         f"{category}.{code}",
     )
+
+
+#: Where the flusher's batch-frame numbering starts: 2**47 uids away from ``UidSource.next``'s.
+BATCH_SEQ_START = 1 << 47
 
 
 class UidSource:
@@ -250,6 +291,9 @@ class UidSource:
         self.prefix = f"{hi >> 16:08x}-{hi & 0xFFFF:04x}-8{mid:03x}-{0x8000 | low:04x}-"
         # itertools.count's __next__ is atomic under the GIL: a lock-free sequence.
         self.next = itertools.count(1).__next__
+        # The flusher numbers the rows of its batch frames from the upper half of the
+        # 48-bit counter (``_frames``), so they never meet the numbers ``next`` gives.
+        self.batch_next = BATCH_SEQ_START
 
     def format(self, n: int) -> str:
         return f"{self.prefix}{n & 0xFFFFFFFFFFFF:012x}"

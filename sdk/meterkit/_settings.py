@@ -58,7 +58,10 @@ class Settings:
     mode: Mode = "production"
     durability: Durability = "buffered"
     flush_interval_millis: int = 200
-    max_queue_size: int = 65_536
+    # Measurements, not bytes: room for a burst of a million without record() waiting.
+    # Each queued one holds 11 deque slots (88 bytes), its time and its copied dicts: about
+    # 300 bytes with one small dict, so at most about 300 MiB when full (docs/spool-format.md).
+    max_queue_size: int = 1_048_576
     max_batch_size: int = 4_096
     queue_full_timeout_millis: int = 1_000
     max_segment_bytes: int = 64 * 1024 * 1024

@@ -34,6 +34,7 @@ import orjson
 
 from . import _guard
 from ._spool import (
+    KIND_BATCH,
     KIND_CONTROL,
     KIND_MEASUREMENT,
     REJECTED_DIR,
@@ -95,7 +96,7 @@ class SpoolSink:
             max_segment_bytes=max_segment_bytes,
             max_segment_age_seconds=max_segment_age_seconds,
             fsync=fsync,
-            meta={"validated": validated} if validated else None,
+            meta={"validated": validated},  # null: the agent validates these frames
         )
         self.reserve = DiskReserve(directory / RESERVE_DIR, writer_id)
         self._disk_full = False  # the last write met a full disk
@@ -117,24 +118,30 @@ class SpoolSink:
         """Append ``records`` and ``controls`` in one write, or raise :class:`SinkUnavailable`
         and leave the spool as it was. A write without records carries loss counts: it may
         use the room kept for them."""
+        self.write_batch([], records, controls)
+
+    def write_batch(self, payloads: list[bytes], records: list[dict[str, Any]], controls: list[dict[str, Any]]) -> None:
+        """:meth:`write`, with batch frames (``_frames``) before ``records``, all in one write."""
         dumps, frame = orjson.dumps, encode_frame
-        parts = [frame(KIND_MEASUREMENT, dumps(r)) for r in records]
+        parts = [frame(KIND_BATCH, payload) for payload in payloads]
+        parts.extend(frame(KIND_MEASUREMENT, dumps(r)) for r in records)
         parts.extend(frame(KIND_CONTROL, dumps(c)) for c in controls)
         data = b"".join(parts)
+        measurements = bool(payloads or records)
         with self.lock:
-            if not self._room_for(len(data), self._records_budget if records else self.max_spool_bytes):
+            if not self._room_for(len(data), self._records_budget if measurements else self.max_spool_bytes):
                 raise SinkUnavailable(
                     "spool_full",
                     f"spool {self.directory} is at its {self.max_spool_bytes}-byte limit",
                 )
-            if records and not (self.reserve.hold() and self._disk_has(len(data))):
+            if measurements and not (self.reserve.hold() and self._disk_has(len(data))):
                 raise SinkUnavailable("disk_full", f"no space left on the disk of spool {self.directory}")
             try:
                 self._append(data, len(parts))
-                self._disk_full = self._disk_full and not records
+                self._disk_full = self._disk_full and not measurements
             except OSError as exc:
                 self._disk_full = exc.errno in _DISK_FULL and not isinstance(exc, NotDurable)
-                if records or not self._disk_full or not self.reserve.release():
+                if measurements or not self._disk_full or not self.reserve.release():
                     raise _unavailable(self.directory, exc) from exc
                 try:  # loss counts alone, on a full disk: into the space the reserve gave back
                     self._append(data, len(parts))

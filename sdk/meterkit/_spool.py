@@ -27,7 +27,7 @@ import orjson
 from ._permissions import open_private as open_private
 from ._permissions import private_dir as private_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION, READABLE_VERSIONS = 2, frozenset({1, 2})  # 2 added batch frames; old spools still drain
 MAGIC = b"MKSPOOL\x00"
 SEGMENT_SUFFIX = ".mks"
 REJECTED_DIR = "rejected"
@@ -46,7 +46,8 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 KIND_MEASUREMENT = 1
 KIND_CONTROL = 2
 KIND_SEAL = 3
-_KINDS = {KIND_MEASUREMENT, KIND_CONTROL, KIND_SEAL}
+KIND_BATCH = 4  # a whole flusher batch; its payload is read by ``meterkit._frames.batch_records``
+_KINDS = {KIND_MEASUREMENT, KIND_CONTROL, KIND_SEAL, KIND_BATCH}
 _crc32 = zlib.crc32
 _pack_meta = struct.Struct("<BBI").pack
 
@@ -272,8 +273,8 @@ def _read_header(buf: bytes) -> tuple[dict[str, Any] | None, int, str | None, bo
     (crc,) = _CRC.unpack_from(buf, end - _CRC.size)
     if crc != _crc32(buf[8 : _HEADER_FIXED.size] + body):
         return None, 0, "corrupt segment header (CRC mismatch)", False
-    if version != FORMAT_VERSION:
-        return None, 0, f"spool format version {version}; this reader knows version {FORMAT_VERSION}", True
+    if version not in READABLE_VERSIONS:
+        return None, 0, f"spool format version {version}; this reader knows versions 1 and {FORMAT_VERSION}", True
     try:
         meta = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -336,9 +337,9 @@ def read_segment(path: str | Path, offset: int = 0) -> SegmentRead:
                 if problem is None:  # empty, or the header is still being written
                     return SegmentRead(p, None, torn=True)
                 version = int.from_bytes(buf[8:10], "little")
-                if version != FORMAT_VERSION:  # damaged, or a version whose frames are not ours
+                if version not in READABLE_VERSIONS:  # damaged, or a version whose frames are not ours
                     return SegmentRead(
-                        p, None, error=f"{problem}, naming format version {version}; this reader knows {FORMAT_VERSION}"
+                        p, None, error=f"{problem}, naming format version {version}; this reader knows 1 and 2"
                     )
                 # A damaged header and nothing after it yet: wait, as for a torn tail.
                 return SegmentRead(p, None, [], [Corruption(0, len(buf), problem)], torn=True, header_corrupt=problem)
@@ -404,17 +405,16 @@ def segment_pid(path: str | Path) -> int | None:
 
 
 def iter_records(directory: str | Path) -> Iterator[tuple[Path, Frame]]:
-    """Every readable frame of every segment in ``directory`` (measurements and controls)."""
-    for seg in segments(directory):
-        for frame in read_segment(seg).frames:
-            yield seg, frame
+    """Every readable frame of every segment in ``directory`` (measurements, batches, controls)."""
+    return ((seg, frame) for seg in segments(directory) for frame in read_segment(seg).frames)
 
 
 def spool_bytes(directory: str | Path) -> int:
-    total = 0
-    for p in segments(directory):
-        try:
-            total += p.stat().st_size
-        except FileNotFoundError:
-            continue
-    return total
+    return sum(_size(p) for p in segments(directory))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # retired meanwhile
+        return 0

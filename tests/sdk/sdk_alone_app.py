@@ -60,7 +60,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 import meterkit
 from meterkit import _guard
-from meterkit._spool import KIND_MEASUREMENT, iter_records
+from meterkit._frames import batch_records
+from meterkit._spool import KIND_BATCH, KIND_MEASUREMENT, iter_records
 from meterkit.otel import UsageSpanProcessor
 from meterkit.testing import capture_measurements
 
@@ -114,7 +115,13 @@ def main(catalog: Path, spool: Path) -> dict[str, object]:
     report["flushed"] = meterkit.flush(10)
     report["lost"] = meterkit.stats()["lost"]
     report["shut_down"] = meterkit.shutdown(10)
-    report["spooled"] = [f.json() for _, f in iter_records(spool) if f.kind == KIND_MEASUREMENT]
+    report["spooled"] = [
+        m
+        for _, f in iter_records(spool)
+        for m in (
+            [f.json()] if f.kind == KIND_MEASUREMENT else batch_records(f.payload) if f.kind == KIND_BATCH else []
+        )
+    ]
 
     report["background_errors"] = [repr(e) for e in _guard.captured]
     report["refused_attempts"] = refuse.attempts

@@ -26,7 +26,7 @@ import meterkit
 from meterkit import _sinks, _spool
 from meterkit._spool import KIND_MEASUREMENT, NotDurable, SegmentWriter, encode_frame, read_segment, segments
 from tests.conftest import small_tmpfs
-from tests.sdk.helpers import losses, spooled
+from tests.sdk.helpers import losses, measurements_in, spooled
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -96,7 +96,7 @@ def read_back(spool: Path) -> tuple[Counter[str], dict[str, int]]:
     for seg in segments(spool):
         result = read_segment(seg)
         assert result.error is None and not result.corrupt and not result.torn, (seg, result)
-        uids.update(f.json()["uid"] for f in result.frames if f.kind == KIND_MEASUREMENT)
+        uids.update(m["uid"] for f in result.frames for m in measurements_in(f))
     return uids, losses(spool)
 
 
@@ -273,10 +273,11 @@ def test_with_no_room_at_all_the_losses_wait_in_memory_and_go_first_when_space_r
     disk.capacity = 1 << 30
     wait_for(lambda: client.stats()["lost_unreported"] == 0)
     assert client.flush(5) and client.shutdown(5)
-    frames = [f.json() for seg in segments(spool) for f in read_segment(seg).frames]
-    assert [f["measure"]["n"] for f in frames[:10]] == list(range(10)) and frames[10]["type"] == "tally"
-    assert frames[11]["type"] == "losses"  # written first when space returned, before the held batch
-    assert frames[12]["measure"]["n"] == 10
+    frames = [f for seg in segments(spool) for f in read_segment(seg).frames]
+    assert [m["measure"]["n"] for m in measurements_in(frames[0])] == list(range(10))
+    assert frames[1].json()["type"] == "tally"
+    assert frames[2].json()["type"] == "losses"  # written first when space returned, before the held batch
+    assert measurements_in(frames[3])[0]["measure"]["n"] == 10
     stats = client.stats()
     uids, reported = read_back(spool)
     assert max(uids.values()) == 1 and reported == stats["lost"]

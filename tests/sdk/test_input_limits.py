@@ -30,7 +30,7 @@ from meterkit._limits import (
 )
 from meterkit._model import CATEGORIES, check_org, validate_wire
 from meterkit._timefmt import iso_ms
-from tests.sdk.helpers import losses, spooled
+from tests.sdk.helpers import agent_verdict, losses, refused_by_sdk, spooled
 
 NOW = datetime.now(timezone.utc)
 WIRE_NOW = iso_ms(int(NOW.timestamp()) * 1_000_000_000)
@@ -141,7 +141,7 @@ def test_strict_mode_refuses_at_the_call_site(m: dict[str, Any], reason: str, fi
 
 
 @pytest.mark.parametrize(("m", "reason", "field"), BAD, ids=ids(BAD))
-def test_production_mode_counts_the_rejection_and_keeps_the_rest(
+def test_production_mode_refuses_alone_in_the_sdk_or_the_agent(
     m: dict[str, Any], reason: str, field: str, spool: Path
 ) -> None:
     meterkit.configure(spool_dir=spool)
@@ -149,8 +149,13 @@ def test_production_mode_counts_the_rejection_and_keeps_the_rest(
     record(m)
     meterkit.record("api_calls", account="acme", measure={"calls": 1})
     assert meterkit.flush(5)
-    assert len(spooled(spool)) == 1
-    assert losses(spool) == {f"rejected:{reason}": 2}
+    written = spooled(spool)
+    if refused_by_sdk(m, reason, field):  # counted, and the rest kept
+        assert len(written) == 1
+        assert losses(spool) == {f"rejected:{reason}": 2}
+    else:  # spooled; the agent's validation refuses each alone, with the same reason
+        assert losses(spool) == {}
+        assert [agent_verdict(w) for w in written] == [(reason, field), (reason, field), None]
 
 
 @pytest.mark.parametrize(("m", "reason", "field"), BAD + UNWRITABLE, ids=ids(BAD + UNWRITABLE))

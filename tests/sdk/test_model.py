@@ -1,5 +1,6 @@
-"""Bad input: strict mode raises a clear error naming meter, field and reason; production
-mode logs once, counts it and writes it to the rejected-measurements file."""
+"""Bad input: strict mode raises a clear error naming meter, field and reason. Production
+mode refuses in the SDK what it checks there (logged once, counted, written to the
+rejected-measurements file); the rest is spooled, and the agent's validation names it."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import orjson
 import pytest
 
 import meterkit
-from meterkit import MeasurementError
+from meterkit import MeasurementError, load_catalog
 from meterkit._model import UidSource, build
 from tests.conftest import CATALOG
-from tests.sdk.helpers import losses, spooled
+from tests.sdk.helpers import agent_verdict, losses, refused_by_sdk, spooled
 
 NOW = datetime.now(timezone.utc)
 
@@ -90,7 +91,11 @@ def test_strict_mode_raises_at_the_call_site(case: dict[str, Any], reason: str, 
         assert repr(case["meter"]) in str(info.value)
 
 
-@pytest.mark.parametrize(("case", "reason", "field"), BAD)
+SDK_REFUSES = [(c, r, f) for c, r, f in BAD if refused_by_sdk(c, r, f)]
+AGENT_REFUSES = [(c, r, f) for c, r, f in BAD if not refused_by_sdk(c, r, f)]
+
+
+@pytest.mark.parametrize(("case", "reason", "field"), SDK_REFUSES)
 def test_production_mode_counts_and_keeps_rejects(
     case: dict[str, Any],
     reason: str,
@@ -118,6 +123,25 @@ def test_production_mode_counts_and_keeps_rejects(
     assert sum(1 for r in caplog.records if "rejected" in r.getMessage()) == 1
     assert oct((spool / "rejected").stat().st_mode & 0o777) == "0o700"
     assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in (spool / "rejected").iterdir())
+
+
+@pytest.mark.parametrize(("case", "reason", "field"), AGENT_REFUSES)
+def test_production_mode_spools_what_the_agent_validates_and_the_agent_names_it(
+    case: dict[str, Any], reason: str, field: str | None, spool: Path
+) -> None:
+    """Catalog validation is the agent's in production mode: the SDK spools the
+    measurement (nothing lost) and the agent's validation refuses it alone, naming the
+    same reason and field as strict mode does at the call site."""
+    meterkit.configure(catalog=CATALOG, spool_dir=spool)
+    kwargs = record_kwargs(case)
+    meter = kwargs.pop("meter")
+    meterkit.record(meter, **kwargs)
+    meterkit.record("api_calls", account="acme", measure={"calls": 1})
+    assert meterkit.flush(5)
+    bad, good = spooled(spool)
+    assert meterkit.stats()["lost"] == {} and losses(spool) == {}
+    assert agent_verdict(bad, load_catalog(CATALOG)) == (reason, field)
+    assert agent_verdict(good, load_catalog(CATALOG)) is None
 
 
 def test_without_a_catalog_any_meter_is_accepted_but_types_are_checked() -> None:

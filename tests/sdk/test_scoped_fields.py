@@ -1,7 +1,7 @@
 """Scopes behave like Baggage: with a catalog, a field that comes from ``meterkit.context``
 or OpenTelemetry Baggage fills only the meters that declare it; a field passed to
-``record``/``meter`` itself that the meter lacks is still an error (strict) or a counted
-rejection (production), and the rejected-measurements file keeps the field that was the
+``record``/``meter`` itself that the meter lacks is still an error (strict, or the agent's
+validation in production), and the rejected-measurements file keeps the field that was the
 reason. Ends with the quick start's own pattern in a real FastAPI app."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import meterkit
 from meterkit import MeasurementError
 from meterkit.testing import capture_measurements
 from tests.conftest import CATALOG
-from tests.sdk.helpers import losses, spooled
+from tests.sdk.helpers import agent_verdict, losses, spooled
 
 
 def rejected_entries(spool: Path) -> list[dict[str, Any]]:
@@ -50,19 +50,29 @@ def test_strict_mode_raises_for_an_explicit_field_the_meter_lacks() -> None:
     assert captured.measurements == []
 
 
-def test_production_counts_an_explicit_field_the_meter_lacks_and_keeps_it_in_the_rejected_file(
-    spool: Path,
-) -> None:
+def test_production_spools_an_explicit_field_the_meter_lacks_for_the_agent_to_refuse(spool: Path) -> None:
     meterkit.configure(catalog=CATALOG, spool_dir=spool)
     with meterkit.context(account="acme", where={"region": "eu"}):
         meterkit.record("api_calls", measure={"calls": 1}, who={"user": "u42"})
     assert meterkit.shutdown(5)
+    (written,) = spooled(spool)
+    assert written["who"] == {"user": "u42"} and written["account"] == "acme"  # the scope's account
+    assert "where" not in written  # api_calls does not declare region: the scope's field is left out
+    assert agent_verdict(written, meterkit.load_catalog(CATALOG)) == ("unknown_field", "who.user")
+    assert losses(spool) == {}
+
+
+def test_production_refuses_a_bad_account_from_the_scope_and_keeps_it_in_the_rejected_file(spool: Path) -> None:
+    meterkit.configure(catalog=CATALOG, spool_dir=spool)
+    with meterkit.context(account="acme ", who={"user": "u42"}):
+        meterkit.record("data_downloaded", measure={"bytes": 10})
+    assert meterkit.shutdown(5)
     assert spooled(spool) == []
-    assert losses(spool) == {"rejected:unknown_field": 1}
+    assert losses(spool) == {"rejected:surrounding_whitespace": 1}
     (entry,) = rejected_entries(spool)
-    assert (entry["reason"], entry["field"]) == ("unknown_field", "who.user")
-    assert entry["record"]["who"] == {"user": "u42"}  # the field that was the reason
-    assert entry["record"]["account"] == "acme"  # the scope's account, as validated
+    assert (entry["reason"], entry["field"]) == ("surrounding_whitespace", "account")
+    assert entry["record"]["account"] == "acme "  # the scope's account, as checked
+    assert entry["record"]["who"] == {"user": "u42"}  # with what it inherited
 
 
 # -- a field the scope or Baggage gave fills the meters that declare it ------------------
@@ -127,15 +137,22 @@ def test_the_context_wins_over_baggage_for_a_declared_field(user_in_baggage: Non
     assert captured.measurements[0]["who"] == {"user": "u-ctx"}
 
 
-def test_the_rejected_file_keeps_an_inherited_field_that_was_the_reason(spool: Path) -> None:
+def test_an_inherited_field_that_is_the_reason_reaches_the_agent_in_the_measurement(spool: Path) -> None:
     meterkit.configure(catalog=CATALOG, spool_dir=spool)
     with meterkit.context(account="acme", who={"user": 4.5}):  # declared, but not a string
         meterkit.record("data_downloaded", measure={"bytes": 10})
     assert meterkit.shutdown(5)
-    (entry,) = rejected_entries(spool)
+    (written,) = spooled(spool)
+    assert written["who"] == {"user": 4.5}
+    assert agent_verdict(written, meterkit.load_catalog(CATALOG)) == ("wrong_type", "who.user")
+
+
+def test_the_rejected_file_keeps_an_inherited_field_that_was_the_reason(spool: Path) -> None:
+    with capture_measurements(CATALOG, mode="production") as captured, meterkit.context(who={"user": 4.5}):
+        meterkit.record("data_downloaded", account="acme", measure={"bytes": 10})
+    (entry,) = captured.rejected
     assert (entry["reason"], entry["field"]) == ("wrong_type", "who.user")
     assert entry["record"]["who"] == {"user": 4.5}
-    assert losses(spool) == {"rejected:wrong_type": 1}
 
 
 # -- the quick start's own pattern, in a real FastAPI app --------------------------------

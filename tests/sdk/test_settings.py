@@ -25,7 +25,7 @@ def test_bad_environment_value_warns_and_falls_back(
     monkeypatch.setenv("METERKIT_MAX_QUEUE_SIZE", "lots")
     monkeypatch.setenv("METERKIT_DURABILITY", "paranoid")
     settings = resolve()
-    assert settings.max_queue_size == 65_536 and settings.durability == "buffered"
+    assert settings.max_queue_size == 1_048_576 and settings.durability == "buffered"
     text = caplog.text
     assert "METERKIT_MAX_QUEUE_SIZE" in text and "METERKIT_DURABILITY" in text
 

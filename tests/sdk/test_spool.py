@@ -41,7 +41,7 @@ def test_round_trip_header_and_seal(tmp_path: Path) -> None:
     result = read_segment(path)
     assert result.error is None and result.sealed and not result.torn and not result.corrupt
     assert [f.payload for f in result.frames] == PAYLOADS
-    assert result.header is not None and result.header["format"] == 1 and result.header["pid"] == os.getpid()
+    assert result.header is not None and result.header["format"] == 2 and result.header["pid"] == os.getpid()
     assert result.next_offset == path.stat().st_size
 
 

@@ -118,14 +118,25 @@ def test_a_damaged_header_with_no_frame_yet_waits_then_salvages_what_follows(tmp
     assert [f.payload for f in third.frames] == [PAYLOADS[2]] and not third.corrupt
 
 
-def test_another_format_version_is_reported_not_guessed(tmp_path: Path) -> None:
-    body = orjson.dumps({"format": 2})
-    fixed = struct.pack("<8sHHI", MAGIC, 2, 0, len(body))
-    path = tmp_path / "0000000000001-1-abcd0123-00001.mks"
+def segment_of_version(tmp_path: Path, version: int) -> Path:
+    body = orjson.dumps({"format": version, "pid": 1})
+    fixed = struct.pack("<8sHHI", MAGIC, version, 0, len(body))
+    path = tmp_path / f"0000000000001-1-abcd0123-0000{version}.mks"
     path.write_bytes(fixed + body + struct.pack("<I", zlib.crc32(fixed[8:] + body)) + encode_frame(1, PAYLOADS[0]))
-    result = read_segment(path)
-    assert result.error == "spool format version 2; this reader knows version 1"
+    return path
+
+
+def test_another_format_version_is_reported_not_guessed(tmp_path: Path) -> None:
+    result = read_segment(segment_of_version(tmp_path, 3))
+    assert result.error == "spool format version 3; this reader knows versions 1 and 2"
     assert not result.frames
+
+
+def test_version_1_segments_are_still_read(tmp_path: Path) -> None:
+    """Old spools still drain: a version 1 segment (measurement frames) reads as before."""
+    result = read_segment(segment_of_version(tmp_path, 1))
+    assert result.error is None and result.header == {"format": 1, "pid": 1}
+    assert [f.payload for f in result.frames] == [PAYLOADS[0]]
 
 
 def test_a_damaged_header_naming_another_version_with_no_frame_is_an_error(tmp_path: Path) -> None:

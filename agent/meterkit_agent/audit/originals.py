@@ -17,8 +17,9 @@ from typing import Any
 
 import orjson
 
+from meterkit._frames import batch_records
 from meterkit._model import content_hash
-from meterkit._spool import KIND_MEASUREMENT, read_segment, segments
+from meterkit._spool import KIND_BATCH, KIND_MEASUREMENT, Frame, read_segment, segments
 
 # The agent's own spools under its state directory (see pipeline/retire.py, receivers/).
 _STATE_SPOOLS = ("retained", "replay-spool")
@@ -49,14 +50,9 @@ class Originals:
         for folder in self.folders:
             for seg in segments(folder):
                 for frame in read_segment(seg).frames:
-                    if frame.kind != KIND_MEASUREMENT:
-                        continue
-                    try:
-                        m = frame.json()
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(m, dict) and m.get("uid") in wanted:
-                        yield m
+                    for m in _measurements(frame):
+                        if isinstance(m, dict) and m.get("uid") in wanted:
+                            yield m
         db = self.state_dir / "deadletter.db"
         if not db.exists():
             return
@@ -71,6 +67,18 @@ class Originals:
             return
         finally:
             conn.close()
+
+
+def _measurements(frame: Frame) -> list[Any]:
+    """A measurement frame's measurement, or a batch frame's (as the agent reads them)."""
+    try:
+        if frame.kind == KIND_MEASUREMENT:
+            return [frame.json()]
+        if frame.kind == KIND_BATCH:
+            return batch_records(frame.payload)
+    except (orjson.JSONDecodeError, ValueError):
+        pass  # corrupt content: not a candidate
+    return []
 
 
 def differences(original: dict[str, Any], held: Any) -> str:

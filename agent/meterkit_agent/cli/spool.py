@@ -10,7 +10,8 @@ from typing import Annotated
 import orjson
 import typer
 
-from meterkit._spool import KIND_CONTROL, KIND_MEASUREMENT, read_segment, segments
+from meterkit._frames import batch_records
+from meterkit._spool import KIND_BATCH, KIND_CONTROL, KIND_MEASUREMENT, read_segment, segments
 
 from .output import fail
 
@@ -22,7 +23,8 @@ def spool_inspect(
     directory: Annotated[Path, typer.Argument(help="the spool directory")],
     as_json: Annotated[bool, typer.Option("--json", help="print every measurement as a JSON line")] = False,
 ) -> None:
-    """Count measurements per meter and account; report losses and corrupt frames."""
+    """Count measurements per meter and account (in measurement and batch frames); report
+    losses and corrupt frames."""
     if not directory.is_dir():
         raise fail(f"{directory} is not a directory")
     per_key: Counter[tuple[str, str]] = Counter()
@@ -54,6 +56,15 @@ def spool_inspect(
                 per_key[(str(body.get("meter")), str(body.get("account")))] += 1
                 if as_json:
                     out.write(frame.payload + b"\n")
+            elif frame.kind == KIND_BATCH:
+                try:
+                    batch = batch_records(frame.payload)
+                except ValueError as exc:
+                    problems.append(f"{seg.name}: frame at byte {frame.offset}: {exc}")
+                    continue
+                per_key.update((str(m.get("meter")), str(m.get("account"))) for m in batch)
+                if as_json:
+                    out.writelines(orjson.dumps(m) + b"\n" for m in batch)
             elif frame.kind == KIND_CONTROL and body.get("type") == "losses":
                 for e in body.get("entries", []):
                     losses[(str(e.get("reason")), str(e.get("meter")))] += int(e.get("count", 0))
