@@ -11,6 +11,7 @@ checkpoint; uids make the replay harmless. Fully acknowledged segments are retir
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -32,17 +33,37 @@ from .pipeline.commit import Committer
 from .pipeline.deadletters import REPLAY_SPOOL, DeadLetters
 from .pipeline.deliver import Deliverer
 from .pipeline.drain import Drain
-from .pipeline.prepare import Preparer
+from .pipeline.prepare import Prepared, Preparer
 from .pipeline.retire import Retirer
 from .pipeline.sender import Sender
 from .pipeline.telemetry import AgentMetrics
 from .processors import PROCESSORS
 from .processors.batch import BatchConfig
-from .processors.validate import ValidateConfig
+from .processors.validate import ValidateConfig, ValidateProcessor
 from .receivers import RECEIVERS
 from .receivers.spool import Envelope, SpoolReceiver
 
 logger = logging.getLogger("meterkit.agent")
+
+#: At most this many bytes of frames read and not yet prepared (and always at least one frame).
+QUEUE_BYTES = 16 * 1024 * 1024
+
+
+#: Container allocations between the cyclic collector's young collections (Python's default
+#: is 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Tune the cyclic garbage collector for a process that is the agent. The agent makes
+    a dict per measurement and frees it by reference counting (records hold no cycles);
+    by default a young collection runs every 700 allocations, walking the records still in
+    flight, about 0.2 to 0.5 µs of CPU a measurement. Rarer young collections, and the
+    objects made at start-up frozen out of the collector's way, keep that small; cycles
+    are still collected."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def stop_on_signals() -> threading.Event:
@@ -103,6 +124,16 @@ class Agent:
         )
         self.metrics = AgentMetrics(self.state_dir, lambda: len(self.worker.queue), telemetry=config.service.telemetry)
         self.prepare = Preparer(self.processors, self.metrics)
+        # Frames read but not yet prepared, in payload bytes: a batch frame holds hundreds
+        # of measurements, so the queue is bounded by bytes as well as by frames.
+        self._queued_bytes = 0
+        self._room = threading.Condition(threading.Lock())
+        # Every record the exporters get passed the validate processor, if it runs last.
+        last = self.processors[-1][1] if self.processors else None
+        if isinstance(last, ValidateProcessor):
+            for exporter in self.exporters:
+                if hasattr(exporter, "validated_token"):
+                    exporter.validated_token = last.token
 
         # Receivers: spool tailers are the pipeline's queue; network receivers append to a spool.
         self.receivers: list[SpoolReceiver] = []
@@ -173,6 +204,7 @@ class Agent:
             receiver.shutdown(max(1.0, self.drain.left()))
         drained = self.worker.shutdown(timeout)
         drained = self.sender.stop() and drained
+        self.checkpoint.save()  # what the journal holds since the last periodic save
         for exporter in self.exporters:
             exporter.shutdown()
         self.metrics.shutdown()
@@ -187,6 +219,7 @@ class Agent:
         """Run until SIGTERM/SIGINT (or ``done`` is set), then drain. 0 if fully drained."""
         if done is None:
             done = stop_on_signals()
+        tune_gc()
         self.start()
         done.wait()
         return 0 if self.stop() else 1
@@ -201,14 +234,53 @@ class Agent:
     # -- the delivery worker's step ------------------------------------------------------
 
     def _emit(self, envelope: Envelope) -> bool:
-        return self.worker.put(envelope, 0.5)
+        """Queue a frame for the delivery worker; False if there was no room within half a
+        second (the receiver tries again)."""
+        size = len(envelope.payload)
+        with self._room:
+            if self._queued_bytes and not self._room.wait_for(
+                lambda: self._queued_bytes + size <= QUEUE_BYTES or not self._queued_bytes, 0.5
+            ):
+                return False
+            self._queued_bytes += size
+            full = self._queued_bytes >= self.batch_cfg.max_bytes
+        if not self.worker.put(envelope, 0.5):
+            self._release(size)
+            return False
+        if full:
+            self.worker.wake()  # a batch's worth is waiting: no need to wait for the timer
+        return True
+
+    def _release(self, size: int) -> None:
+        with self._room:
+            self._queued_bytes -= size
+            self._room.notify_all()
 
     def _export(self, batch: list[Envelope]) -> bool:
         """Prepare a batch and hand it to the sender: preparing batch N+1 while batch N is
-        on the wire keeps the agent busy while the backend works."""
+        on the wire keeps the agent busy while the backend works.
+
+        The worker's batch is counted in frames, and a batch frame holds many measurements,
+        so a batch is handed on once it holds ``max_measurements``. A frame is never cut in
+        two: the checkpoint moves by whole frames, so a frame half delivered and journaled
+        before a crash would be delivered and journaled again after it, and reconciliation
+        would count its first half twice. A batch may so exceed ``max_measurements`` by less
+        than one frame (the SDK's ``max_batch_size``); the exporters cut requests to their
+        backends' limits whatever its size."""
         if not batch:
             return True
-        return self.sender.put(self.prepare(batch))
+        try:
+            limit = self.batch_cfg.max_measurements
+            p = Prepared()
+            for envelope in batch:
+                self.prepare.take(p, envelope)
+                if len(p.records) >= limit:
+                    if not self.sender.put(self.prepare.finish(p)):
+                        return False
+                    p = Prepared()
+            return not p.taken or self.sender.put(self.prepare.finish(p))
+        finally:
+            self._release(sum(len(e.payload) for e in batch))
 
 
 def _build(registry: dict[str, str], cid: str, cfg: Any, *context: Any) -> Any:

@@ -117,12 +117,37 @@ def fold_joined(joined: str, count: int) -> Digest:
     ValueError if they are not ``count`` hashes of 64 hex digits."""
     if len(joined) != 64 * count:
         raise ValueError("a content hash is not 64 hex digits")
+    return _fold_raw(bytes.fromhex(joined), count)
+
+
+def fold_digests(digests: Sequence[bytes]) -> Digest:
+    """The digest of content hashes given as their 32 bytes each (``sha256().digest()``,
+    what the pipeline keeps), with no hex in between. Raises ValueError if one is not 32
+    bytes long."""
+    raw = b"".join(digests)
+    if len(raw) != 32 * len(digests):
+        raise ValueError("a content hash is not 32 bytes")
+    if not digests:
+        return Digest()
+    # Each hash as one integer (int.from_bytes reads big-endian, as the hex spells it):
+    # fewer, larger additions than summing the limbs, which only the check needs.
+    total = sum(map(int.from_bytes, digests)) % MOD
+    return Digest(len(digests), total, functools.reduce(operator.xor, _limbs(raw)[0::4], 0))
+
+
+def _fold_raw(raw: bytes, count: int) -> Digest:
     if not count:
         return Digest()
-    limbs = array("Q")
-    limbs.frombytes(bytes.fromhex(joined))
-    if sys.byteorder == "little":
-        limbs.byteswap()  # each limb as its 8 bytes read big-endian, as the hex spells it
+    limbs = _limbs(raw)
     top = limbs[0::4]
     total = (sum(top) << 192) + (sum(limbs[1::4]) << 128) + (sum(limbs[2::4]) << 64) + sum(limbs[3::4])
     return Digest(count, total % MOD, functools.reduce(operator.xor, top, 0))
+
+
+def _limbs(raw: bytes) -> array[int]:
+    """``raw`` as 64-bit limbs, each its 8 bytes read big-endian, as the hex spells it."""
+    limbs = array("Q")
+    limbs.frombytes(raw)
+    if sys.byteorder == "little":
+        limbs.byteswap()
+    return limbs

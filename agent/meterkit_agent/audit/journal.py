@@ -28,6 +28,7 @@ caught without anyone keeping a head by hand.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import hashlib
 import hmac
@@ -50,6 +51,7 @@ KEY_FILE = "journal.key"
 KEYED = "keyed"
 _KEYED_MARK = b'"type":"keyed"'  # how orjson writes it (no spaces): found without parsing
 _SDK_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
+_ALL_SDK_UIDS = re.compile(r"(?:[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\n)+")
 
 
 def entry_hash(prev: str, entry: dict[str, Any], key: bytes | None = None) -> str:
@@ -129,17 +131,59 @@ def has_keyed_marker(path: Path) -> bool:
 
 
 def uid_digest(uids: Iterable[str]) -> str:
-    digest = hashlib.sha256()
-    for uid in sorted(uids):
-        digest.update(uid.encode() + b"\n")
-    return digest.hexdigest()
+    """SHA-256 over the sorted uids, each followed by a line feed (hashed in one piece)."""
+    return sorted_uid_digest(sorted(uids))
+
+
+def sorted_uid_digest(ordered: list[str]) -> str:
+    """:func:`uid_digest` of uids already sorted."""
+    text = "\n".join(ordered) + "\n" if ordered else ""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def compress_uids(uids: Iterable[str]) -> dict[str, Any]:
     """SDK uids are a per-process prefix plus a counter: store runs, not every uid."""
+    return compress_sorted_uids(sorted(set(uids)))
+
+
+def compress_sorted_uids(ordered: list[str]) -> dict[str, Any]:
+    """:func:`compress_uids` of distinct uids already sorted.
+
+    When all of them are SDK uids (one pattern match over them all), a prefix's uids are
+    one run exactly when its last counter minus its first is their number less one: the
+    counters are distinct and, 12 lowercase hex digits wide, sort as numbers do. Only a
+    prefix with gaps is walked uid by uid.
+    """
+    joined = "\n".join(ordered) + "\n"
+    # (the length check: no uid holds a line feed that would make it two lines)
+    if ordered and len(joined) == 37 * len(ordered) and _ALL_SDK_UIDS.fullmatch(joined):
+        runs: dict[str, list[list[int]]] = {}
+        start = 0
+        while start < len(ordered):
+            prefix = ordered[start][:24]
+            end = bisect.bisect_left(ordered, prefix + "g", start)  # "g" sorts after every hex digit
+            first, last = int(ordered[start][24:], 16), int(ordered[end - 1][24:], 16)
+            runs[prefix] = [[first, last]] if last - first == end - start - 1 else _spans(ordered[start:end])
+            start = end
+        return {"runs": runs}
+    return _compress_slowly(ordered)
+
+
+def _spans(ordered: list[str]) -> list[list[int]]:
+    spans: list[list[int]] = []
+    for uid in ordered:
+        n = int(uid[24:], 16)
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        elif not spans or spans[-1][1] != n:
+            spans.append([n, n])
+    return spans
+
+
+def _compress_slowly(ordered: list[str]) -> dict[str, Any]:
     runs: dict[str, list[list[int]]] = {}
     other: list[str] = []
-    for uid in sorted(uids):
+    for uid in ordered:
         if _SDK_UID.match(uid):
             prefix, n = uid[:24], int(uid[24:], 16)
             spans = runs.setdefault(prefix, [])
@@ -250,7 +294,19 @@ class Journal:
         """Entries with a sequence number above ``seq`` (the checkpoint file's), newest last."""
         if self.seq <= seq:
             return []
-        return [e for _, e in read_entries(self.path) if isinstance(e, dict) and int(e.get("seq", 0)) > seq]
+        # Read from the end: the checkpoint file lags the journal by about a second of
+        # entries, and the journal may be long.
+        newest_first: list[dict[str, Any]] = []
+        for line in _lines_backwards(self.path):
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a line cut mid-write: no entry
+            if isinstance(entry, dict):
+                if int(entry.get("seq", 0)) <= seq:
+                    break
+                newest_first.append(entry)
+        return newest_first[::-1]
 
 
 class JournalError(Exception):
@@ -271,6 +327,25 @@ def _last_line(path: Path) -> bytes | None:
         return None
     lines = data.rstrip(b"\n").split(b"\n")
     return lines[-1] if lines else None
+
+
+def _lines_backwards(path: Path, block: int = 1 << 20) -> Iterator[bytes]:
+    """The file's non-empty lines, last first."""
+    with path.open("rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        rest = b""  # the start of a line whose beginning is in an earlier block
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            data = f.read(end - start) + rest
+            end = start
+            lines = data.split(b"\n")
+            rest = lines[0] if start > 0 else b""
+            for line in reversed(lines if start == 0 else lines[1:]):
+                if line:
+                    yield line
+        if rest:
+            yield rest
 
 
 def read_entries(path: Path) -> Iterator[tuple[int, Any]]:

@@ -17,7 +17,10 @@ An exporter is called by one delivery thread at a time, so each keeps one
 Every ingest request carries the audit journal's head (``X-Meterkit-Journal`` and
 ``X-Meterkit-Journal-Head: <seq>:<hash>``) when the pipeline provides it through
 :attr:`IngestExporter.journal_head`: a backend that keeps it (the ledger does) anchors
-the journal off the agent's disk (docs/audit-journal.md).
+the journal off the agent's disk (docs/audit-journal.md). And ``Meterkit-Validated``,
+when the pipeline's last processor validated every measurement of the request
+(:attr:`IngestExporter.validated_token`): a ledger holding the same catalog trusts an
+authenticated request that says so, instead of validating it again.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ import email.utils
 import gzip
 import hashlib
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
+from itertools import accumulate, count
+from operator import add, itemgetter
 from typing import Any, Literal
 
 import orjson
@@ -42,6 +48,11 @@ Outcome = Literal["ok", "retry", "pause", "isolate"]
 #: The journal carried on ingest requests: its id, and its head as ``<seq>:<hash>``.
 JOURNAL_HEADER = "X-Meterkit-Journal"
 JOURNAL_HEAD_HEADER = "X-Meterkit-Journal-Head"
+
+#: Sent when every measurement of a request passed the agent's validate processor: that
+#: processor's ``validation_token`` (rules and catalog). A ledger that holds the same
+#: catalog, and has authenticated the request, need not validate it again.
+VALIDATED_HEADER = "Meterkit-Validated"
 
 #: Statuses that mean "wrong URL or credentials": never the data's fault.
 PAUSE_STATUSES = frozenset({401, 403, 404})
@@ -83,44 +94,96 @@ def parse_retry_after(value: str | None, now: float | None = None, cap_seconds: 
 
 def idempotency_key(uids: Iterable[str]) -> str:
     """The ``Idempotency-Key`` of a request: a digest of its uids, independent of order,
-    so every retry of the same measurements carries the same key."""
-    digest = hashlib.sha256()
-    for uid in sorted(uids):
-        digest.update(uid.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:48]
+    so every retry of the same measurements carries the same key. It is sha256 over each
+    sorted uid followed by a line feed, hashed in one piece."""
+    return uids_sha256(uids)[:48]
+
+
+def uids_sha256(uids: Iterable[str]) -> str:
+    """sha256 (hex) of the sorted uids, each followed by ``\n``."""
+    ordered = sorted(uids)
+    if not ordered:
+        return hashlib.sha256().hexdigest()
+    ordered.append("")
+    return hashlib.sha256("\n".join(ordered).encode()).hexdigest()
+
+
+class Serialised(list[dict[str, Any]]):
+    """Measurements that carry their JSON, written once by the pipeline (sorted keys, the
+    bytes each one's content hash covers), so an exporter puts those bytes in its request
+    body instead of serialising the records again. ``encoded[i]`` is ``self[i]``'s JSON. A
+    slice or a copy is a plain list, whose records an exporter serialises itself."""
+
+    def __init__(self, records: list[dict[str, Any]], encoded: list[bytes]) -> None:
+        super().__init__(records)
+        self.encoded = encoded
 
 
 Encoded = tuple[dict[str, Any], bytes]
 
 
 def chunks(records: list[dict[str, Any]], max_count: int, max_bytes: int) -> Iterator[list[Encoded]]:
-    """Split records into requests of at most ``max_count`` items and ``max_bytes`` of JSON.
+    """Split records into requests of at most ``max_count`` items and ``max_bytes`` of JSON,
+    greedily, in order (a record alone over ``max_bytes`` still gets a request of its own).
 
-    Each record is serialised once, here; :func:`request_body` joins the pieces.
+    Each record is serialised once: by the pipeline (:class:`Serialised`), or here;
+    :func:`request_body` joins the pieces. Where each request ends is found per request,
+    by bisecting the running total of the pieces' sizes, not record by record.
     """
     envelope = len(b'{"measurements":[]}')
-    current: list[Encoded] = []
-    size = envelope
-    for record in records:
-        data = orjson.dumps(record)
-        n = len(data) + 1
-        if current and (len(current) >= max_count or size + n > max_bytes):
-            yield current
-            current, size = [], envelope
-        current.append((record, data))
-        size += n
-    if current:
-        yield current
+    encoded: list[bytes] = records.encoded if isinstance(records, Serialised) else list(map(orjson.dumps, records))
+    if not records:
+        return
+    # ends[j]: the bytes of records[:j], each with its comma
+    ends = list(map(add, accumulate(map(len, encoded), initial=0), count()))
+    start = 0
+    while start < len(records):
+        # records[start:stop] fit if envelope + ends[stop] - ends[start] <= max_bytes
+        stop = (
+            bisect_right(ends, max_bytes - envelope + ends[start], start + 1, min(len(records), start + max_count) + 1)
+            - 1
+        )
+        stop = max(stop, start + 1)
+        yield list(zip(records[start:stop], encoded[start:stop], strict=True))
+        start = stop
 
 
 def request_body(chunk: list[Encoded]) -> bytes:
-    return b'{"measurements":[' + b",".join(data for _, data in chunk) + b"]}"
+    return b'{"measurements":[' + b",".join(map(_data, chunk)) + b"]}"
+
+
+_record, _data, _uid = itemgetter(0), itemgetter(1), itemgetter("uid")
+
+
+class _Session(requests.Session):
+    """A session that reads the environment's proxy and CA bundle settings once per URL.
+
+    ``requests`` reads them again on every request (every environment variable, twice:
+    about a quarter of a request's CPU); an exporter posts to one URL many times, and the
+    agent's environment does not change while it runs. What is kept is what ``requests``
+    itself worked out, for the same arguments and the same session settings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        if proxies or not self.trust_env:  # proxies given for this request: as requests does it
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        own = (self.stream, self.verify, self.cert, tuple(sorted(self.proxies.items())))
+        key = (url, stream, verify, cert, own)
+        settings = self._environment.get(key)
+        if settings is None:
+            if len(self._environment) > 64:
+                self._environment.clear()
+            settings = dict(super().merge_environment_settings(url, {}, stream, verify, cert))
+            self._environment[key] = settings
+        return {**settings, "proxies": dict(settings["proxies"])}
 
 
 def session(**headers: str) -> requests.Session:
     """A pooled session that says who is calling."""
-    s = requests.Session()
+    s = _Session()
     s.headers.update({"User-Agent": USER_AGENT, **headers})
     return s
 
@@ -151,6 +214,9 @@ class IngestExporter:
         self.last_answer = ""  # for the audit journal: what the backend said last
         #: set by the pipeline: (journal id, "<seq>:<hash>") to carry on each request, or None
         self.journal_head: Callable[[], tuple[str, str] | None] | None = None
+        #: set by the pipeline when its last processor validates every record it passes on:
+        #: that processor's token, sent as ``Meterkit-Validated``
+        self.validated_token: str | None = None
 
     def headers(self) -> dict[str, str]:
         return {}
@@ -172,12 +238,14 @@ class IngestExporter:
         body = gzip.compress(request_body(chunk), compresslevel=1)
         headers = {
             **self.headers(),
-            "Idempotency-Key": idempotency_key(m["uid"] for m, _ in chunk),
+            "Idempotency-Key": idempotency_key(map(_uid, map(_record, chunk))),
             "Content-Encoding": "gzip",
         }
         head = self.journal_head() if self.journal_head is not None else None
         if head is not None:
             headers[JOURNAL_HEADER], headers[JOURNAL_HEAD_HEADER] = head
+        if self.validated_token is not None:
+            headers[VALIDATED_HEADER] = self.validated_token
         return self._send(body, headers)
 
     def _send(self, body: bytes, headers: dict[str, str]) -> requests.Response:

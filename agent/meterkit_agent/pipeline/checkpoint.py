@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import orjson
 
 from meterkit._spool import private_dir
 
+#: The checkpoint file is rewritten at most this often while batches are committed.
+SAVE_INTERVAL_SECONDS = 1.0
+
 
 class Checkpoint:
     """Per segment: the offset up to which every frame has been acknowledged.
 
-    Written atomically (temp file, fsync, rename) after every acknowledged batch, so a
-    crash at any moment leaves either the old or the new checkpoint, never half of one.
+    Written atomically (temp file, fsync, rename), so a crash at any moment leaves either
+    the old or the new checkpoint, never half of one. The journal, appended and fsynced
+    before each advance, carries every batch's positions too, and the agent re-applies
+    the entries after :attr:`journal_seq` when it starts. So the file need not follow
+    every batch: it is rewritten at most once a :data:`SAVE_INTERVAL_SECONDS` while
+    delivery runs (each rewrite is a write, an fsync and a rename), and when it stops.
+    In memory the offsets are always current.
     """
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, save_interval: float = SAVE_INTERVAL_SECONDS) -> None:
         self.path = private_dir(state_dir) / "checkpoint.json"
+        self.save_interval = save_interval
+        self._saved_at = float("-inf")
+        self._lock = threading.Lock()
         #: the journal entry this checkpoint includes; later entries' positions are re-applied
         self.journal_seq = 0
         try:
@@ -32,12 +45,14 @@ class Checkpoint:
         return self.offsets.get(key, 0)
 
     def advance(self, positions: dict[str, int], journal_seq: int | None = None, save: bool = True) -> None:
+        """Move the offsets forward. ``save``: write the file, if it was not written within
+        the save interval (the journal entry ``journal_seq`` already holds the positions)."""
         for key, offset in positions.items():
             if offset > self.offsets.get(key, 0):
                 self.offsets[key] = offset
         if journal_seq is not None:
             self.journal_seq = max(self.journal_seq, journal_seq)
-        if save:
+        if save and time.monotonic() - self._saved_at >= self.save_interval:
             self.save()
 
     def forget(self, key: str) -> None:
@@ -45,11 +60,13 @@ class Checkpoint:
             self.save()
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, orjson.dumps({"journal_seq": self.journal_seq, "offsets": self.offsets}))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        with self._lock:  # the sender's commits and the agent's stop may both save
+            self._saved_at = time.monotonic()
+            tmp = self.path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, orjson.dumps({"journal_seq": self.journal_seq, "offsets": dict(self.offsets)}))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)

@@ -15,23 +15,25 @@ not only totals.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
+from operator import itemgetter
 from typing import Any
 
-from meterkit._model import content_hash, tally
+from meterkit._model import tally
 from meterkit._timefmt import wire_ts_ns
 
-from ..audit.journal import Journal, compress_uids, uid_digest
+from ..audit.journal import Journal, compress_sorted_uids, compress_uids, sorted_uid_digest
 from ..component import Rejected
-from ..contentdigest import bucket_of, fold
-from ..exporters.exporterhelper import idempotency_key
 from .checkpoint import Checkpoint
 from .deadletters import DeadLetters
 from .prepare import Prepared
 from .telemetry import AgentMetrics
+from .totals import delivery_totals
 
 logger = logging.getLogger("meterkit.agent")
 
@@ -47,8 +49,7 @@ class Committer:
 
     def __call__(self, p: Prepared, refused: list[Rejected], answers: list[dict[str, Any]]) -> None:
         rejected = p.rejected + refused
-        refused_ids = {id(r.measurement) for r in rejected}
-        delivered = [m for m in p.records if id(m) not in refused_ids]
+        delivered, digests = _delivered(p, refused)
         journal = list(p.journal)
 
         by_stage: dict[str, list[tuple[Any, str, str]]] = {}
@@ -60,28 +61,21 @@ class Committer:
             self.dead_letters.add(stage, entries)
         if rejected or p.broken:
             journal.append(dead_letter_entry(rejected, p.broken))
-        delivered_uids = {m["uid"] for m in delivered}
+        # Nothing refused: the frames' uids are exactly the delivered ones, sorted once per segment.
+        by_segment = None if rejected else {seg: _distinct(uids) for seg, (_, uids) in p.sources.items()}
         journal.append(
-            {
-                "type": "delivery",
-                "batch": uuid.uuid4().hex,
-                "idempotency_key": idempotency_key(delivered_uids),
-                "uid_digest": uid_digest(delivered_uids),
-                "count": len(delivered),
-                "totals": delivery_totals(delivered),
-                "sources": [
-                    {"segment": seg, "writer": writer, "uids": compress_uids(u for u in uids if u in delivered_uids)}
-                    for seg, (writer, uids) in p.sources.items()
-                ],
-                "exporters": answers,
-                "positions": p.positions,
-            }
+            {"type": "delivery", "batch": uuid.uuid4().hex}
+            | uid_fields(delivered, p.sources, everything=not rejected, by_segment=by_segment)
+            | {"count": len(delivered), "totals": delivery_totals(delivered, digests)}
+            | {"sources": _sources(delivered, p.sources, everything=not rejected, by_segment=by_segment)}
+            | {"exporters": answers, "positions": p.positions}
         )
         self.journal.append(journal)
         self.checkpoint.advance(p.positions, self.journal.seq)
         self._count(rejected, p.broken, delivered)
 
     def _count(self, rejected: list[Rejected], broken: list[tuple[Any, str, str, str]], delivered: list[Any]) -> None:
+        """The batch's metrics: one addition per counter and reason, one latency observation."""
         isolated = Counter((r.stage or "agent", r.reason) for r in rejected)
         isolated.update((stage, reason) for _, reason, _, stage in broken)
         for (stage, reason), n in isolated.items():
@@ -96,21 +90,77 @@ class Committer:
                 ", ".join(f"{n} {reason} at {stage}" for (stage, reason), n in sorted(isolated.items())),
             )
         self.metrics.delivered.add(len(delivered))
-        now = time.time_ns()
-        for m in delivered:
-            with contextlib.suppress(KeyError, ValueError):
-                self.metrics.latency.record(max(0.0, (now - wire_ts_ns(m["ts"])) / 1e9))
+        # The oldest measurement's wait stands for the batch: every other one waited less.
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            if delivered:
+                oldest = wire_ts_ns(min(map(_ts, delivered)))
+                self.metrics.latency.record(max(0.0, (time.time_ns() - oldest) / 1e9))
 
 
-def delivery_totals(delivered: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """:func:`meterkit._model.tally` of a delivered batch, each bucket with its content digest."""
-    hashes: dict[tuple[str, str, str], list[str]] = {}
-    for m in delivered:
-        hashes.setdefault(bucket_of(m), []).append(content_hash(m))
-    totals = tally(delivered)
-    for row in totals:
-        row.update(fold(hashes[(row["meter"], row["account"], row["hour"])]).as_json())
-    return totals
+_ts = itemgetter("ts")
+
+
+def _delivered(p: Prepared, refused: list[Rejected]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The records every exporter took, with their content hashes."""
+    if not refused:
+        return p.records, p.digests
+    gone = {id(r.measurement) for r in refused}
+    kept = [i for i, m in enumerate(p.records) if id(m) not in gone]
+    return [p.records[i] for i in kept], [p.digests[i] for i in kept]
+
+
+def uid_fields(
+    delivered: list[dict[str, Any]],
+    sources: dict[str, tuple[str, list[Any]]],
+    *,
+    everything: bool,
+    by_segment: dict[str, list[str]] | None = None,
+) -> dict[str, str]:
+    """``idempotency_key`` and ``uid_digest`` of the delivered uids: one sort, one hash
+    (the key is the digest's first 48 hex digits, :func:`..exporters.exporterhelper.idempotency_key`).
+    ``everything``: nothing was refused, so the frames' uids are exactly the delivered ones;
+    ``by_segment``: those uids per segment, distinct and sorted, when already known."""
+    if everything and by_segment is not None and len(by_segment) == 1:
+        uids = next(iter(by_segment.values()))
+    elif everything:
+        uids = _distinct(itertools.chain.from_iterable(u for _, u in sources.values()))
+    else:
+        uids = _distinct(m.get("uid") for m in delivered)
+    digest = sorted_uid_digest(uids)
+    return {"idempotency_key": digest[:48], "uid_digest": digest}
+
+
+def _sources(
+    delivered: list[dict[str, Any]],
+    sources: dict[str, tuple[str, list[Any]]],
+    *,
+    everything: bool,
+    by_segment: dict[str, list[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """Per segment: its writer and the uids delivered from it, compressed."""
+    if everything:
+        known = by_segment or {}
+        return [
+            {"segment": seg, "writer": writer, "uids": compress_sorted_uids(known.get(seg) or _distinct(uids))}
+            for seg, (writer, uids) in sources.items()
+        ]
+    ok = set(_distinct(m.get("uid") for m in delivered))
+    return [
+        {"segment": seg, "writer": writer, "uids": compress_uids(u for u in uids if type(u) is str and u in ok)}
+        for seg, (writer, uids) in sources.items()
+    ]
+
+
+def _distinct(uids: Iterable[Any]) -> list[str]:
+    """The distinct uids, sorted. Only a pipeline without a validate processor lets a
+    record through whose uid is not a string; those are left out, as they always were."""
+    listed = list(uids)
+    try:
+        # A frame's uids come in order (a counter after a prefix): sorting them as they are
+        # is one linear pass, where sorting a set's arbitrary order is a full sort.
+        return list(dict.fromkeys(sorted(listed)))
+    except TypeError:
+        return sorted({u for u in listed if type(u) is str})
 
 
 def dead_letter_entry(rejected: list[Rejected], broken: list[tuple[Any, str, str, str]]) -> dict[str, Any]:

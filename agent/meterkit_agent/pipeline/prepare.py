@@ -1,30 +1,44 @@
 """Preparing a batch: parse each frame, take in the SDKs' control records, run the
-processors, and check that every record can be serialised.
+processors, and serialise every record once.
 
 One bad record costs only itself. A frame that is not JSON, a control record with a
 wrong shape (:mod:`.control`), a record a processor refuses or fails on, a record the
 serialiser refuses: each is set aside alone with its stage and reason, for the dead-letter
 store, and the rest of the batch goes on. Nothing here may raise: a batch that could not
 be prepared would leave its frames neither delivered nor dead-lettered.
+
+The work is per frame and per batch, not per measurement, wherever it can be: a batch
+frame (``KIND_BATCH``, hundreds of measurements) is turned into records in one call, trust
+in a writer's validation is decided per frame, and each record is serialised exactly
+once, with sorted keys: those bytes are both the request body's piece
+(:class:`..exporters.exporterhelper.Serialised`) and what the record's content hash covers
+(:func:`meterkit._model.content_hash`), kept in :attr:`Prepared.digests` for the journal.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import orjson
 
+from meterkit._frames import batch_records
 from meterkit._guard import log_once
-from meterkit._spool import KIND_MEASUREMENT
+from meterkit._spool import KIND_BATCH, KIND_MEASUREMENT
 
 from ..component import Processor, Rejected
+from ..exporters.exporterhelper import Serialised
 from ..processors.validate import ValidateProcessor
 from ..receivers.spool import Envelope
 from .control import control_problem
 from .telemetry import AgentMetrics
+
+_uid = itemgetter("uid")
 
 
 @dataclass
@@ -38,8 +52,24 @@ class Prepared:
     # (body, reason, detail, stage), dead-lettered but never tallied as usage
     broken: list[tuple[Any, str, str, str]] = field(default_factory=list)
     positions: dict[str, int] = field(default_factory=dict)
-    sources: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # segment -> (writer, uids)
+    # segment -> (writer, uids): uids as the frames carried them (a malformed record's may not be a str)
+    sources: dict[str, tuple[str, list[Any]]] = field(default_factory=dict)
     journal: list[dict[str, Any]] = field(default_factory=list)
+    #: per record (once prepared): sha256 of its sorted-key JSON, its content hash as bytes
+    digests: list[bytes] = field(default_factory=list)
+    #: the frames taken in, in order, and how many of ``records`` each gave
+    taken: list[Taken] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Taken:
+    """A frame taken into a batch, whole (frames are never cut between batches): once the
+    batch is committed, the checkpoint may pass ``end``."""
+
+    source: str
+    writer: str
+    end: int
+    count: int
 
 
 class Preparer:
@@ -55,38 +85,61 @@ class Preparer:
     def __call__(self, batch: list[Envelope]) -> Prepared:
         p = Prepared()
         for env in batch:
-            p.positions[env.source] = max(p.positions.get(env.source, 0), env.end)
+            self.take(p, env)
+        return self.finish(p)
+
+    def take(self, p: Prepared, env: Envelope) -> None:
+        """Parse one frame into ``p``."""
+        kind = env.kind
+        rows: list[Any] = []
+        if kind == KIND_BATCH:
             try:
-                body = orjson.loads(env.payload)
-            except orjson.JSONDecodeError as exc:
-                p.broken.append((env.payload.decode("utf-8", "replace"), "invalid:not_json", str(exc), "parse"))
-                continue
-            if env.kind == KIND_MEASUREMENT:
-                p.records.append(body)
-                p.trusted.append(env.validated is not None and env.validated == self.validated_token)
-                if isinstance(body, dict) and isinstance(body.get("uid"), str):
-                    p.sources.setdefault(env.source, (env.writer, []))[1].append(body["uid"])
-            elif problem := control_problem(body):
-                p.broken.append((body, "invalid:control_record", f"{env.source}: {problem}", "control"))
-                self.metrics.quarantined.add(1, {"reason": "invalid:control_record"})
-                log_once(
-                    ("control", env.source),
-                    logging.ERROR,
-                    "meterkit agent: quarantined a control record from %s (writer %s): %s",
-                    env.source,
-                    env.writer,
-                    problem,
-                )
-            else:
-                self._control(body)
-                p.journal.append({**body, "type": f"sdk_{body['type']}", "source": env.source, "writer": env.writer})
+                rows = batch_records(env.payload)
+            except ValueError as exc:
+                p.broken.append((env.payload.decode("utf-8", "replace"), "invalid:not_a_batch", str(exc), "parse"))
+            self._add(p, env, rows)
+            return
+        try:
+            body = orjson.loads(env.payload)
+        except orjson.JSONDecodeError as exc:
+            p.broken.append((env.payload.decode("utf-8", "replace"), "invalid:not_json", str(exc), "parse"))
+            self._add(p, env, rows)
+            return
+        if kind == KIND_MEASUREMENT:
+            rows.append(body)
+        elif problem := control_problem(body):
+            p.broken.append((body, "invalid:control_record", f"{env.source}: {problem}", "control"))
+            self.metrics.quarantined.add(1, {"reason": "invalid:control_record"})
+            log_once(
+                ("control", env.source),
+                logging.ERROR,
+                "meterkit agent: quarantined a control record from %s (writer %s): %s",
+                env.source,
+                env.writer,
+                problem,
+            )
+        else:
+            self._control(body)
+            p.journal.append({**body, "type": f"sdk_{body['type']}", "source": env.source, "writer": env.writer})
+        self._add(p, env, rows)
+
+    def _add(self, p: Prepared, env: Envelope, rows: list[Any]) -> None:
+        p.taken.append(Taken(env.source, env.writer, env.end, len(rows)))
+        if rows:
+            p.records.extend(rows)
+            trusted = env.validated is not None and env.validated == self.validated_token
+            p.trusted.extend([trusted] * len(rows))
+
+    def finish(self, p: Prepared) -> Prepared:
+        """Run the processors over what was taken in and serialise the survivors."""
         self.metrics.received.add(len(p.records))
-        trusted = p.trusted
+        _locate(p)
+        records, trusted = p.records, p.trusted
         for stage, process in self.processors:
-            p.records, refused = self._run(stage, process, p.records, trusted)
+            records, refused = self._run(stage, process, records, trusted)
             p.rejected.extend(refused)
-            trusted = [False] * len(p.records)  # only the first processor may trust a writer
-        p.records, unserialisable = _serialisable(p.records)
+            trusted = [False] * len(records)  # only the first processor may trust a writer
+        p.records, p.digests, unserialisable = serialise(records)
         p.rejected.extend(unserialisable)
         return p
 
@@ -124,21 +177,49 @@ class Preparer:
                 self.metrics.sdk_lost.add(count, {"reason": reason})
 
 
-def _serialisable(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Rejected]]:
-    """The records every exporter can encode. The whole batch is tried at once; only when
-    that fails is each record tried, so the common case costs one encode."""
+def _locate(p: Prepared) -> None:
+    """The batch's positions (frames it holds whole) and each segment's writer and uids."""
+    start = 0
+    for t in p.taken:
+        if t.end > p.positions.get(t.source, 0):
+            p.positions[t.source] = t.end
+        if t.count:
+            rows = p.records[start : start + t.count]
+            start += t.count
+            try:
+                uids = list(map(_uid, rows))
+            except (KeyError, TypeError):  # a record without a uid, or not a record: named by validation
+                uids = [r["uid"] for r in rows if isinstance(r, dict) and isinstance(r.get("uid"), str)]
+            p.sources.setdefault(t.source, (t.writer, []))[1].extend(uids)
+
+
+def serialise(records: list[dict[str, Any]]) -> tuple[Serialised, list[bytes], list[Rejected]]:
+    """Each record's JSON with sorted keys, once: (the records every exporter can encode,
+    carrying those bytes; their content hashes; the records the serialiser refused). The
+    whole batch is tried in C-level passes; only when that fails is each record tried."""
     try:
-        orjson.dumps(records)
-    except (TypeError, orjson.JSONEncodeError):
-        pass
-    else:
-        return records, []
-    kept, refused = [], []
+        encoded = list(map(_dumps_sorted, records))
+    except TypeError:  # orjson.JSONEncodeError is one
+        encoded = None
+    if encoded is not None:
+        return Serialised(records, encoded), _digests(encoded), []
+    kept: list[dict[str, Any]] = []
+    encoded, refused = [], []
     for record in records:
         try:
-            orjson.dumps(record)
-        except (TypeError, orjson.JSONEncodeError) as exc:
+            data = _dumps_sorted(record)
+        except TypeError as exc:
             refused.append(Rejected(record, "invalid:unserialisable", str(exc), "serialise"))
-        else:
-            kept.append(record)
-    return kept, refused
+            continue
+        kept.append(record)
+        encoded.append(data)
+    return Serialised(kept, encoded), _digests(encoded), refused
+
+
+def _digests(encoded: list[bytes]) -> list[bytes]:
+    """sha256 of each piece (a comprehension: a third cheaper than ``map`` with ``methodcaller``)."""
+    sha256 = hashlib.sha256
+    return [sha256(data).digest() for data in encoded]
+
+
+_dumps_sorted = functools.partial(orjson.dumps, option=orjson.OPT_SORT_KEYS)

@@ -16,11 +16,16 @@ import orjson
 import pytest
 
 import meterkit
-from meterkit._model import content_hash
 from meterkit_agent.audit.journal import GENESIS, expand_uids, link_hash
+from meterkit_agent.ledger import Ledger
+from meterkit_agent.ledger.codec import Codec
+from meterkit_agent.ledger.digests import Digests, hour_ms
+from meterkit_agent.ledger.ingest import uid_key
+from meterkit_agent.ledger.rollups import signed64
 from tests.agent.conftest import TOKEN, LedgerServer, Proc, cli_cmd, start_ledger, wait_for
 from tests.conftest import CATALOG
 
+ORG = "test-org"
 PERIOD = ("--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z")
 
 
@@ -44,7 +49,9 @@ service: {{state_dir: {self.state}, retain_segments_hours: 1, pipelines: {{usage
         self.agent: Proc | None = None
 
     def record(self) -> dict[str, int]:
-        client = meterkit.Client(spool_dir=self.spool, flush_interval_millis=20)
+        # Frames of at most 50 measurements: the agent delivers whole frames, so the batch
+        # processor's 100 gives several deliveries (and journal heads for the ledger to anchor).
+        client = meterkit.Client(spool_dir=self.spool, flush_interval_millis=20, max_batch_size=50)
         expected = {"acme": 0, "globex": 0}
         for i in range(300):
             account = "acme" if i % 3 else "globex"
@@ -107,42 +114,61 @@ service: {{state_dir: {self.state}, retain_segments_hours: 1, pipelines: {{usage
                 out.append(e)
         return out
 
+    def open_ledger(self) -> Ledger:
+        return Ledger(f"sqlite:///{self.tmp / 'ledger' / 'ledger.db'}")
+
     def stored(self, account: str) -> dict[str, dict[str, Any]]:
         """uid -> body of what the ledger holds for an account of data_downloaded."""
-        with self.ledger_db() as db:
-            rows = db.execute(
-                "SELECT uid, body FROM measurements WHERE meter='data_downloaded' AND account=? ORDER BY uid",
-                (account,),
-            )
-            return {uid: json.loads(body) for uid, body in rows}
+        ledger = self.open_ledger()
+        try:
+            return {m["uid"]: m for m in ledger.rows(ORG, "data_downloaded", account)}
+        finally:
+            ledger.close()
 
     # -- tampering -----------------------------------------------------------------------
 
     def edit_value(self, uid: str, delta: int, rehash: bool = False) -> None:
-        """Change a stored measurement's bytes. ``rehash``: the careful forger, who also
-        recomputes the stored content hash; otherwise only the body changes."""
-        with self.ledger_db() as db:
-            body = json.loads(db.execute("SELECT body FROM measurements WHERE uid=?", (uid,)).fetchone()[0])
+        """Change a stored measurement's bytes in its row (a trigger marks its hour's
+        rollup dirty). ``rehash``: the careful forger, who also makes the hour's rollup
+        agree with the edited rows and clears the mark."""
+        ledger = self.open_ledger()
+        try:
+            body = ledger.get(ORG, uid)
+            assert body is not None
             body["measure"]["bytes"] += delta
+            _, _, nums, _ = Codec().split(body)
+            with self.ledger_db() as db:
+                db.execute("UPDATE measurements SET nums=? WHERE uid=?", (nums, uid_key(uid)))
             if rehash:
-                db.execute(
-                    "UPDATE measurements SET body=?, content_hash=? WHERE uid=?",
-                    (json.dumps(body), content_hash(body), uid),
-                )
-            else:
-                db.execute("UPDATE measurements SET body=? WHERE uid=?", (json.dumps(body), uid))
+                hour = hour_ms(body["ts"])
+                (bucket,) = Digests(ledger).buckets(ORG, hour, hour + 3_600_000, body["meter"], body["account"])
+                with self.ledger_db() as db:
+                    db.execute(
+                        "UPDATE hours SET content=?, check_xor=?, dirty=0 WHERE hour=?"
+                        " AND series=(SELECT series FROM measurements WHERE uid=?)",
+                        (bucket["content"], signed64(int(bucket["check"], 16)), hour // 3_600_000, uid_key(uid)),
+                    )
+        finally:
+            ledger.close()
 
     def delete(self, *uids: str) -> None:
         with self.ledger_db() as db:
-            db.execute(f"DELETE FROM measurements WHERE uid IN ({','.join('?' * len(uids))})", uids)
+            db.execute(
+                f"DELETE FROM measurements WHERE uid IN ({','.join('?' * len(uids))})", [uid_key(u) for u in uids]
+            )
 
     def forge(self, like: dict[str, Any], uid: str, **changes: Any) -> None:
-        """Insert a measurement no agent delivered, as a hand-written INSERT would."""
+        """Insert a measurement no agent delivered, as a hand-written INSERT would (the
+        rollups know nothing of it)."""
         body = {**like, "uid": uid, **changes}
+        ms, template, nums, extra = Codec().split(body)
         with self.ledger_db() as db:
+            db.execute("INSERT OR IGNORE INTO shapes (template) VALUES (?)", (template,))
             db.execute(
-                "INSERT INTO measurements (org, uid, meter, account, ts, body) VALUES ('test-org', ?, ?, ?, ?, ?)",
-                (uid, body["meter"], body["account"], body["ts"], json.dumps(body)),
+                "INSERT INTO measurements (org_id, series, ts_ms, uid, shape, nums, extra) VALUES ("
+                "(SELECT id FROM orgs WHERE org=?), (SELECT id FROM series WHERE org=? AND meter=? AND account=?),"
+                " ?, ?, (SELECT id FROM shapes WHERE template=?), ?, ?)",
+                (ORG, ORG, body["meter"], body["account"], ms, uid_key(uid), template, nums, extra),
             )
 
     def rewrite_journal(self, entries: list[dict[str, Any]], key: bytes | None = None) -> None:

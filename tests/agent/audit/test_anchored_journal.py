@@ -87,7 +87,10 @@ def test_a_journal_rewritten_with_its_key_is_caught_by_the_anchor(scenario: Scen
     key = read_key(scenario.state)
     assert key is not None
     entries = scenario.entries()
-    entries[1]["totals"][0]["count"] -= 1
+    victim = scenario.deliveries()[1]
+    for entry in entries:
+        if entry.get("seq") == victim["seq"]:
+            entry["totals"][0]["count"] -= 1
     scenario.rewrite_journal(entries, key)  # whoever holds the key can recompute a keyed chain
     assert scenario.cli("audit", "verify", "--state-dir", str(scenario.state)).returncode == 0  # locally sound
     done = scenario.verify()

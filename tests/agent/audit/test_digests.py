@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from meterkit_agent.exporters.http import HttpExporter, HttpExporterConfig
 from meterkit_agent.exporters.ledger import LedgerExporter, LedgerExporterConfig
 from meterkit_agent.ledger import Ledger
 from meterkit_agent.ledger.api import create_app
+from meterkit_agent.ledger.codec import Codec
 from meterkit_agent.ledger.digests import Digests, hour_ms
 from meterkit_agent.pipeline.commit import delivery_totals
 from tests.agent.conftest import TOKEN
@@ -93,7 +93,9 @@ def test_the_ledger_computes_what_the_journal_records(store: tuple[Ledger, Diges
     assert [(b["account"], b["hour"]) for b in only] == [("acct-1", HOURS[0])]
 
 
-def test_rows_written_around_the_ledger_are_hashed_from_their_bodies(store: tuple[Ledger, Digests]) -> None:
+def test_rows_written_around_the_ledger_are_hashed_from_their_rows(store: tuple[Ledger, Digests]) -> None:
+    """A row inserted by hand (the rollups know nothing of it) and a row changed by hand
+    (a trigger marks its hour dirty): the bucket is recomputed from its rows."""
     ledger, digests = store
     tenant, batch = org(), records(6)
     ledger.ingest(tenant, batch)
@@ -101,19 +103,36 @@ def test_rows_written_around_the_ledger_are_hashed_from_their_bodies(store: tupl
     hashes = dict(((u, h) for u, *_, h in digests.listing(tenant, [bucket])))
     forged = {**batch[0], "uid": "hand-1"}
     edited = {**batch[2], "measure": {"bytes": 999}}
-    with digests.engine.begin() as conn:  # an INSERT without a content hash; an UPDATE of the body alone
-        conn.exec_driver_sql(
-            "INSERT INTO measurements (org, uid, meter, account, ts, body) VALUES (%s, %s, %s, %s, %s, %s)"
-            if digests.postgres
-            else "INSERT INTO measurements (org, uid, meter, account, ts, body) VALUES (?, ?, ?, ?, ?, ?)",
-            (tenant, "hand-1", "downloads", "acct-0", forged["ts"], json.dumps(forged)),
-        )
-        conn.exec_driver_sql(
-            "UPDATE measurements SET body = %s WHERE org = %s AND uid = %s"
-            if digests.postgres
-            else "UPDATE measurements SET body = ? WHERE org = ? AND uid = ?",
-            (json.dumps(edited), tenant, batch[2]["uid"]),
-        )
+    codec, mark = Codec(), ledger.mark
+    ms, _template, nums, extra = codec.split(forged)
+    conn = ledger.connection()
+    try:
+        cur = conn.cursor()
+        cur.execute(f"SELECT id FROM series WHERE org = {mark} AND account = 'acct-0'", (tenant,))
+        series = cur.fetchone()[0]
+        cur.execute(f"SELECT shape FROM measurements WHERE series = {mark} LIMIT 1", (series,))
+        shape = cur.fetchone()[0]
+        if ledger.postgres:
+            cur.execute(
+                "INSERT INTO uids (org_id, uid, series, ts_ms) VALUES ((SELECT id FROM orgs WHERE org = %s), %s, %s, %s)",
+                (tenant, "hand-1", series, ms),
+            )
+            cur.execute(
+                "INSERT INTO measurements (series, ts_ms, uid, shape, nums, extra) VALUES (%s, %s, %s, %s, %s, %s)",
+                (series, ms, "hand-1", shape, nums, extra),
+            )
+            cur.execute("UPDATE measurements SET nums = %s WHERE uid = %s", (codec.split(edited)[2], edited["uid"]))
+        else:
+            cur.execute("BEGIN IMMEDIATE")
+            cur.execute(
+                "INSERT INTO measurements (org_id, series, ts_ms, uid, shape, nums, extra)"
+                " VALUES ((SELECT id FROM orgs WHERE org = ?), ?, ?, ?, ?, ?, ?)",
+                (tenant, series, ms, "hand-1", shape, nums, extra),
+            )
+            cur.execute("UPDATE measurements SET nums = ? WHERE uid = ?", (codec.split(edited)[2], edited["uid"]))
+        conn.commit()
+    finally:
+        conn.close()
     now = dict(((u, h) for u, *_, h in digests.listing(tenant, [bucket])))
     assert now == {**hashes, "hand-1": content_hash(forged), batch[2]["uid"]: content_hash(edited)}
     (held,) = [b for b in digests.buckets(tenant, hour_ms(HOURS[0]), hour_ms(HOURS[1])) if b["account"] == "acct-0"]

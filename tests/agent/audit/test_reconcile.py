@@ -39,12 +39,10 @@ def test_clean_run_reconciles_with_only_explained_differences(scenario: Scenario
 def test_injected_discrepancies_are_found_and_named(scenario: Scenario) -> None:
     scenario.record()
     scenario.deliver()
-    with scenario.ledger_db() as db:
-        acme = [r[0] for r in db.execute("SELECT uid FROM measurements WHERE account='acme' ORDER BY uid LIMIT 5")]
-        db.execute(f"DELETE FROM measurements WHERE uid IN ({','.join('?' * 3)})", acme[:3])  # missing at backend
-        body = json.loads(db.execute("SELECT body FROM measurements WHERE account='globex' LIMIT 1").fetchone()[0])
-        body["measure"]["bytes"] += 1000  # a value altered after delivery
-        db.execute("UPDATE measurements SET body=? WHERE uid=?", (json.dumps(body), body["uid"]))
+    acme = sorted(scenario.stored("acme"))[:5]
+    scenario.delete(*acme[:3])  # missing at backend
+    body = next(iter(scenario.stored("globex").values()))
+    scenario.edit_value(body["uid"], +1000)  # a value altered after delivery
     code, report, _ = scenario.reconcile()
     assert code == 1 and report["reconciled"] is False
     found = kinds(report)
@@ -52,50 +50,32 @@ def test_injected_discrepancies_are_found_and_named(scenario: Scenario) -> None:
     assert set(named(report, "missing_at_backend")) == set(acme[:3])
     assert "measure.bytes" in named(report, "altered")[body["uid"]]
 
-    with scenario.ledger_db() as db:  # a measurement the agent never delivered
-        extra = {**body, "uid": "intruder-1", "account": "acme"}
-        db.execute(
-            "INSERT INTO measurements (org, uid, meter, account, ts, body) VALUES ('test-org','intruder-1','data_downloaded','acme',?,?)",
-            (extra["ts"], json.dumps(extra)),
-        )
+    scenario.forge(body, "intruder-1", account="acme")  # a measurement the agent never delivered
     _, report, _ = scenario.reconcile()
     # Named each, not netted: 3 missing and 1 intruder are not "2 missing".
     assert ("missing_at_backend", "acme", 3, False) in kinds(report)
     assert set(named(report, "extra_at_backend")) == {"intruder-1"}
 
-    with scenario.ledger_db() as db:
-        db.execute("DELETE FROM measurements WHERE uid='intruder-1'")
-        db.execute(
-            "UPDATE measurements SET body=? WHERE uid=?",
-            (json.dumps({**body, "measure": {"bytes": body["measure"]["bytes"] - 1000}}), body["uid"]),
-        )
-        db.execute(
-            "INSERT INTO measurements (org, uid, meter, account, ts, body) VALUES ('test-org','dup-1','data_downloaded','globex',?,?)",
-            (body["ts"], json.dumps({**body, "uid": "dup-1"})),
-        )
+    scenario.delete("intruder-1")
+    scenario.edit_value(body["uid"], -1000)
+    scenario.forge(body, "dup-1")
     _, report, _ = scenario.reconcile()
     assert ("extra_at_backend", "globex", 1, False) in kinds(report)
     assert named(report, "altered") == {}  # restored to what was delivered
 
     # --repair re-sends the missing ones from retained segments, with their original uids.
-    with scenario.ledger_db() as db:
-        db.execute("DELETE FROM measurements WHERE uid='dup-1'")
+    scenario.delete("dup-1")
     code, report, err = scenario.reconcile("--repair")
     assert "re-sent 3" in err
     assert code == 0 and report["reconciled"] is True
-    with scenario.ledger_db() as db:
-        assert (
-            db.execute(f"SELECT count(*) FROM measurements WHERE uid IN ({','.join('?' * 3)})", acme[:3]).fetchone()[0]
-            == 3
-        )
+    assert set(acme[:3]) <= set(scenario.stored("acme"))
 
 
 def test_repair_says_when_segments_are_gone(scenario: Scenario) -> None:
     scenario.record()
     scenario.deliver()
     shutil.rmtree(scenario.state / "retained")
-    with scenario.ledger_db() as db:
-        db.execute("DELETE FROM measurements WHERE uid IN (SELECT uid FROM measurements WHERE account='acme' LIMIT 2)")
+    scenario.delete(*sorted(scenario.stored("acme"))[:2])
     code, report, err = scenario.reconcile("--repair")
     assert code == 1 and "cannot be re-sent: their spool segments are gone" in err
     assert ("missing_at_backend", "acme", 2, False) in kinds(report) and len(named(report, "missing_at_backend")) == 2
@@ -135,8 +115,7 @@ def test_journal_tampering_is_detected_and_never_reconciles(scenario: Scenario) 
 def test_trace_one_measurement(scenario: Scenario) -> None:
     scenario.record()
     scenario.deliver()
-    with scenario.ledger_db() as db:
-        uid = db.execute("SELECT uid FROM measurements LIMIT 1").fetchone()[0]
+    uid = sorted(scenario.stored("acme"))[0]
     done = scenario.cli("audit", "show", "--uid", uid, "--state-dir", str(scenario.state))
     assert done.returncode == 0, done.stderr
     assert "recorded by   pid" in done.stdout and "spooled in" in done.stdout and "Idempotency-Key" in done.stdout

@@ -34,4 +34,5 @@ def event(uid: str, **extra: Any) -> dict[str, Any]:
 
 
 def body_of(call: Any) -> dict[str, Any]:
-    return json.loads(gzip.decompress(call.request.body))
+    body: dict[str, Any] = json.loads(gzip.decompress(call.request.body))
+    return body

@@ -9,11 +9,23 @@ from typing import Any
 
 import orjson
 import pytest
+import requests
 import responses
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from meterkit_agent.component import Misconfigured, RetryLater
-from meterkit_agent.exporters.exporterhelper import chunks, classify, idempotency_key, parse_retry_after, request_body
+from meterkit_agent.exporters.exporterhelper import (
+    Encoded,
+    Serialised,
+    chunks,
+    classify,
+    idempotency_key,
+    parse_retry_after,
+    request_body,
+    session,
+)
 from meterkit_agent.exporters.http import HttpExporter, HttpExporterConfig
 from tests.agent.exporters.helpers import FAST, URL, body_of, m
 
@@ -115,3 +127,53 @@ def test_wrong_url_or_credentials_pause_and_dead_letter_nothing(status: int) -> 
     assert info.value.status == status and isinstance(info.value, RetryLater)
     assert "http" in str(info.value) and URL in str(info.value)
     assert len(responses.calls) == 1  # no splitting of the batch to find a "bad" record
+
+
+def _greedy_chunks(records: list[dict[str, Any]], max_count: int, max_bytes: int) -> list[list[Encoded]]:
+    """The rule, record by record: a request takes the next record unless it is full."""
+    out: list[list[Encoded]] = []
+    current: list[Encoded] = []
+    size = len(b'{"measurements":[]}')
+    for record in records:
+        data = orjson.dumps(record)
+        if current and (len(current) >= max_count or size + len(data) + 1 > max_bytes):
+            out.append(current)
+            current, size = [], len(b'{"measurements":[]}')
+        current.append((record, data))
+        size += len(data) + 1
+    return [*out, current] if current else out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=60), max_size=40),
+    max_count=st.integers(min_value=1, max_value=8),
+    max_bytes=st.integers(min_value=1, max_value=400),
+    serialised=st.booleans(),
+)
+def test_chunks_cut_where_the_record_by_record_rule_cuts(
+    sizes: list[int], max_count: int, max_bytes: int, serialised: bool
+) -> None:
+    records = [{"uid": str(i), "pad": "x" * n} for i, n in enumerate(sizes)]
+    given_records = Serialised(records, [orjson.dumps(r) for r in records]) if serialised else records
+    assert list(chunks(given_records, max_count, max_bytes)) == _greedy_chunks(records, max_count, max_bytes)
+
+
+def test_a_session_reads_the_environment_as_requests_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/bundle.pem")
+    ours, theirs = session(), requests.Session()
+    for url in (
+        "https://api.example.invalid/ingest",
+        "http://127.0.0.1:9/ingest",
+        "https://api.example.invalid/ingest",
+    ):
+        for args in (({}, None, None, None), ({"https": "http://other.invalid:1"}, None, False, None)):
+            got = ours.merge_environment_settings(url, dict(args[0]), *args[1:])
+            assert got == theirs.merge_environment_settings(url, dict(args[0]), *args[1:])
+            got["proxies"]["https"] = "changed by a caller"  # not kept for the next request
+    assert ours.merge_environment_settings("https://api.example.invalid/ingest", {}, None, None, None)["proxies"] == {
+        "https": "http://proxy.invalid:3128",
+        "no": "127.0.0.1",
+    }
