@@ -297,22 +297,25 @@ def test_many_agents_deliver_into_one_postgresql_ledger(tmp_path: Path, postgres
 def reset_org(url: str) -> None:
     """Empty the test organisation in the shared PostgreSQL ledger: the server lives for the session."""
     from meterkit_agent.ledger import Ledger
+    from tests.agent.ledger.conftest import wipe
 
     ledger = Ledger(url)
-    with ledger.engine.begin() as conn:
-        conn.exec_driver_sql("DELETE FROM measurements WHERE org = 'test-org'")
-    ledger.close()
+    try:
+        wipe(ledger, "test-org")
+    finally:
+        ledger.close()
 
 
 def test_frames_validated_by_their_writer_under_the_same_catalog_are_not_validated_again(tmp_path: Path) -> None:
-    """The SDK names, in each segment's header, the rules and catalog it validated against;
-    the agent skips a second check only when both match its own."""
-    from meterkit._spool import read_segment, segments
+    """An SDK that validates (strict mode) names, in each segment's header, the rules and
+    catalog it validated against; the agent skips a second check only when both match its
+    own. (In production mode the SDK validates nothing and the agent checks every record.)"""
+    from meterkit._spool import KIND_BATCH, KIND_MEASUREMENT, read_segment, segments
     from meterkit_agent.agent import Agent
     from meterkit_agent.config import simple_config
 
     spool = tmp_path / "spool"
-    client = meterkit.Client(CATALOG, spool)
+    client = meterkit.Client(CATALOG, spool, mode="strict")
     client.record("data_downloaded", account="acme", measure={"bytes": 1})
     client.shutdown(5)
     [segment] = segments(spool)
@@ -336,7 +339,7 @@ def test_frames_validated_by_their_writer_under_the_same_catalog_are_not_validat
 
             receiver.emit = keep
             receiver.poll()
-            prepared = agent.prepare([e for e in received if e.kind == 1])
+            prepared = agent.prepare([e for e in received if e.kind in (KIND_MEASUREMENT, KIND_BATCH)])
             assert prepared.trusted == [trusted]
             assert [m["meter"] for m in prepared.records] == ["data_downloaded"]
     finally:

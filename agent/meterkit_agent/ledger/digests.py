@@ -2,14 +2,16 @@
 with their content hashes, stored measurements by uid, and the audit journal anchors.
 
 - **Bucket digests** (``GET .../reconcile/buckets?from&to[&meter][&account]``): per
-  (meter, account, UTC hour) the count and the content digest of the rows stored, as
-  :mod:`..contentdigest` defines it, computed from the rows at the time of asking. Not
-  kept as rollups updated at ingest: a rollup says what was ingested, and would miss
-  exactly the edits to stored rows that reconciliation exists to find. SQL does the
-  grouping and concatenates each bucket's hashes (one query per meter and account, on the
-  ``(org, meter, account, ts_ms)`` index), Python folds each concatenation at C speed.
+  (meter, account, UTC hour) the count and the content digest of the measurements held,
+  as :mod:`..contentdigest` defines it. Read from the ``hours`` rollup the ledger keeps at
+  ingest (:mod:`.rollups`), and checked against the rows themselves: the rows of the
+  period are counted per hour on the ``(series, ts_ms)`` index, and an hour whose count
+  differs from its rollup's (a row inserted or deleted by anything but the ledger), or
+  that a trigger marked ``dirty`` (a stored row changed or deleted), is recomputed from its
+  rows, decoded and hashed. So a rollup that says what was ingested never hides an edit
+  to what is held.
 - **Uid listings** (``POST .../reconcile/uids``): ``[uid, meter, account, hour,
-  content_hash]`` for the buckets a drill-down names.
+  content_hash]`` for the buckets a drill-down names, hashed from the stored rows.
 - **Lookup** (``POST .../reconcile/lookup``): stored measurements by uid, wherever they
   are, and the conflicting re-sends the ledger refused for them.
 - **Anchors** (``GET .../anchors``): every authorized ingest request that carries
@@ -17,10 +19,6 @@ with their content hashes, stored measurements by uid, and the audit journal anc
   journal's anchor forward (accepted or refused as invalid: the head is true either way).
   A head that goes backwards (a journal cut, then written on) never replaces the anchor,
   and is kept in ``regressed``.
-
-A row whose ``content_hash`` is NULL (written by something other than the ledger's ingest)
-is hashed from its body. So is one whose body was edited in place: a trigger clears the
-stored hash when ``body`` changes and ``content_hash`` does not.
 """
 
 # No ``from __future__ import annotations`` here: the routes are defined inside
@@ -40,9 +38,10 @@ import sqlalchemy as sa
 
 from meterkit._model import content_hash
 
-from ..contentdigest import Digest, fold_joined
+from ..contentdigest import Digest
+from .codec import decode
 from .instants import HOUR_MS, InstantError, boundary_ms, iso
-from .schema import conflicts, measurements
+from .rollups import unsigned64
 from .store import Ledger
 
 if TYPE_CHECKING:
@@ -65,27 +64,8 @@ journal_anchors = sa.Table(
 _JOURNAL = re.compile(r"[0-9a-f]{32}\Z")
 _HEAD = re.compile(r"([1-9][0-9]{0,17}):([0-9a-f]{64})\Z")
 _INGEST_PATH = re.compile(r"/organizations/([^/]+)/measurements\Z")
-_IN_CHUNK = 500  # uids per IN (...) list, well under every SQLite build's variable limit
 MAX_BODY_BYTES = 4_000_000
 MAX_LOOKUP = 5_000
-
-_STALE_TRIGGER_SQLITE = """
-CREATE TRIGGER IF NOT EXISTS measurements_content_stale AFTER UPDATE OF body ON measurements
-WHEN NEW.body IS NOT OLD.body AND NEW.content_hash IS OLD.content_hash
-BEGIN
-    UPDATE measurements SET content_hash = NULL WHERE org = NEW.org AND uid = NEW.uid;
-END
-"""
-_STALE_FUNCTION_POSTGRES = """
-CREATE OR REPLACE FUNCTION meterkit_content_stale() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.body IS DISTINCT FROM OLD.body AND NEW.content_hash IS NOT DISTINCT FROM OLD.content_hash THEN
-        NEW.content_hash := NULL;
-    END IF;
-    RETURN NEW;
-END
-$$
-"""
 
 
 @functools.lru_cache(maxsize=8192)
@@ -102,94 +82,81 @@ class Digests:
     """Reconciliation's queries over one ledger database, and its anchors."""
 
     def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
         self.engine = ledger.engine
-        self.postgres = self.engine.dialect.name == "postgresql"
-        self._concat = "string_agg(content_hash, '')" if self.postgres else "group_concat(content_hash, '')"
+        self.postgres = ledger.postgres
         self._moved: dict[tuple[str, str], tuple[int, str]] = {}  # the last anchor written, per journal
         with self.engine.begin() as conn:
             _meta.create_all(conn)
-            if self.postgres:
-                conn.exec_driver_sql(_STALE_FUNCTION_POSTGRES)
-                if not conn.exec_driver_sql(
-                    "SELECT 1 FROM pg_trigger WHERE tgname = 'measurements_content_stale'"
-                ).first():
-                    conn.exec_driver_sql(
-                        "CREATE TRIGGER measurements_content_stale BEFORE UPDATE ON measurements"
-                        " FOR EACH ROW EXECUTE FUNCTION meterkit_content_stale()"
-                    )
-            else:
-                conn.exec_driver_sql(_STALE_TRIGGER_SQLITE)
 
     # -- digests and listings -------------------------------------------------------------
 
     def pairs(self, org: str, meter: str | None = None, account: str | None = None) -> list[tuple[str, str]]:
-        """Every (meter, account) the organisation has rows for: a loose index scan, one
-        index probe per pair, not a pass over every row."""
-        c = measurements.c
-        found: list[tuple[str, str]] = []
-        with self.engine.connect() as conn:
-            meters = [meter] if meter is not None else []
-            if meter is None:
-                m = self._next(conn, sa.select(c.meter).where(c.org == org), c.meter)
-                while m is not None:
-                    meters.append(m)
-                    m = self._next(conn, sa.select(c.meter).where(c.org == org, c.meter > m), c.meter)
-            for m in meters:
-                if account is not None:
-                    hit = sa.select(c.account).where(c.org == org, c.meter == m, c.account == account)
-                    found.extend((m, a) for a in [self._next(conn, hit, c.account)] if a is not None)
-                    continue
-                a = self._next(conn, sa.select(c.account).where(c.org == org, c.meter == m), c.account)
-                while a is not None:
-                    found.append((m, a))
-                    a = self._next(
-                        conn, sa.select(c.account).where(c.org == org, c.meter == m, c.account > a), c.account
-                    )
-        return found
-
-    @staticmethod
-    def _next(conn: sa.Connection, query: sa.Select[Any], column: Any) -> Any:
-        return conn.execute(query.order_by(column).limit(1)).scalar()
+        """Every (meter, account) the organisation has stored measurements for."""
+        conn = self.ledger.connection()
+        try:
+            return sorted(self.ledger.series(conn.cursor(), org, meter, account).values())
+        finally:
+            conn.close()
 
     def buckets(
         self, org: str, start_ms: int, end_ms: int, meter: str | None = None, account: str | None = None
     ) -> list[dict[str, Any]]:
         """Per (meter, account, hour) in ``[start_ms, end_ms)``: count and content digest."""
-        sql = sa.text(
-            f"SELECT ts_ms / {HOUR_MS}, count(*), {self._concat} FROM measurements"  # noqa: S608 - no user input
-            " WHERE org = :org AND meter = :meter AND account = :account AND ts_ms >= :lo AND ts_ms < :hi"
-            " GROUP BY ts_ms / 3600000"
-        )
-        out = []
-        pairs = self.pairs(org, meter, account)
-        with self.engine.connect() as conn:
-            for m, a in pairs:
-                params = {"org": org, "meter": m, "account": a, "lo": start_ms, "hi": end_ms}
-                for hour, count, joined in conn.execute(sql, params):
-                    try:
-                        digest = fold_joined(joined or "", count)  # ValueError: a NULL or malformed hash
-                    except ValueError:
-                        digest = self._rehash(conn, org, m, a, hour * HOUR_MS)
-                    out.append({"meter": m, "account": a, "hour": hour_text(hour * HOUR_MS), "count": count})
+        ledger, mark = self.ledger, self.ledger.mark
+        conn = ledger.connection()
+        try:
+            cur = conn.cursor()
+            if not self.postgres:
+                cur.execute("BEGIN")  # one snapshot for the rollups and the rows
+            series = ledger.series(cur, org, meter, account)
+            if not series:
+                return []
+            first, last = -(-start_ms // HOUR_MS), -(-end_ms // HOUR_MS)
+            marks = ", ".join([mark] * len(series))
+            cur.execute(
+                "SELECT series, hour, count, content, check_xor, dirty FROM hours"  # noqa: S608 - marks only
+                f" WHERE series IN ({marks}) AND hour >= {mark} AND hour < {mark}",
+                (*series, first, last),
+            )
+            held = {(s, h): (n, content, check, dirty) for s, h, n, content, check, dirty in cur.fetchall()}
+            cur.execute(
+                f"SELECT series, ts_ms / {HOUR_MS}, count(*) FROM measurements"  # noqa: S608 - marks only
+                f" WHERE series IN ({marks}) AND ts_ms >= {mark} AND ts_ms < {mark} GROUP BY series, ts_ms / {HOUR_MS}",
+                (*series, first * HOUR_MS, last * HOUR_MS),
+            )
+            counted = {(s, int(h)): int(n) for s, h, n in cur.fetchall()}
+            out = []
+            for s, h in sorted(held.keys() | counted.keys()):
+                n, content, check, dirty = held.get((s, h), (0, 0, 0, 1))
+                if dirty or int(n) != counted.get((s, h), 0):
+                    digest = self._rehash(cur, s, series[s], h)
+                else:
+                    total = int(content) if self.postgres else int(content, 16)
+                    digest = Digest(int(n), total, unsigned64(int(check)))
+                if digest.count:
+                    meter_, account_ = series[s]
+                    out.append(
+                        {"meter": meter_, "account": account_, "hour": hour_text(h * HOUR_MS), "count": digest.count}
+                    )
                     out[-1].update(digest.as_json())
-        return out
+            return out
+        finally:
+            conn.close()
 
-    def _rehash(self, conn: sa.Connection, org: str, meter: str, account: str, start: int) -> Digest:
-        """A bucket with a row lacking a well-formed hash: row by row, from bodies where needed."""
+    def _rehash(self, cur: Any, series: int, pair: tuple[str, str], hour: int) -> Digest:
+        """An hour's digest from its rows (the rollup cannot be trusted for it)."""
         digest = Digest()
-        for _uid, _hour, h in self._rows(conn, org, meter, account, start, start + HOUR_MS):
+        for _uid, _hour, h in self._rows(cur, {series: pair}, hour * HOUR_MS, (hour + 1) * HOUR_MS):
             digest.add(h)
         return digest
 
-    def _rows(
-        self, conn: sa.Connection, org: str, meter: str, account: str, lo: int, hi: int
-    ) -> Iterator[tuple[str, int, str]]:
-        c = measurements.c
-        query = sa.select(c.uid, c.ts_ms, c.content_hash, sa.case((c.content_hash.is_(None), c.body))).where(
-            c.org == org, c.meter == meter, c.account == account, c.ts_ms >= lo, c.ts_ms < hi
-        )
-        for uid, ts_ms, stored, body in conn.execute(query):
-            yield uid, ts_ms // HOUR_MS * HOUR_MS, _hash_of(stored, body)
+    def _rows(self, cur: Any, series: dict[int, tuple[str, str]], lo: int, hi: int) -> Iterator[tuple[str, int, str]]:
+        """(uid, hour start ms, content hash) of each stored row, decoded and hashed."""
+        shape_of = self.ledger.writer.shape
+        for uid, ms, _, (m, a, shape, nums, extra) in self.ledger.raw(cur, series, lo, hi):
+            body = decode(uid, m, a, ms, shape_of(cur, shape), nums, extra)
+            yield uid, ms // HOUR_MS * HOUR_MS, content_hash(body)
 
     def listing(self, org: str, buckets: Iterable[tuple[str, str, str]]) -> list[list[str]]:
         """``[uid, meter, account, hour, content_hash]`` for every row of the buckets."""
@@ -197,32 +164,38 @@ class Digests:
         for meter, account, text in buckets:
             hours[(meter, account)].add(hour_ms(text))
         out = []
-        with self.engine.connect() as conn:
+        conn = self.ledger.connection()
+        try:
+            cur = conn.cursor()
             for (meter, account), wanted in sorted(hours.items()):
-                for uid, start, h in self._rows(conn, org, meter, account, min(wanted), max(wanted) + HOUR_MS):
-                    if start in wanted:
+                series = self.ledger.series(cur, org, meter, account)
+                for start in sorted(wanted):
+                    for uid, _, h in self._rows(cur, series, start, start + HOUR_MS):
                         out.append([uid, meter, account, hour_text(start), h])
+        finally:
+            conn.close()
         return out
 
     def lookup(self, org: str, uids: list[str]) -> dict[str, Any]:
         """Stored measurements by uid (``measurements``: uid, meter, account, hour,
         content_hash, body) and the conflicting re-sends refused for them (``conflicts``)."""
-        c, k = measurements.c, conflicts.c
         found: list[dict[str, Any]] = []
+        for uid, body in sorted(self.ledger.get_many(org, uids).items()):
+            ms = self.ledger.writer.codec.instant(body["ts"])[0]
+            entry = {"uid": uid, "meter": body["meter"], "account": body["account"]}
+            found.append(
+                {**entry, "hour": hour_text(ms // HOUR_MS * HOUR_MS), "content_hash": content_hash(body), "body": body}
+            )
         refused: list[dict[str, Any]] = []
-        with self.engine.connect() as conn:
-            for i in range(0, len(uids), _IN_CHUNK):
-                chunk = uids[i : i + _IN_CHUNK]
-                query = sa.select(c.uid, c.meter, c.account, c.ts_ms, c.content_hash, c.body)
-                for uid, meter, account, ts_ms, stored, body in conn.execute(
-                    query.where(c.org == org, c.uid.in_(chunk))
-                ):
-                    hour = hour_text(ts_ms // HOUR_MS * HOUR_MS) if ts_ms is not None else ""
-                    entry = {"uid": uid, "meter": meter, "account": account, "hour": hour}
-                    found.append({**entry, "content_hash": _hash_of(stored, body), "body": _loads(body)})
-                query = sa.select(k.uid, k.other_hash, k.other_body).where(k.org == org, k.uid.in_(chunk))
-                for row in conn.execute(query):
-                    refused.append({"uid": row.uid, "content_hash": row.other_hash, "body": _loads(row.other_body)})
+        mark = self.ledger.mark
+        for i in range(0, len(uids), 500):
+            chunk = uids[i : i + 500]
+            for uid, other_hash, other_body in self.ledger._all(
+                f"SELECT uid, other_hash, other_body FROM conflicts WHERE org = {mark}"  # noqa: S608 - marks only
+                f" AND uid IN ({', '.join([mark] * len(chunk))})",
+                (org, *chunk),
+            ):
+                refused.append({"uid": uid, "content_hash": other_hash, "body": _loads(other_body)})
         return {"measurements": found, "conflicts": refused}
 
     # -- anchors --------------------------------------------------------------------------
@@ -266,15 +239,6 @@ class Digests:
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(a.journal)).all()
         return [{"journal": j, "seq": s, "hash": h, "at": iso(at), "regressed": r or ""} for j, s, h, at, r in rows]
-
-
-def _hash_of(stored: str | None, body: str | None) -> str:
-    if stored is not None and len(stored) == 64:
-        return stored
-    try:
-        return content_hash(orjson.loads(body or ""))
-    except orjson.JSONDecodeError:
-        return "0" * 64  # not a measurement at all: matches nothing that was delivered
 
 
 def _loads(body: str | None) -> Any:

@@ -1,11 +1,13 @@
 """Usage queries: m3ter's aggregations (SUM, MIN, MAX, COUNT, LATEST, MEAN, UNIQUE) per
 account, bucket and group fields, with ``quantityPerUnit`` and rounding.
 
-The store selects a query's rows by instant in SQL (``ts_ms``, see :mod:`.instants`) and
-streams them here, oldest first; this module folds them in Python with exact arithmetic
-(:mod:`.exact`), so the SQL is the same on SQLite and PostgreSQL and so is every answer.
-Buckets are UTC hours, days and calendar months of each row's instant. A group exists only
-where a row was folded into it: MEAN, MIN and MAX never answer for nothing.
+This module checks a query and folds values exactly (:mod:`.exact`): partial aggregates of
+the hourly rollups (:mod:`.answers` reads them) and, where no rollup answers (a part of an
+hour at a period's edge, ``groupBy``), measurements themselves. Buckets are UTC hours,
+days and calendar months of each measurement's instant. A group exists only where a value
+was folded into it: MEAN, MIN and MAX never answer for nothing. LATEST is the value of the
+measurement with the greatest instant, and at equal instants the greatest uid (by code
+point).
 """
 
 from __future__ import annotations
@@ -129,10 +131,22 @@ def catalog_problems(q: UsageQuery, catalog: Catalog) -> list[str]:
     return out
 
 
-class _Fold:
+class Fold:
     """Folds one group's values for one aggregation, exactly."""
 
-    __slots__ = ("aggregation", "count", "decimals", "high", "ints", "latest", "latest_ms", "low", "unique")
+    __slots__ = (
+        "aggregation",
+        "count",
+        "decimals",
+        "high",
+        "ints",
+        "latest",
+        "latest_ms",
+        "latest_uid",
+        "low",
+        "unique",
+        "unique_counted",
+    )
 
     def __init__(self, aggregation: str) -> None:
         self.aggregation = aggregation
@@ -143,9 +157,11 @@ class _Fold:
         self.high: Number | None = None
         self.latest: Any = None
         self.latest_ms = 0
+        self.latest_uid = ""
         self.unique: set[Any] = set()
+        self.unique_counted = 0  # distinct values counted in SQL, for buckets whose sets are not read
 
-    def add(self, value: Any, ts_ms: int) -> None:
+    def add(self, value: Any, ts_ms: int, uid: str) -> None:
         self.count += 1
         aggregation = self.aggregation
         if aggregation == "COUNT":
@@ -153,8 +169,8 @@ class _Fold:
         if aggregation == "UNIQUE":
             self.unique.add(value)
         elif aggregation == "LATEST":
-            if self.count == 1 or ts_ms >= self.latest_ms:  # rows arrive by (ts_ms, uid): ties go to the later uid
-                self.latest, self.latest_ms = value, ts_ms
+            if self.count == 1 or (ts_ms, uid) > (self.latest_ms, self.latest_uid):  # ties: the greater uid
+                self.latest, self.latest_ms, self.latest_uid = value, ts_ms, uid
         elif aggregation in ("SUM", "MEAN"):
             if type(value) is int:
                 self.ints += value
@@ -167,13 +183,34 @@ class _Fold:
             if self.high is None or number > self.high:
                 self.high = number
 
+    def merge(
+        self, count: int, total: Number | None = None, low: Number | None = None, high: Number | None = None
+    ) -> None:
+        """Add a rollup's partial aggregate (exact numbers) of ``count`` values."""
+        self.count += count
+        if total is not None:
+            if type(total) is int:
+                self.ints += total
+            else:
+                self.decimals = EXACT.add(self.decimals, total)
+        if low is not None and (self.low is None or low < self.low):
+            self.low = low
+        if high is not None and (self.high is None or high > self.high):
+            self.high = high
+
+    def merge_latest(self, count: int, value: Any, ts_ms: int, uid: str) -> None:
+        first = self.count == 0
+        self.count += count
+        if first or (ts_ms, uid) > (self.latest_ms, self.latest_uid):
+            self.latest, self.latest_ms, self.latest_uid = value, ts_ms, uid
+
     def result(self) -> Fraction | str:
         """The exact result, or a LATEST that is a string."""
         aggregation = self.aggregation
         if aggregation == "COUNT":
             return Fraction(self.count)
         if aggregation == "UNIQUE":
-            return Fraction(len(self.unique))
+            return Fraction(len(self.unique) + self.unique_counted)
         if aggregation in ("SUM", "MEAN"):
             total = Fraction(self.ints) + Fraction(self.decimals)
             return total if aggregation == "SUM" else total / self.count
@@ -187,10 +224,16 @@ def aggregate(rows: Iterable[tuple[int, dict[str, Any]]], plan: Plan) -> list[di
     """Fold the ``(ts_ms, measurement)`` rows a query selected into its answer rows,
     sorted by account, bucket and group values. Values are ``int``, ``Decimal`` (exact) or,
     for LATEST of a string field, ``str``."""
+    groups: dict[tuple[Any, ...], Fold] = {}
+    fold_rows(rows, plan, groups)
+    return answer(groups, plan)
+
+
+def fold_rows(rows: Iterable[tuple[int, dict[str, Any]]], plan: Plan, groups: dict[tuple[Any, ...], Fold]) -> None:
+    """Fold measurements into ``groups``, keyed (account, bucket start ms, *group values)."""
     q = plan.query
     numeric = q.aggregation in NUMERIC_AGGREGATIONS
-    bucket_of = _bucketer(q.bucket)
-    groups: dict[tuple[Any, ...], _Fold] = {}
+    bucket_of = bucketer(q.bucket)
     for ts_ms, m in rows:
         value: Any = 1
         if q.target:
@@ -200,8 +243,13 @@ def aggregate(rows: Iterable[tuple[int, dict[str, Any]]], plan: Plan) -> list[di
         key = (m["account"], bucket_of(ts_ms), *(_find(m, g, numeric=False) for g in q.group_by))
         fold = groups.get(key)
         if fold is None:
-            fold = groups[key] = _Fold(q.aggregation)
-        fold.add(value, ts_ms)
+            fold = groups[key] = Fold(q.aggregation)
+        fold.add(value, ts_ms, m["uid"])
+
+
+def answer(groups: dict[tuple[Any, ...], Fold], plan: Plan) -> list[dict[str, Any]]:
+    """The answer rows of folded groups, sorted by account, bucket and group values."""
+    q = plan.query
     out = []
     for key in sorted(groups, key=lambda k: (k[0], k[1], *("" if v is None else str(v) for v in k[2:]))):
         row: dict[str, Any] = {"meter": q.meter, "account": key[0]}
@@ -215,7 +263,7 @@ def aggregate(rows: Iterable[tuple[int, dict[str, Any]]], plan: Plan) -> list[di
     return out
 
 
-def _bucketer(bucket: str | None) -> Callable[[int], int]:
+def bucketer(bucket: str | None) -> Callable[[int], int]:
     if bucket == "hour":
         return lambda ms: ms - ms % HOUR_MS
     if bucket == "day":

@@ -1,69 +1,109 @@
 """Where the ledger's data lives: the tables, the engine, and bringing an older ledger's
 database up to date when it is opened.
 
-``measurements`` holds one row per (org, uid): the measurement's wire JSON (``body``), its
-time as text for display (``ts``, ISO 8601 UTC with milliseconds) and as an instant to
-compare (``ts_ms``, UTC milliseconds since the epoch, indexed with org, meter and account),
-and the digest of its content (``content_hash``, :func:`meterkit._model.content_hash`) that
-tells an idempotent re-send from a conflicting one. ``conflicts`` keeps each different
-content a stored uid was re-sent with, once per (org, uid, content).
+Measurements are stored compactly (:mod:`.codec`), with hourly rollups kept at ingest
+(:mod:`.rollups`) that usage queries and reconciliation read instead of the measurements:
 
-A database made by an older ledger (no ``ts_ms``, no ``content_hash``) is migrated when it
-is opened: the columns are added and filled from each row's ``ts`` and ``body``, the new
-index replaces the old text one. A trigger fills ``ts_ms`` for a row written by anything
-but :meth:`Ledger.ingest <.store.Ledger.ingest>` (an older ledger process still running on
-the same PostgreSQL during an upgrade, a hand-written INSERT), so no stored row is ever
-outside every period. Opening is idempotent and safe when several processes open one
-database at once (PostgreSQL: an advisory lock; SQLite: each step tolerates a peer's).
+- ``orgs``, ``series`` (organisation, meter, account), ``shapes`` (templates): small
+  dictionaries the measurements refer to by integer.
+- ``measurements``: one row per (organisation, uid): ``series``, ``ts_ms``, ``uid``,
+  ``shape``, ``nums``, ``extra``. SQLite keeps ``org_id`` in the row with a unique index
+  on (org_id, uid), and a uid that is a lowercase UUID as its 16 bytes. PostgreSQL
+  partitions the table by month of ``ts_ms`` (a partition is created when a month is first
+  written); a uid is unique across partitions through ``uids`` (org_id, uid) → (series,
+  ts_ms), which every ingest claims first, so concurrent ledger processes never store one
+  twice.
+- ``hours`` (series, hour): count, content digest (:mod:`..contentdigest`) and ``dirty``,
+  set by a trigger when a stored measurement is changed or deleted by anything but the
+  ledger; ``num_rollup`` (series, hour, code): count, exact sum, min, max, latest of a
+  number field; ``str_rollup`` (series, hour, code, value): count and latest of a string
+  value; ``fields`` (meter, code): where a code has been seen (:mod:`.codec` flags).
+- ``conflicts``: each different content a stored uid was re-sent with.
+
+A database written by the ledger before this layout (``measurements`` with a JSON
+``body``) is migrated when opened: its rows are moved into the new layout a page at a time
+and the rollups built, in one transaction (a crash leaves the old table as it was). A
+row whose body or time cannot be read is kept in ``unreadable``. Opening is idempotent and
+safe when several processes open one database at once (PostgreSQL: an advisory lock;
+SQLite: the write lock, taken first).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
-from meterkit._model import content_hash
-from meterkit._timefmt import wire_ts_ns
+from . import sqlfuncs
+from .migrate import migrate
 
-metadata = sa.MetaData()
+LOCK_KEY = 0x6D6B_6C64  # "mkld": PostgreSQL advisory lock held while the schema is prepared
 
-measurements = sa.Table(
-    "measurements",
-    metadata,
-    sa.Column("org", sa.String(100), primary_key=True),
-    sa.Column("uid", sa.String(100), primary_key=True),
-    sa.Column("meter", sa.String(80), nullable=False),
-    sa.Column("account", sa.String(200), nullable=False),
-    sa.Column("ts", sa.String(24), nullable=False),  # ISO 8601 UTC, ms: for display, never compared
-    # Nullable only so the columns can be added to an older table; filled at ingest,
-    # by the migration, and for ts_ms by a trigger.
-    sa.Column("ts_ms", sa.BigInteger),  # UTC milliseconds since the epoch: what periods compare
-    sa.Column("content_hash", sa.String(64)),  # sha256 hex of the body's sorted-key JSON
-    sa.Column("body", sa.Text, nullable=False),  # the measurement's wire JSON
-    # content_hash last: reconciliation's per-bucket digests read it from the index alone
-    # (1,000,000 measurements a day: 0.7 s instead of 3.1 s).
-    sa.Index("ix_measurements_instant", "org", "meter", "account", "ts_ms", "content_hash"),
+_COMMON = [
+    "CREATE TABLE IF NOT EXISTS orgs (id {serial} PRIMARY KEY, org VARCHAR(100) NOT NULL UNIQUE)",
+    "CREATE TABLE IF NOT EXISTS series (id {serial} PRIMARY KEY, org VARCHAR(100) NOT NULL,"
+    " meter VARCHAR(80) NOT NULL, account VARCHAR(200) NOT NULL, UNIQUE (org, meter, account))",
+    "CREATE TABLE IF NOT EXISTS shapes (id {serial} PRIMARY KEY, template TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE IF NOT EXISTS fields (meter VARCHAR(80) NOT NULL, code VARCHAR(80) NOT NULL,"
+    " flags INTEGER NOT NULL, PRIMARY KEY (meter, code))",
+    "CREATE TABLE IF NOT EXISTS hours (series INTEGER NOT NULL, hour INTEGER NOT NULL, count BIGINT NOT NULL,"
+    " content {digest} NOT NULL, check_xor BIGINT NOT NULL, dirty INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (series, hour))",
+    "CREATE TABLE IF NOT EXISTS num_rollup (series INTEGER NOT NULL, hour INTEGER NOT NULL,"
+    " code VARCHAR(80) NOT NULL, count BIGINT NOT NULL, total {number} NOT NULL, lo {number} NOT NULL,"
+    " hi {number} NOT NULL, latest_ms BIGINT NOT NULL, latest_uid TEXT {collate} NOT NULL,"
+    " latest {number} NOT NULL, PRIMARY KEY (series, hour, code))",
+    "CREATE TABLE IF NOT EXISTS str_rollup (series INTEGER NOT NULL, hour INTEGER NOT NULL,"
+    " code VARCHAR(80) NOT NULL, value TEXT NOT NULL, count BIGINT NOT NULL, latest_ms BIGINT NOT NULL,"
+    " latest_uid TEXT {collate} NOT NULL, PRIMARY KEY (series, hour, code, value))",
+    "CREATE TABLE IF NOT EXISTS conflicts (org VARCHAR(100) NOT NULL, uid VARCHAR(100) NOT NULL,"
+    " other_hash VARCHAR(64) NOT NULL, first_hash VARCHAR(64) NOT NULL, other_body TEXT NOT NULL,"
+    " seen_at_ms BIGINT NOT NULL, PRIMARY KEY (org, uid, other_hash))",
+    "CREATE TABLE IF NOT EXISTS unreadable (org VARCHAR(100) NOT NULL, uid VARCHAR(100) NOT NULL,"
+    " meter TEXT, account TEXT, ts TEXT, body TEXT, PRIMARY KEY (org, uid))",
+]
+
+_SQLITE = [
+    # rowid order is arrival order: the table's pages fill as it grows (no splits).
+    "CREATE TABLE IF NOT EXISTS measurements (org_id INTEGER NOT NULL, series INTEGER NOT NULL,"
+    " ts_ms INTEGER NOT NULL, uid NOT NULL, shape INTEGER NOT NULL, nums TEXT, extra TEXT)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_measurements_uid ON measurements (org_id, uid)",
+    "CREATE INDEX IF NOT EXISTS ix_measurements_instant ON measurements (series, ts_ms)",
+    # Anything but the ledger changing or deleting a stored measurement makes its hour's
+    # rollups unreliable: reconciliation recomputes a dirty hour from its rows.
+    "CREATE TRIGGER IF NOT EXISTS measurements_changed AFTER UPDATE ON measurements BEGIN"
+    " UPDATE hours SET dirty = 1 WHERE series IN (OLD.series, NEW.series)"
+    " AND hour IN (OLD.ts_ms / 3600000, NEW.ts_ms / 3600000); END",
+    "CREATE TRIGGER IF NOT EXISTS measurements_deleted AFTER DELETE ON measurements BEGIN"
+    " UPDATE hours SET dirty = 1 WHERE series = OLD.series AND hour = OLD.ts_ms / 3600000; END",
+]
+
+_POSTGRES = [
+    "CREATE TABLE IF NOT EXISTS measurements (series INTEGER NOT NULL, ts_ms BIGINT NOT NULL,"
+    ' uid TEXT COLLATE "C" NOT NULL, shape INTEGER NOT NULL, nums TEXT, extra TEXT) PARTITION BY RANGE (ts_ms)',
+    "CREATE INDEX IF NOT EXISTS ix_measurements_instant ON measurements (series, ts_ms)",
+    'CREATE TABLE IF NOT EXISTS uids (org_id INTEGER NOT NULL, uid TEXT COLLATE "C" NOT NULL,'
+    " series INTEGER NOT NULL, ts_ms BIGINT NOT NULL, PRIMARY KEY (org_id, uid))",
+    """CREATE OR REPLACE FUNCTION meterkit_measurement_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE hours SET dirty = 1 WHERE series = OLD.series AND hour = OLD.ts_ms / 3600000;
+    IF TG_OP = 'UPDATE' THEN
+        UPDATE hours SET dirty = 1 WHERE series = NEW.series AND hour = NEW.ts_ms / 3600000;
+    END IF;
+    RETURN NULL;
+END
+$$""",
+]
+_POSTGRES_TRIGGER = (
+    "CREATE TRIGGER measurements_changed AFTER UPDATE OR DELETE ON measurements"
+    " FOR EACH ROW EXECUTE FUNCTION meterkit_measurement_changed()"
 )
 
-conflicts = sa.Table(
-    "conflicts",
-    metadata,
-    sa.Column("org", sa.String(100), primary_key=True),
-    sa.Column("uid", sa.String(100), primary_key=True),
-    sa.Column("other_hash", sa.String(64), primary_key=True),  # the content that was refused
-    sa.Column("first_hash", sa.String(64), nullable=False),  # the content that stands
-    sa.Column("other_body", sa.Text, nullable=False),
-    sa.Column("seen_at_ms", sa.BigInteger, nullable=False),  # first seen, UTC ms since the epoch
-)
 
-_OLD_INDEX = "ix_measurements_lookup"  # (org, meter, account, ts): text, replaced by ts_ms
-_LOCK_KEY = 0x6D6B_6C64  # "mkld": PostgreSQL advisory lock held while the schema is prepared
-_PAGE = 2000
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
 
 
 def _private_file(url: str) -> None:
@@ -89,6 +129,7 @@ def make_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # transactions begin where the ledger says
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
             # FULL: a commit is fsynced before the ledger answers, so an acknowledged
@@ -97,6 +138,13 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+            sqlfuncs.register(dbapi_conn)
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            # A transaction that will write takes the write lock first ("immediate"): two
+            # that both read, then both try to write, would deadlock instead of waiting.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("immediate") else "BEGIN")
 
         return engine
     return sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
@@ -104,111 +152,43 @@ def make_engine(url: str) -> Engine:
 
 def prepare(engine: Engine) -> None:
     """Create the tables, or bring an older ledger's up to date."""
-    postgres = engine.dialect.name == "postgresql"
-    for attempt in range(3):
-        try:
-            with engine.begin() as conn:
-                if postgres:
-                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
-                metadata.create_all(conn)
-                _migrate(conn, postgres)
-            return
-        except sa.exc.OperationalError as exc:
-            # SQLite: a peer opening the same file created or altered the table between
-            # our look and our change. Look again; what it did is what we wanted.
-            raced = "already exists" in str(exc) or "duplicate column" in str(exc)
-            if postgres or attempt == 2 or not raced:
-                raise
+    postgres = is_postgres(engine)
+    kinds = {
+        "serial": "SERIAL" if postgres else "INTEGER",
+        "digest": "NUMERIC(78, 0)" if postgres else "TEXT",
+        "number": "NUMERIC" if postgres else "TEXT",
+        "collate": 'COLLATE "C"' if postgres else "",
+    }
+    with engine.connect() as conn, conn.execution_options(immediate=True).begin():
+        if postgres:
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LOCK_KEY})")
+        old = _old_table(conn)
+        if old:
+            conn.exec_driver_sql("ALTER TABLE measurements RENAME TO measurements_v1")
+            for name in ("ix_measurements_instant", "ix_measurements_lookup"):
+                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+            if not postgres:
+                conn.exec_driver_sql("DROP TRIGGER IF EXISTS measurements_ts_ms")
+                conn.exec_driver_sql("DROP TRIGGER IF EXISTS measurements_content_stale")
+        for statement in _COMMON + (_POSTGRES if postgres else _SQLITE):
+            conn.exec_driver_sql(statement.format(**kinds))
+        if (
+            postgres
+            and not conn.exec_driver_sql(
+                "SELECT 1 FROM pg_trigger WHERE tgname = 'measurements_changed' AND tgrelid = 'measurements'::regclass"
+            ).first()
+        ):
+            conn.exec_driver_sql(_POSTGRES_TRIGGER)
+        if old or _has_table(conn, "measurements_v1"):
+            migrate(conn, postgres)
 
 
-def _migrate(conn: Connection, postgres: bool) -> None:
-    present = {c["name"] for c in sa.inspect(conn).get_columns("measurements")}
-    added = False
-    for name, kind in (("ts_ms", "BIGINT"), ("content_hash", "VARCHAR(64)")):
-        if name not in present:
-            conn.exec_driver_sql(f"ALTER TABLE measurements ADD COLUMN {name} {kind}")
-            added = True
-    # PostgreSQL adds and fills the columns in one transaction, so a table that has them
-    # was filled, and no open pays for a scan of every row. SQLite's ALTER commits on its
-    # own: a migration cut short after it is finished by the next open (a scan SQLite's
-    # small databases afford).
-    if added or not postgres:
-        _fill(conn)
-    conn.exec_driver_sql(
-        "CREATE INDEX IF NOT EXISTS ix_measurements_instant ON measurements (org, meter, account, ts_ms, content_hash)"
-    )
-    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {_OLD_INDEX}")
-    if postgres:
-        _postgres_trigger(conn)
-    else:
-        conn.exec_driver_sql(_SQLITE_TRIGGER)
+def _has_table(conn: sa.Connection, name: str) -> bool:
+    return sa.inspect(conn).has_table(name)
 
 
-def _fill(conn: Connection) -> None:
-    """Give every row without them its instant and content digest, a page at a time in
-    (org, uid) order. A row whose ts or body cannot be read keeps NULL (and is listed by no
-    period), rather than stopping the ledger from opening."""
-    c = measurements.c
-    missing = sa.or_(c.ts_ms.is_(None), c.content_hash.is_(None))
-    update = (
-        measurements.update()
-        .where(c.org == sa.bindparam("k_org"), c.uid == sa.bindparam("k_uid"))
-        .values(ts_ms=sa.bindparam("v_ts_ms"), content_hash=sa.bindparam("v_hash"))
-    )
-    after: tuple[str, str] | None = None
-    while True:
-        query = sa.select(c.org, c.uid, c.ts, c.ts_ms, c.content_hash, c.body).where(missing)
-        if after is not None:
-            query = query.where(sa.tuple_(c.org, c.uid) > sa.tuple_(*after))
-        page = conn.execute(query.order_by(c.org, c.uid).limit(_PAGE)).all()
-        if not page:
-            return
-        changes = []
-        for org, uid, ts, ts_ms, digest, body in page:
-            if ts_ms is None:
-                with contextlib.suppress(ValueError):
-                    ts_ms = wire_ts_ns(ts) // 1_000_000
-            if digest is None:
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    digest = content_hash(orjson.loads(body))
-            changes.append({"k_org": org, "k_uid": uid, "v_ts_ms": ts_ms, "v_hash": digest})
-        conn.execute(update, changes)
-        after = (page[-1].org, page[-1].uid)
-
-
-# SQLite keeps times as whole milliseconds of a Julian day; the arithmetic below recovers
-# them exactly (its error is far below half a millisecond). NULL when ts is not a time.
-_SQLITE_TRIGGER = """
-CREATE TRIGGER IF NOT EXISTS measurements_ts_ms AFTER INSERT ON measurements
-WHEN NEW.ts_ms IS NULL
-BEGIN
-    UPDATE measurements
-    SET ts_ms = CAST(ROUND((julianday(NEW.ts) - 2440587.5) * 86400000.0) AS INTEGER)
-    WHERE org = NEW.org AND uid = NEW.uid;
-END
-"""
-
-_POSTGRES_FUNCTION = """
-CREATE OR REPLACE FUNCTION meterkit_measurements_ts_ms() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    BEGIN
-        NEW.ts_ms := floor(extract(epoch FROM NEW.ts::timestamptz) * 1000);
-    EXCEPTION WHEN others THEN
-        NEW.ts_ms := NULL;  -- not a time: the row is stored, in no period
-    END;
-    RETURN NEW;
-END
-$$
-"""
-
-
-def _postgres_trigger(conn: Connection) -> None:
-    conn.exec_driver_sql(_POSTGRES_FUNCTION)
-    exists = conn.exec_driver_sql(
-        "SELECT 1 FROM pg_trigger WHERE tgname = 'measurements_ts_ms' AND tgrelid = 'measurements'::regclass"
-    ).first()
-    if exists is None:
-        conn.exec_driver_sql(
-            "CREATE TRIGGER measurements_ts_ms BEFORE INSERT ON measurements"
-            " FOR EACH ROW WHEN (NEW.ts_ms IS NULL) EXECUTE FUNCTION meterkit_measurements_ts_ms()"
-        )
+def _old_table(conn: sa.Connection) -> bool:
+    """Whether ``measurements`` is an older ledger's (a JSON ``body`` per row)."""
+    if not _has_table(conn, "measurements"):
+        return False
+    return "body" in {c["name"] for c in sa.inspect(conn).get_columns("measurements")}

@@ -1,7 +1,8 @@
 """The ledger's storage: measurements keyed by (organisation, uid).
 
-SQLAlchemy Core over SQLite (WAL) or PostgreSQL (tables and migration in :mod:`.schema`).
-A measurement is stored once per uid, and the first content stored for a uid stands:
+SQLite (WAL, synchronous=FULL) or PostgreSQL (tables, layout and migration in
+:mod:`.schema`). A measurement is stored once per uid, and the first content stored for a
+uid stands:
 
 - re-sending it with the same content is acknowledged and ignored (a duplicate), so no
   total ever changes on a retry;
@@ -10,42 +11,27 @@ A measurement is stored once per uid, and the first content stored for a uid sta
   and listed by :meth:`Ledger.conflicts`. Inside one request the first occurrence of a uid
   is the one that can be stored; a later one is a duplicate or a conflict of it.
 
-Usage queries stream the rows of a period, selected by instant (``ts_ms``) on an index of
-org, meter, account and ``ts_ms``, into :mod:`.queries`.
+Measurements are stored compactly (:mod:`.codec`) by :mod:`.ingest`, which keeps the
+hourly rollups (:mod:`.rollups`) in the same transaction. Usage queries read the rollups
+(:mod:`.answers`); reading measurements themselves (:meth:`Ledger.rows`, :meth:`get`,
+reconciliation's listings) decodes them exactly as they were stored.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
-from meterkit._model import content_hash
-from meterkit._timefmt import wire_ts_ns
-
+from .answers import Answers
+from .codec import decode
+from .ingest import Writer, partition_sql, uid_text
 from .instants import iso
-from .queries import UsageQuery, aggregate, period
-from .schema import conflicts, make_engine, measurements, prepare
-
-_IN_CHUNK = 500  # uids per IN (...) list: well under every SQLite build's variable limit
-
-
-class _Row(NamedTuple):
-    """A measurements row, in the insert statement's column order."""
-
-    org: str
-    uid: str
-    meter: str
-    account: str
-    ts: str
-    ts_ms: int
-    digest: str
-    body: str
+from .queries import UsageQuery, period
+from .schema import LOCK_KEY, is_postgres, make_engine, prepare
 
 
 @dataclass(frozen=True)
@@ -83,113 +69,146 @@ class Ledger:
         self.url = url
         self.engine = make_engine(url)
         prepare(self.engine)
-        # Fixed text; only the driver's placeholder style differs. Values are always bound.
-        postgres = self.engine.dialect.name == "postgresql"
-        self._mark = "%s" if postgres else "?"
-        self._insert_sql = (
-            "INSERT INTO measurements (org, uid, meter, account, ts, ts_ms, content_hash, body)"  # noqa: S608 - no user input
-            f" VALUES ({_marks(8, postgres)}) ON CONFLICT (org, uid) DO NOTHING"
-        )
-        self._conflict_sql = (
-            "INSERT INTO conflicts (org, uid, other_hash, first_hash, other_body, seen_at_ms)"  # noqa: S608 - no user input
-            f" VALUES ({_marks(6, postgres)}) ON CONFLICT (org, uid, other_hash) DO NOTHING"
-        )
+        self.postgres = is_postgres(self.engine)
+        self.mark = "%s" if self.postgres else "?"
+        self.writer = Writer(self.postgres)
+        self._lock = threading.Lock()  # one ingest at a time per process: the writer's caches
 
     def close(self) -> None:
         self.engine.dispose()
 
-    def ingest(self, org: str, records: Iterable[dict[str, Any]]) -> Ingested:
-        """Store measurements validated by :func:`meterkit._model.validate_wire` (the API and
-        the ledger exporter validate them). Atomic per call. Raises ValueError for a record
-        whose ``ts`` is not a time."""
-        rows = []
-        for r in records:
-            try:
-                ms = wire_ts_ns(r["ts"]) // 1_000_000
-            except ValueError as exc:
-                raise ValueError(f"measurement {r.get('uid')!r}: {exc}") from None
-            ts = r["ts"]
-            if not (len(ts) == 24 and ts[10] == "T" and ts[19] == "." and ts[23] == "Z"):
-                ts = iso(ms)  # the column holds one spelling; the body keeps the sender's
-            body = orjson.dumps(r).decode()
-            rows.append(_Row(org, r["uid"], r["meter"], r["account"], ts, ms, content_hash(r), body))
+    def connection(self) -> Any:
+        """A pooled DBAPI connection (close it to give it back); SQLite's is in autocommit
+        mode: ``BEGIN`` where a transaction is wanted."""
+        return self.engine.raw_connection()
+
+    def ingest(self, org: str, records: Any) -> Ingested:
+        """Store measurements validated by :func:`meterkit._model.validate_wire` (or sent by an
+        agent that validated them under the same catalog). Atomic per call. Raises
+        ValueError for a record whose ``ts`` is not a time."""
+        writer = self.writer
+        rows = writer.split(records)
         if not rows:
             return Ingested(0, 0)
-        first: dict[str, _Row] = {}  # uid -> its first occurrence in this call: the one that may be stored
-        for row in rows:
-            first.setdefault(row.uid, row)
-        with self.engine.begin() as conn:
-            # The driver's own executemany of one prepared statement: SQLAlchemy's compiled
-            # multi-row INSERT cost ~60 ms per 1,000 rows, this costs a few. Both drivers
-            # report the rows actually inserted (existing uids skipped) as the summed rowcount.
-            new = conn.exec_driver_sql(self._insert_sql, list(first.values())).rowcount
-            if new == len(first):  # every uid was new: each stands with its first occurrence
-                standing = {uid: row.digest for uid, row in first.items()}
-            else:  # some were stored before (or by a concurrent request): read what stands
-                standing = self._stored_hashes(conn, org, list(first))
-            clashes = [row for row in rows if row.digest != standing.get(row.uid, row.digest)]
-            if clashes:
-                seen = time.time_ns() // 1_000_000
-                params = [(org, row.uid, row.digest, standing[row.uid], row.body, seen) for row in clashes]
-                conn.exec_driver_sql(self._conflict_sql, params)
-        uids = tuple(dict.fromkeys(row.uid for row in clashes))
-        return Ingested(new, len(rows) - new - len(clashes), len(clashes), uids)
+        with self._lock:
+            months = writer.months_of(rows)
+            if months:
+                _partitions(self, months)
+            conn = self.connection()
+            try:
+                cur = conn.cursor()
+                if not self.postgres:
+                    cur.execute("BEGIN IMMEDIATE")
+                outcome = writer.write(cur, org, rows)
+                conn.commit()
+                writer.committed()
+            except BaseException:
+                conn.rollback()
+                writer.rolled_back()
+                raise
+            finally:
+                conn.close()
+        uids = tuple(dict.fromkeys(uid for uid, *_ in outcome.clashes))
+        return Ingested(outcome.new, outcome.duplicates, len(outcome.clashes), uids)
 
-    def _stored_hashes(self, conn: Connection, org: str, uids: list[str]) -> dict[str, str]:
-        """uid -> the content digest stored for it; computed from the body for a row written
-        without one (by something other than :meth:`ingest`)."""
-        out = {}
-        for i in range(0, len(uids), _IN_CHUNK):
-            chunk = uids[i : i + _IN_CHUNK]
-            # Driver-level SQL, as for the insert: SQLAlchemy's expanding IN and row objects
-            # cost three times the query itself on a request of re-sends.
-            sql = (
-                "SELECT uid, content_hash, CASE WHEN content_hash IS NULL THEN body END"  # noqa: S608 - no user input
-                f" FROM measurements WHERE org = {self._mark} AND uid IN ({', '.join([self._mark] * len(chunk))})"
-            )
-            for uid, digest, body in conn.exec_driver_sql(sql, (org, *chunk)).fetchall():
-                out[uid] = digest if digest is not None else content_hash(orjson.loads(body))
-        return out
+    # -- reading ---------------------------------------------------------------------------
+
+    def org_id(self, cur: Any, org: str) -> int | None:
+        cur.execute(f"SELECT id FROM orgs WHERE org = {self.mark}", (org,))  # noqa: S608 - a mark
+        found = cur.fetchone()
+        return None if found is None else int(found[0])
+
+    def series(self, cur: Any, org: str, meter: str | None, account: str | None) -> dict[int, tuple[str, str]]:
+        """series id -> (meter, account), for the filters."""
+        sql, params = f"SELECT id, meter, account FROM series WHERE org = {self.mark}", [org]  # noqa: S608 - marks
+        for column, value in (("meter", meter), ("account", account)):
+            if value is not None:
+                sql += f" AND {column} = {self.mark}"
+                params.append(value)
+        cur.execute(sql, params)
+        return {int(i): (m, a) for i, m, a in cur.fetchall()}
+
+    def raw(
+        self, cur: Any, series: dict[int, tuple[str, str]], lo: int | None, hi: int | None
+    ) -> Iterator[tuple[str, int, dict[str, Any] | None, tuple[Any, ...]]]:
+        """(uid, ts_ms, None, stored parts) of each stored row of these series in [lo, hi),
+        a series at a time, by the (series, ts_ms) index."""
+        lo = -(2**62) if lo is None else lo
+        hi = 2**62 if hi is None else hi
+        sql = (
+            "SELECT uid, ts_ms, shape, nums, extra FROM measurements"  # noqa: S608 - marks only
+            f" WHERE series = {self.mark} AND ts_ms >= {self.mark} AND ts_ms < {self.mark}"
+        )
+        for sid, (meter, account) in sorted(series.items()):
+            cur.execute(sql, (sid, lo, hi))
+            while batch := cur.fetchmany(5000):
+                for uid, ms, shape, nums, extra in batch:
+                    yield uid_text(uid), ms, None, (meter, account, shape, nums, extra)
+
+    def decoded(
+        self, cur: Any, org: str, meter: str | None, account: str | None, lo: int | None, hi: int | None
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(ts_ms, measurement) of the stored measurements matching the filters."""
+        shape_of = self.writer.shape
+        for uid, ms, _, (m, a, shape, nums, extra) in self.raw(cur, self.series(cur, org, meter, account), lo, hi):
+            yield ms, decode(uid, m, a, ms, shape_of(cur, shape), nums, extra)
 
     def conflicts(self, org: str, uid: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Re-sends of a stored uid with different content, oldest first: each as its uid,
         the digest of the content that stands (``first_hash``), the refused content
         (``other``, its digest ``other_hash``) and when it was first seen (``seen_at``)."""
-        c = conflicts.c
-        query = sa.select(c.uid, c.first_hash, c.other_hash, c.other_body, c.seen_at_ms).where(c.org == org)
+        sql = f"SELECT uid, first_hash, other_hash, other_body, seen_at_ms FROM conflicts WHERE org = {self.mark}"  # noqa: S608 - marks
+        params: list[Any] = [org]
         if uid is not None:
-            query = query.where(c.uid == uid)
-        with self.engine.connect() as conn:
-            found = conn.execute(query.order_by(c.seen_at_ms, c.uid, c.other_hash).limit(limit)).all()
+            sql += f" AND uid = {self.mark}"
+            params.append(uid)
+        sql += f" ORDER BY seen_at_ms, uid, other_hash LIMIT {int(limit)}"
+        found = self._all(sql, params)
         return [
             {"uid": u, "first_hash": f, "other_hash": o, "other": orjson.loads(body), "seen_at": iso(seen)}
             for u, f, o, body, seen in found
         ]
 
+    def _all(self, sql: str, params: Any) -> list[Any]:
+        conn = self.connection()
+        try:
+            cur = conn.cursor()
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+        finally:
+            conn.close()
+
     def count(self, org: str | None = None) -> int:
-        query = sa.select(sa.func.count()).select_from(measurements)
-        if org is not None:
-            query = query.where(measurements.c.org == org)
-        with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+        """How many measurements are stored (from the hourly rollups: the cost of the
+        hours, not of the measurements)."""
+        sql = "SELECT coalesce(sum(h.count), 0) FROM hours h"
+        if org is None:
+            return int(self._all(sql, ())[0][0])
+        sql += f" JOIN series s ON s.id = h.series WHERE s.org = {self.mark}"
+        return int(self._all(sql, (org,))[0][0])
 
     def absent(self, org: str, meter: str) -> str | None:
         """Why a query for ``meter`` in ``org`` can find nothing at any time, if it cannot:
         the organisation has stored nothing, or nothing for that meter."""
-        c = measurements.c
-        with self.engine.connect() as conn:
-            if conn.execute(sa.select(c.uid).where(c.org == org, c.meter == meter).limit(1)).first() is not None:
-                return None
-            if conn.execute(sa.select(c.uid).where(c.org == org).limit(1)).first() is None:
-                return f"organisation {org!r} has stored nothing in this ledger"
+        mark = self.mark
+        if self._all(f"SELECT 1 FROM series WHERE org = {mark} AND meter = {mark} LIMIT 1", (org, meter)):  # noqa: S608
+            return None
+        if not self._all(f"SELECT 1 FROM series WHERE org = {mark} LIMIT 1", (org,)):  # noqa: S608
+            return f"organisation {org!r} has stored nothing in this ledger"
         return f"organisation {org!r} has stored nothing for meter {meter!r}"
 
     def get(self, org: str, uid: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            body = conn.execute(
-                sa.select(measurements.c.body).where(measurements.c.org == org, measurements.c.uid == uid)
-            ).scalar_one_or_none()
-        return orjson.loads(body) if body is not None else None
+        """The measurement stored for a uid, exactly as it was stored."""
+        return self.get_many(org, [uid]).get(uid)
+
+    def get_many(self, org: str, uids: list[str]) -> dict[str, dict[str, Any]]:
+        conn = self.connection()
+        try:
+            cur = conn.cursor()
+            org_id = self.org_id(cur, org)
+            return {} if org_id is None else self.writer.decoded(cur, org_id, uids)
+        finally:
+            conn.close()
 
     def rows(
         self,
@@ -199,11 +218,22 @@ class Ledger:
         start: str | None = None,
         end: str | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Stored measurements matching the filters, oldest first; ``start`` and ``end`` are
-        instants as :mod:`.instants` accepts them, ``[start, end)``. Raises
+        """Stored measurements matching the filters, oldest first (then by uid); ``start``
+        and ``end`` are instants as :mod:`.instants` accepts them, ``[start, end)``. Raises
         :class:`~.queries.QueryError` (a ValueError) for a bad bound, at the call."""
         lo, hi = period(start, end)
-        return (m for _, m in self._stream(org, meter, account, lo, hi))
+
+        def rows() -> Iterator[dict[str, Any]]:
+            conn = self.connection()
+            try:
+                found = list(self.decoded(conn.cursor(), org, meter, account, lo, hi))
+            finally:
+                conn.close()
+            found.sort(key=lambda t: (t[0], t[1]["uid"]))
+            for _, m in found:
+                yield m
+
+        return rows()
 
     def uids(
         self,
@@ -216,42 +246,34 @@ class Ledger:
         """The uids stored for the filters, for reconciliation and repair. Raises
         :class:`~.queries.QueryError` for a bad bound."""
         lo, hi = period(start, end)
-        query = _filtered(sa.select(measurements.c.uid), org, meter, account, lo, hi)
-        with self.engine.connect() as conn:
-            return [uid for (uid,) in conn.execute(query)]
+        conn = self.connection()
+        try:
+            cur = conn.cursor()
+            return [uid for uid, *_ in self.raw(cur, self.series(cur, org, meter, account), lo, hi)]
+        finally:
+            conn.close()
 
     def usage(self, org: str, q: UsageQuery) -> list[dict[str, Any]]:
         """Aggregate per account (and bucket and group fields), exactly. Raises
         :class:`~.queries.QueryError` (a ValueError) naming each problem of a bad query."""
         plan = q.checked()
-        return aggregate(self._stream(org, q.meter, q.account, plan.start_ms, plan.end_ms), plan)
-
-    def _stream(
-        self, org: str, meter: str | None, account: str | None, lo: int | None, hi: int | None
-    ) -> Iterator[tuple[int, dict[str, Any]]]:
-        c = measurements.c
-        query = _filtered(sa.select(c.ts_ms, c.body), org, meter, account, lo, hi).order_by(c.ts_ms, c.uid)
-        with self.engine.connect() as conn:
-            for ts_ms, body in conn.execution_options(stream_results=True, yield_per=5000).execute(query):
-                yield ts_ms, orjson.loads(body)
+        conn = self.connection()
+        try:
+            return Answers(self, conn.cursor(), org, plan).rows()
+        finally:
+            conn.close()
 
 
-def _filtered(
-    query: sa.Select[Any], org: str, meter: str | None, account: str | None, lo: int | None, hi: int | None
-) -> sa.Select[Any]:
-    """The ledger's one filter: organisation, then meter, account and [lo, hi) in UTC ms."""
-    c = measurements.c
-    query = query.where(c.org == org, c.ts_ms.is_not(None))
-    if meter is not None:
-        query = query.where(c.meter == meter)
-    if account is not None:
-        query = query.where(c.account == account)
-    if lo is not None:
-        query = query.where(c.ts_ms >= lo)
-    if hi is not None:
-        query = query.where(c.ts_ms < hi)
-    return query
-
-
-def _marks(n: int, postgres: bool) -> str:
-    return ", ".join(["%s" if postgres else "?"] * n)
+def _partitions(ledger: Ledger, months: set[int]) -> None:
+    """PostgreSQL's monthly partitions, each created in a transaction of its own under the
+    schema lock (two processes creating one month at once both succeed)."""
+    for start in sorted(months):
+        conn = ledger.connection()
+        try:
+            cur = conn.cursor()
+            cur.execute(f"SELECT pg_advisory_xact_lock({LOCK_KEY})")
+            cur.execute(partition_sql(start))
+            conn.commit()
+        finally:
+            conn.close()
+        ledger.writer.months.add(start)

@@ -44,3 +44,27 @@ def fresh_org() -> str:
 
 def measurement(uid: str, ts: str, account: str = "acme", meter: str = "downloads", **fields: Any) -> dict[str, Any]:
     return {"uid": uid, "meter": meter, "account": account, "ts": ts, **fields}
+
+
+def wipe(ledger: Ledger, *orgs: str) -> None:
+    """Delete everything stored for these organisations (a database shared by a session)."""
+    mark = ledger.mark
+    marks = ", ".join([mark] * len(orgs))
+    series = f"SELECT id FROM series WHERE org IN ({marks})"
+    statements = [
+        f"DELETE FROM {table} WHERE series IN ({series})"
+        for table in ("measurements", "hours", "num_rollup", "str_rollup")
+    ]
+    if ledger.postgres:
+        statements.append(f"DELETE FROM uids WHERE org_id IN (SELECT id FROM orgs WHERE org IN ({marks}))")
+    statements.append(f"DELETE FROM conflicts WHERE org IN ({marks})")
+    conn = ledger.connection()
+    try:
+        cur = conn.cursor()
+        if not ledger.postgres:
+            cur.execute("BEGIN IMMEDIATE")
+        for statement in statements:
+            cur.execute(statement, orgs)
+        conn.commit()
+    finally:
+        conn.close()

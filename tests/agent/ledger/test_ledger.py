@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from meterkit_agent.ledger import Ingested, Ledger, UsageQuery
 from meterkit_agent.ledger.api import create_app
 from tests.agent.conftest import TOKEN, LedgerServer, start_ledger
+from tests.agent.ledger.conftest import wipe
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -37,8 +38,7 @@ SAMPLE = [
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
     url = f"sqlite:///{tmp_path / 'l.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     ledger = Ledger(url)
-    with ledger.engine.begin() as conn:
-        conn.exec_driver_sql("DELETE FROM measurements WHERE org IN ('org', 'other-org')")
+    wipe(ledger, "org", "other-org")
     ledger.ingest("org", SAMPLE)
     return ledger
 

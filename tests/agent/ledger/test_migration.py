@@ -1,6 +1,7 @@
-"""A database written by an older ledger (times as text only, no content digests) is
-brought up to date when it is opened, on SQLite and PostgreSQL; a row written by anything
-else than the ledger still gets its instant."""
+"""A database written by an older ledger (a JSON body per row: times as text only, or with
+instants and content digests) is brought up to date when it is opened, on SQLite and
+PostgreSQL: its rows moved into the compact layout, the rollups built, an unreadable row
+kept aside."""
 
 from __future__ import annotations
 
@@ -62,68 +63,62 @@ def old_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         admin.dispose()
 
 
-def columns_and_indexes(ledger: Ledger) -> tuple[set[str], set[str]]:
-    inspector = sa.inspect(ledger.engine)
-    columns = {c["name"] for c in inspector.get_columns("measurements")}
-    return columns, {str(i["name"]) for i in inspector.get_indexes("measurements")}
-
-
 def test_an_older_database_is_migrated_when_opened(old_database: str) -> None:
     ledger = Ledger(old_database)
     try:
-        columns, indexes = columns_and_indexes(ledger)
-        assert {"ts_ms", "content_hash"} <= columns
-        assert "ix_measurements_instant" in indexes and "ix_measurements_lookup" not in indexes
+        tables = set(sa.inspect(ledger.engine).get_table_names())
+        assert {"measurements", "hours", "num_rollup", "unreadable"} <= tables and "measurements_v1" not in tables
+        columns = {c["name"] for c in sa.inspect(ledger.engine).get_columns("measurements")}
+        assert "body" not in columns and {"series", "ts_ms", "shape", "nums"} <= columns
+        for m in OLD_ROWS:  # moved exactly: the same content, the same digest
+            stored = ledger.get("o", m["uid"])
+            assert stored == m and stored is not None and content_hash(stored) == content_hash(m)
         with ledger.engine.connect() as conn:
-            stored = {uid: (ts_ms, digest) for uid, ts_ms, digest in conn.execute(sa.text(
-                "SELECT uid, ts_ms, content_hash FROM measurements"
-            ))}  # fmt: skip
-        assert stored["m2"] == (1_793_491_200_000, content_hash(OLD_ROWS[1]))
-        assert stored["m1"][0] == 1_793_491_199_999 and stored["m3"][0] == 1_796_083_199_999
-        assert stored["garbled"] == (None, None)  # unreadable: kept, in no period, and the ledger opens
-        # Periods select by instant; a re-send is a duplicate or a conflict of the migrated row.
+            kept = conn.execute(sa.text("SELECT uid, ts, body FROM unreadable")).all()
+        assert [tuple(r) for r in kept] == [("garbled", "not a time", "{")]  # kept aside; the ledger opens
+        assert ledger.count("o") == 3
+        # Periods select by instant, from the rollups built; a re-send is a duplicate or a
+        # conflict of the migrated row.
         q = UsageQuery(meter="downloads", target="bytes", start="2026-11-01T01:00:00+01:00", end="2026-12-01")
         assert [r["value"] for r in ledger.usage("o", q)] == [6]
+        q = UsageQuery(meter="downloads", target="bytes", start="2026-10-31T23:59:59.999Z", end="2026-11-30T23:00Z")
+        assert [r["value"] for r in ledger.usage("o", q)] == [3]
         assert ledger.ingest("o", [OLD_ROWS[0], {**OLD_ROWS[1], "measure": {"bytes": 9}}]) == Ingested(0, 1, 1, ("m2",))
     finally:
         ledger.close()
-    Ledger(old_database).close()  # opening again changes nothing and fails nothing
-
-
-def test_a_row_written_without_its_instant_gets_one(old_database: str) -> None:
-    """An older ledger process still writing during an upgrade, or a hand-written INSERT."""
-    ledger = Ledger(old_database)
+    again = Ledger(old_database)  # opening again changes nothing and fails nothing
     try:
-        m = measurement("hand", "2026-11-15T12:00:00.250Z", measure={"bytes": 100})
-        with ledger.engine.begin() as conn:
-            conn.execute(
-                sa.text("INSERT INTO measurements (org, uid, meter, account, ts, body) VALUES ('o', 'hand', :meter, :account, :ts, :body)"),
-                {**m, "body": json.dumps(m)},
-            )  # fmt: skip
-        assert ledger.uids("o", start="2026-11-15T12:00:00.250Z", end="2026-11-15T12:00:00.251Z") == ["hand"]
-        assert ledger.ingest("o", [m]) == Ingested(0, 1)  # its digest is computed from its body
+        assert again.count("o") == 3 and again.get("o", "m3") == OLD_ROWS[2]
     finally:
-        ledger.close()
+        again.close()
 
 
-def test_a_sqlite_migration_cut_short_is_finished_by_the_next_open(tmp_path: Path) -> None:
-    """SQLite commits each ALTER on its own: columns added, the process killed before they
-    were filled. The next open fills them."""
-    url = f"sqlite:///{tmp_path / 'cut.db'}"
+def test_the_previous_layout_with_instants_and_digests_is_migrated(tmp_path: Path) -> None:
+    """The layout just before this one: ts_ms, content_hash and their triggers."""
+    url = f"sqlite:///{tmp_path / 'previous.db'}"
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        for statement in OLD_SCHEMA:
-            conn.exec_driver_sql(statement)
-        m = OLD_ROWS[1]
-        conn.execute(
-            sa.text("INSERT INTO measurements VALUES ('o', :uid, :meter, :account, :ts, :body)"),
-            {**m, "body": json.dumps(m)},
-        )
+        conn.exec_driver_sql(OLD_SCHEMA[0])
         conn.exec_driver_sql("ALTER TABLE measurements ADD COLUMN ts_ms BIGINT")
         conn.exec_driver_sql("ALTER TABLE measurements ADD COLUMN content_hash VARCHAR(64)")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_measurements_instant ON measurements (org, meter, account, ts_ms, content_hash)"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER measurements_ts_ms AFTER INSERT ON measurements WHEN NEW.ts_ms IS NULL"
+            " BEGIN UPDATE measurements SET ts_ms = 0 WHERE org = NEW.org AND uid = NEW.uid; END"
+        )
+        m = {**OLD_ROWS[1], "ets": "2026-11-01T00:30:00Z", "who": {"user": "ann"}}
+        conn.execute(
+            sa.text("INSERT INTO measurements VALUES ('o', :uid, :meter, :account, :ts, :body, 1793491200000, :h)"),
+            {**m, "body": json.dumps(m), "h": content_hash(m)},
+        )
     engine.dispose()
     ledger = Ledger(url)
     try:
+        assert ledger.get("o", "m2") == m
         assert ledger.uids("o", start="2026-11-01", end="2026-11-02") == ["m2"]
+        q = UsageQuery(meter="downloads", aggregation="UNIQUE", target="user")
+        assert [r["value"] for r in ledger.usage("o", q)] == [1]
     finally:
         ledger.close()

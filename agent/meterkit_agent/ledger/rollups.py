@@ -1,0 +1,210 @@
+"""Hourly rollups, kept at ingest in the transaction that stores the measurements.
+
+For the measurements one ingest stores (never a duplicate: only uids it claimed), this
+module adds up, per (series, UTC hour):
+
+- ``hours``: how many, and their content digest (:mod:`..contentdigest`: a sum mod 2**256
+  and an XOR, so adding a batch to a stored bucket is arithmetic, in any order);
+- ``num_rollup`` per number field: count, exact sum (integers as integers, floats as the
+  decimals they were written as: :mod:`.exact`), min, max, and the latest value;
+- ``str_rollup`` per string field and value: count and when it was latest;
+- ``fields``: where each code of a meter has been seen (:mod:`.codec` flags), so a query
+  knows whether the rollups answer it.
+
+The measurements of a batch are first grouped by (series, hour, shape): inside a group the
+string values and the field positions are the same. A number field's values are gathered
+into one column per (series, hour, code) across the groups, and each column is summed and
+compared once, by C-level passes (integers natively when all are integers). The totals are then added to the stored rows
+by an upsert whose arithmetic is SQL (PostgreSQL NUMERIC) or the exact functions of
+:mod:`.sqlfuncs` (SQLite), with rows in key order (two ledger processes lock them in the
+same order: no deadlock).
+
+LATEST's tie-break: the measurement with the greatest ``ts_ms`` wins; at equal ``ts_ms``,
+the greatest uid (compared by code point, as Python compares strings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal, localcontext
+from typing import Any
+
+from ..contentdigest import fold
+from .codec import Shape
+from .exact import EXACT, Number, exact
+from .instants import HOUR_MS
+
+_decimals: dict[float, Decimal] = {}  # a float -> the decimal it was written as
+
+
+def _decimal(value: float) -> Decimal:
+    found = Decimal(repr(value))
+    if value:  # 0.0 and -0.0 are one key but two decimals: zero is not cached
+        if len(_decimals) > 65536:
+            _decimals.clear()
+        _decimals[value] = found
+    return found
+
+
+def exact_total(values: Sequence[int | float]) -> Number:
+    """The exact sum of stored numbers: integers as integers, floats as their decimals
+    (a float's decimal is cached: ``Decimal(repr(f))`` is the slow part)."""
+    ints = [v for v in values if type(v) is int]
+    total: Number = sum(ints)
+    if len(ints) != len(values):
+        known = _decimals
+        decimals = [known.get(v) or _decimal(v) for v in values if type(v) is not int]
+        with localcontext(EXACT):
+            total = sum(decimals, Decimal(0)) + total
+    return total
+
+
+def extremes(values: Sequence[int | float]) -> tuple[Number, Number]:
+    """(min, max), compared as the exact values they stand for. Floats among themselves and
+    integers among themselves compare so natively; a mixture compares as decimals."""
+    kinds = {type(v) for v in values}
+    if len(kinds) == 1:
+        return exact(min(values)), exact(max(values))
+    exacts = [exact(v) for v in values]
+    return min(exacts), max(exacts)
+
+
+class Changes:
+    """What a batch of new measurements adds to the rollups: its columns, and the
+    measurements grouped by (series, hour, shape)."""
+
+    def __init__(
+        self,
+        series: list[int],
+        ms: list[int],
+        uids: list[str],
+        shapes: list[int],
+        nums: list[list[Any]],
+        digests: list[str],
+    ) -> None:
+        self.ms, self.uids, self.nums, self.digests = ms, uids, nums, digests
+        self.groups: dict[tuple[int, int, int], list[int]] = {}
+        groups = self.groups
+        for i, key in enumerate(zip(series, [m // HOUR_MS for m in ms], shapes, strict=True)):
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [i]
+            else:
+                group.append(i)
+
+    def rows(
+        self, shapes: dict[int, Shape]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Rows for the hours, num_rollup and str_rollup upserts, in key order. Numbers are
+        int or Decimal; each hour's digest is (count, content int, check int)."""
+        hours: dict[tuple[int, int], list[int]] = {}
+        columns: dict[tuple[int, int, str], list[Any]] = {}  # a field's values in an hour
+        latest: dict[tuple[int, int, str], tuple[int, str, Any]] = {}
+        strs: dict[tuple[int, int, str, str], list[Any]] = {}
+        ms, uids, values = self.ms, self.uids, self.nums
+        for (series, hour, shape_id), members in self.groups.items():
+            hours.setdefault((series, hour), []).extend(members)
+            last = members[0] if len(members) == 1 else max(members, key=lambda i: (ms[i], uids[i]))
+            when = (ms[last], uids[last])
+            shape = shapes[shape_id]
+            for code, at in shape.numeric:
+                key = (series, hour, code)
+                column = columns.get(key)
+                if column is None:
+                    columns[key] = [values[i][at] for i in members]
+                    latest[key] = (*when, values[last][at])
+                else:
+                    column += [values[i][at] for i in members]
+                    if when > latest[key][:2]:
+                        latest[key] = (*when, values[last][at])
+            for code, value in shape.strings:
+                key2 = (series, hour, code, value)
+                found = strs.get(key2)
+                if found is None:
+                    strs[key2] = [len(members), *when]
+                else:
+                    found[0] += len(members)
+                    if when > (found[1], found[2]):
+                        found[1:] = when
+        hour_rows = []
+        for (series, hour), members in sorted(hours.items()):
+            digest = fold([self.digests[i] for i in members])
+            hour_rows.append((series, hour, digest.count, digest.total, digest.check))
+        num_rows = []
+        for key, column in sorted(columns.items()):
+            lo, hi = extremes(column)
+            at_ms, at_uid, last_value = latest[key]
+            num_rows.append((*key, len(column), exact_total(column), lo, hi, at_ms, at_uid, exact(last_value)))
+        str_rows = [(*key, *state) for key, state in sorted(strs.items())]
+        return hour_rows, num_rows, str_rows
+
+
+def signed64(value: int) -> int:
+    """A 64-bit check as the signed integer SQL stores."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def unsigned64(value: int) -> int:
+    return value + (1 << 64) if value < 0 else value
+
+
+_MOD = 1 << 256
+
+SQLITE_UPSERTS = (
+    "INSERT INTO hours (series, hour, count, content, check_xor) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (series, hour) DO UPDATE SET count = hours.count + excluded.count,"
+    " content = mk_add256(hours.content, excluded.content),"
+    " check_xor = (hours.check_xor | excluded.check_xor) - (hours.check_xor & excluded.check_xor)",
+    "INSERT INTO num_rollup (series, hour, code, count, total, lo, hi, latest_ms, latest_uid, latest)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, hour, code) DO UPDATE SET"
+    " count = num_rollup.count + excluded.count, total = mk_add(num_rollup.total, excluded.total),"
+    " lo = mk_least(num_rollup.lo, excluded.lo), hi = mk_greatest(num_rollup.hi, excluded.hi),"
+    " latest = CASE WHEN (excluded.latest_ms, excluded.latest_uid) > (num_rollup.latest_ms, num_rollup.latest_uid)"
+    " THEN excluded.latest ELSE num_rollup.latest END,"
+    " latest_uid = CASE WHEN (excluded.latest_ms, excluded.latest_uid) > (num_rollup.latest_ms, num_rollup.latest_uid)"
+    " THEN excluded.latest_uid ELSE num_rollup.latest_uid END,"
+    " latest_ms = max(num_rollup.latest_ms, excluded.latest_ms)",
+    "INSERT INTO str_rollup (series, hour, code, value, count, latest_ms, latest_uid) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (series, hour, code, value) DO UPDATE SET count = str_rollup.count + excluded.count,"
+    " latest_uid = CASE WHEN (excluded.latest_ms, excluded.latest_uid) > (str_rollup.latest_ms, str_rollup.latest_uid)"
+    " THEN excluded.latest_uid ELSE str_rollup.latest_uid END,"
+    " latest_ms = max(str_rollup.latest_ms, excluded.latest_ms)",
+)
+
+POSTGRES_UPSERTS = (
+    "INSERT INTO hours (series, hour, count, content, check_xor) VALUES (%s, %s, %s, %s, %s)"  # noqa: S608 - a constant
+    " ON CONFLICT (series, hour) DO UPDATE SET count = hours.count + excluded.count,"
+    f" content = mod(hours.content + excluded.content, {_MOD}),"
+    " check_xor = hours.check_xor # excluded.check_xor",
+    "INSERT INTO num_rollup (series, hour, code, count, total, lo, hi, latest_ms, latest_uid, latest)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (series, hour, code) DO UPDATE SET"
+    " count = num_rollup.count + excluded.count, total = num_rollup.total + excluded.total,"
+    " lo = least(num_rollup.lo, excluded.lo), hi = greatest(num_rollup.hi, excluded.hi),"
+    " latest = CASE WHEN (excluded.latest_ms, excluded.latest_uid) > (num_rollup.latest_ms, num_rollup.latest_uid)"
+    " THEN excluded.latest ELSE num_rollup.latest END,"
+    " latest_uid = CASE WHEN (excluded.latest_ms, excluded.latest_uid) > (num_rollup.latest_ms, num_rollup.latest_uid)"
+    " THEN excluded.latest_uid ELSE num_rollup.latest_uid END,"
+    " latest_ms = greatest(num_rollup.latest_ms, excluded.latest_ms)",
+    "INSERT INTO str_rollup (series, hour, code, value, count, latest_ms, latest_uid)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (series, hour, code, value) DO UPDATE SET count = str_rollup.count + excluded.count,"
+    " latest_uid = CASE WHEN (excluded.latest_ms, excluded.latest_uid) > (str_rollup.latest_ms, str_rollup.latest_uid)"
+    " THEN excluded.latest_uid ELSE str_rollup.latest_uid END,"
+    " latest_ms = greatest(str_rollup.latest_ms, excluded.latest_ms)",
+)
+
+
+def upsert(cur: Any, postgres: bool, changes: Changes, shapes: dict[int, Shape]) -> None:
+    """Add a batch's rollups to the stored ones, in the caller's transaction."""
+    hour_rows, num_rows, str_rows = changes.rows(shapes)
+    hours_sql, nums_sql, strs_sql = POSTGRES_UPSERTS if postgres else SQLITE_UPSERTS
+    if postgres:
+        cur.executemany(hours_sql, [(s, h, n, content, signed64(check)) for s, h, n, content, check in hour_rows])
+        cur.executemany(nums_sql, num_rows)
+    else:
+        cur.executemany(
+            hours_sql, [(s, h, n, f"{content:064x}", signed64(check)) for s, h, n, content, check in hour_rows]
+        )
+        cur.executemany(nums_sql, [(*r[:4], str(r[4]), str(r[5]), str(r[6]), r[7], r[8], str(r[9])) for r in num_rows])
+    if str_rows:
+        cur.executemany(strs_sql, str_rows)
