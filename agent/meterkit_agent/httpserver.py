@@ -1,5 +1,7 @@
 """What every HTTP endpoint of the agent and the ledger does the same way: a bearer token
-compared in constant time, and a request body read within a size limit.
+compared in constant time, a request body read within a size limit, and its measurements
+validated, or, from a sender trusted to have validated them, checked to be exactly in the
+shape validation gives (:func:`canonical`).
 
 The limit holds as the body arrives, whatever its framing: a declared ``Content-Length``
 over it is refused before a byte is read, and a chunked body (no length) is refused as
@@ -22,8 +24,11 @@ past it. Content codings (RFC 9110 §8.4.1):
 from __future__ import annotations
 
 import hmac
+import math
+import re
 import time
 import zlib
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -32,7 +37,24 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from meterkit import Catalog, MeasurementError
-from meterkit._model import tally, validate_wire
+from meterkit._limits import (
+    MAX_ACCOUNT_LENGTH,
+    MAX_INT,
+    MAX_METADATA_LENGTH,
+    MAX_STRING_LENGTH,
+    MAX_UID_LENGTH,
+    MIN_INT,
+)
+from meterkit._model import (
+    CATEGORIES,
+    FIELD_CODE_RE,
+    MAX_DATA_FIELDS,
+    METER_CODE_RE,
+    STRING_CATEGORIES,
+    WIRE_KEYS,
+    tally,
+    validate_wire,
+)
 from meterkit._sinks import SinkUnavailable, SpoolSink
 
 #: content codings a body may arrive in, and the zlib ``wbits`` that decodes each
@@ -151,9 +173,18 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return decoder.finish()
 
 
-def validate_items(items: list[Any], catalog: Catalog | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def validate_items(
+    items: list[Any], catalog: Catalog | None, trusted: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Validate a request's measurements: (the good ones, an error per bad one naming its
-    index, uid, reason, field and message), so an answer can name every bad record."""
+    index, uid, reason, field and message), so an answer can name every bad record.
+
+    ``trusted``: the sender validated them under the same rules and catalog (the caller
+    decides whether to believe it). Measurements already in the exact shape validation
+    give (:func:`canonical`) are then taken as they are; otherwise each is validated, so what is
+    kept is the same content, with the same content digest, either way."""
+    if trusted and canonical(items):
+        return items, []
     good, errors = [], []
     now = time.time_ns()
     for index, raw in enumerate(items):
@@ -164,6 +195,101 @@ def validate_items(items: list[Any], catalog: Catalog | None) -> tuple[list[dict
             uid = raw.get("uid") if isinstance(raw, dict) else None
             errors.append({"index": index, "uid": uid, "reason": p.reason, "field": p.field, "message": p.message})
     return good, errors
+
+
+#: Free-text categories and the longest value each takes (``meterkit._limits``).
+_TEXT_LIMITS = {c: MAX_METADATA_LENGTH if c == "metadata" else MAX_STRING_LENGTH for c in STRING_CATEGORIES}
+#: iso_ms's spelling, repeated; years 2000-9999 as validation allows (``meterkit._limits``)
+_WIRE_TIMES = re.compile(r"(?:[2-9]\d{3}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)+")
+_STR, _DICT, _NUMBERS, _LENGTH_24 = {str}, {dict}, {int, float}, {24}
+
+
+def canonical(items: list[Any]) -> bool:
+    """Whether every measurement of a request is already exactly what
+    :func:`meterkit._model.validate_wire` returns for it, as far as that shows without the
+    catalog: wire keys only; ``uid``, ``meter`` and ``account`` within their lengths and
+    characters, with no space at either end; ``ts`` (and ``ets``) in the one spelling
+    validation writes, ``YYYY-MM-DDTHH:MM:SS.mmmZ``; categories non-empty objects of valid
+    field codes; free text printable and within its length; numbers ints in signed 64 bits
+    or finite floats; at most 15 fields. What only validation decides is not checked: the
+    catalog (meters, fields, categories), that a timestamp is a real date and time (the
+    store refuses one that is not) and not in the future, ``ets`` after ``ts``. A trusted
+    sender vouches for those.
+
+    Checked column by column (every uid, then every account, ...) with ``map``, ``set``,
+    ``join`` and one regular expression, which run at C speed: about a seventh of what
+    validating costs. One measurement out of shape makes the answer False, and a float
+    past 2**63 does too (rare; it is valid): the caller then validates each measurement,
+    which names each bad one."""
+    if not items:
+        return True
+    if set(map(type, items)) != _DICT:
+        return False
+    keys: set[str] = set().union(*items)
+    if not keys <= WIRE_KEYS:
+        return False
+    try:
+        uids, meters = [r["uid"] for r in items], {r["meter"] for r in items}
+        accounts, times = {r["account"] for r in items}, [r["ts"] for r in items]
+    except (KeyError, TypeError):  # a key missing; an account or meter that is a list or an object
+        return False
+    if not _identifiers(uids, MAX_UID_LENGTH) or not all(_identifier(a, MAX_ACCOUNT_LENGTH) for a in accounts):
+        return False  # accounts repeat: each distinct one is checked once
+    if not all(type(m) is str and METER_CODE_RE.match(m) for m in meters):
+        return False
+    if not _wire_times(times) or ("ets" in keys and not _wire_times([r["ets"] for r in items if "ets" in r])):
+        return False
+    fields = 0  # the most fields any measurement can have: a bound, never an undercount
+    for category in CATEGORIES:
+        if category in keys:
+            given = [r[category] for r in items if category in r]
+            if set(map(type, given)) != _DICT:
+                return False
+            sizes = set(map(len, given))
+            if 0 in sizes or not all(map(_field_code, set().union(*given))):
+                return False
+            fields += max(sizes)
+            if not _values(list(chain.from_iterable(map(dict.values, given))), _TEXT_LIMITS.get(category)):
+                return False
+    return fields <= MAX_DATA_FIELDS
+
+
+def _identifier(value: object, limit: int) -> bool:
+    return (
+        type(value) is str and 0 < len(value) <= limit and value.isprintable() and value[0] != " " and value[-1] != " "
+    )
+
+
+def _identifiers(column: list[Any], limit: int) -> bool:
+    if set(map(type, column)) != _STR:
+        return False
+    sizes = set(map(len, column))
+    if 0 in sizes or max(sizes) > limit:
+        return False
+    flat = "".join(column)  # printable iff each is; a space anywhere is rare, then look closer
+    return flat.isprintable() and (" " not in flat or all(_identifier(v, limit) for v in column))
+
+
+def _wire_times(column: list[Any]) -> bool:
+    return (
+        set(map(type, column)) == _STR
+        and set(map(len, column)) == _LENGTH_24  # so each is one match of the expression
+        and _WIRE_TIMES.fullmatch("".join(column)) is not None
+    )
+
+
+def _field_code(code: str) -> bool:
+    return FIELD_CODE_RE.match(code) is not None
+
+
+def _values(values: list[Any], longest: int | None) -> bool:
+    """A category's values: strings up to ``longest`` characters, or numbers (``None``)."""
+    kinds = set(map(type, values))
+    if longest is not None:
+        return kinds == _STR and max(set(map(len, values))) <= longest and "".join(values).isprintable()
+    if not kinds <= _NUMBERS or (float in kinds and not math.isfinite(sum(values))):
+        return False  # a NaN or an infinity makes the sum one; an overflowing sum only costs the fast path
+    return bool(min(values) >= MIN_INT and max(values) <= MAX_INT)
 
 
 def spool_accepted(sink: SpoolSink, measurements: list[dict[str, Any]]) -> None:

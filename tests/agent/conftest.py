@@ -3,15 +3,11 @@ real server, and a fault-injecting HTTP proxy sits between agent and ledger."""
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +18,8 @@ from typing import Any
 
 import pytest
 import requests
+
+from meterkit_agent.testing import PostgresUnavailable, postgres_server
 
 TOKEN = "test-token-4f9a"
 
@@ -199,10 +197,16 @@ def proxy(ledger: LedgerServer) -> Iterator[FaultProxy]:
 
 
 def write_agent_config(
-    tmp_path: Path, spool: Path, to: str, catalog: Path | None = None, extra_receivers: str = "", derive: bool = False
+    tmp_path: Path,
+    spool: Path,
+    to: str,
+    catalog: Path | None = None,
+    extra_receivers: str = "",
+    derive: bool = False,
+    org: str = "test-org",
 ) -> Path:
-    """The agent's configuration for a test: spool in, m3ter-compatible out, fast retries;
-    with ``derive``, the catalog's derived fields are computed too."""
+    """The agent's configuration for a test: spool in, m3ter-compatible out (into ``org``),
+    fast retries; with ``derive``, the catalog's derived fields are computed too."""
     catalog_line = f"catalog: {catalog}" if catalog else ""
     derive_line = f"  derive: {{{catalog_line}}}" if derive else ""
     cfg = tmp_path / "agent.yaml"
@@ -218,7 +222,7 @@ processors:
 exporters:
   m3ter:
     base_url: {to}
-    org_id: test-org
+    org_id: {org}
     token: ${{LEDGER_TOKEN}}
     retry: {{initial_interval_millis: 50, max_interval_millis: 500, request_timeout_millis: 1000}}
 service:
@@ -246,46 +250,14 @@ def start_agent(tmp_path: Path, config: Path) -> Proc:
 # -- PostgreSQL: a real server, started once per test session -----------------------------
 
 
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found and "/usr/local/bin" not in found:
-        return found
-    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return versions[-1] if versions else found
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL server binaries not found; .ci/run installs them")
-        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
-    root = os.geteuid() == 0
-    base = Path(tempfile.mkdtemp(prefix="meterkit-pg-"))
-    data = base / "data"
-    port = free_port()
-    as_user: list[str] = ["runuser", "-u", "postgres", "--"] if root else []
-    if root:
-        shutil.chown(base, "postgres")
-    subprocess.run(
-        [*as_user, initdb, "-D", str(data), "-U", "meterkit", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    """A real PostgreSQL server for the session, started as ``make bench`` starts its own
+    (:mod:`meterkit_agent.testing`)."""
     try:
-        yield f"postgresql://meterkit@127.0.0.1:{port}/postgres"
-    finally:
-        with contextlib.suppress(Exception):
-            subprocess.run(
-                [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60
-            )
-        shutil.rmtree(base, ignore_errors=True)
+        with postgres_server() as url:
+            yield url
+    except PostgresUnavailable as exc:  # raised before the server starts, never by a test
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc}; .ci/run installs them")
+        pytest.skip(str(exc))

@@ -1,7 +1,32 @@
-"""``meterkit ledger`` (serve the embedded backend) and ``meterkit usage`` (query it)."""
+"""``meterkit ledger`` (serve the embedded backend) and ``meterkit usage`` (query it).
+
+``ledger serve --plans plans.yaml`` also serves bill previews (``meterkit bill`` reads
+them); the plans file is checked before the ledger listens, so a bad one never serves.
+
+``meterkit ledger serve --workers N`` serves one address from N processes, as
+``uvicorn --workers`` and ``gunicorn --workers`` do, because that is what a user of either
+expects the option to mean: the command binds the address once, starts N worker processes
+that accept on that one socket (the kernel hands each connection to one of them), restarts
+a worker that dies, and stops them all on SIGTERM or Ctrl-C (uvicorn's supervisor). One
+command, one address, one process to signal: nothing for the user to arrange. The
+alternative, N independent commands on one port with ``SO_REUSEPORT``, leaves starting,
+counting and restarting them to the user, and on Linux lets any process of the same user
+join the port. Each worker opens its own connections to the one database, and PostgreSQL
+keeps them consistent: a uid is stored once whichever worker receives it
+(``ON CONFLICT``). SQLite takes one writer at a time, so there several workers only help
+queries.
+
+The workers are started by uvicorn as fresh interpreters (``spawn``) that build the app from
+:func:`worker_app`; the options reach them in one environment variable, never in argv,
+since they may hold the token and the database password.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,6 +37,9 @@ import typer
 import meterkit
 
 from .output import fail, print_table
+
+#: How ``ledger serve`` hands its options to its worker processes (inherited environment).
+_WORKER_OPTIONS = "METERKIT_LEDGER_WORKER_OPTIONS"
 
 ledger_app = typer.Typer(help="The embedded m3ter-compatible backend.", no_args_is_help=True)
 
@@ -31,31 +59,91 @@ def ledger_serve(
     client_secret: Annotated[
         str | None, typer.Option("--client-secret", envvar="METERKIT_LEDGER_CLIENT_SECRET")
     ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="serve the address from this many processes (PostgreSQL)")
+    ] = 1,
+    plans: Annotated[
+        Path | None, typer.Option("--plans", help="a plans.yaml: serve bill previews (GET .../bills)")
+    ] = None,
 ) -> None:
-    """Serve the ledger's m3ter-compatible ingest API and usage queries."""
+    """Serve the ledger's m3ter-compatible ingest API, usage queries and, with --plans,
+    bill previews. A plans file with any problem stops the command (exit 1) naming each."""
     import uvicorn
 
-    from ..ledger import Ledger
-    from ..ledger.api import create_app
     from ..paths import default_ledger_url
 
-    url = db or default_ledger_url()
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        cat = meterkit.load_catalog(catalog) if catalog else None
-    except meterkit.CatalogError as exc:
-        raise fail(str(exc)) from None
-    try:
-        ledger = Ledger(url)
-    except Exception as exc:  # a bad URL or an unreachable database: say which, not a traceback
-        raise fail(f"cannot open ledger database: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    typer.echo(f"ledger on http://{host}:{port} ({ledger.engine.dialect.name})", err=True)
     if (client_id is None) != (client_secret is None):
         raise fail("give both --client-id and --client-secret, or neither")
+    url = db or default_ledger_url()
+    options = {
+        "db": url,
+        "token": token,
+        "catalog": str(catalog.resolve()) if catalog else None,
+        "client_id": client_id,
+        "client_secret": client_secret,
+        "plans": str(plans.resolve()) if plans else None,
+    }
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # Opened here whatever the number of workers: a bad catalog, URL or database fails the
+    # command with its reason, and the schema is made or migrated once, before any worker.
+    app, ledger = _app(options)
+    dialect = ledger.engine.dialect.name
+    processes = f", {workers} processes" if workers > 1 else ""
+    typer.echo(f"ledger on http://{host}:{port} ({dialect}{processes})", err=True)
+    if workers > 1 and dialect == "sqlite":
+        typer.echo("note: SQLite takes one writer at a time; several processes help on PostgreSQL", err=True)
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+        return
+    ledger.close()
+    os.environ[_WORKER_OPTIONS] = orjson.dumps({**options, "supervisor": os.getpid()}).decode()
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port, log_level="warning")
+
+
+def _app(options: dict[str, Any]) -> tuple[Any, Any]:
+    """The ledger's app and store for ``serve``'s options. Raises typer.Exit (via
+    :func:`fail`) naming a bad catalog, every problem of a bad plans file (exit 1, as
+    ``meterkit meters validate``), or a database that cannot be opened."""
+    from ..billing import PlansError, load_plans
+    from ..ledger import Ledger
+    from ..ledger.api import create_app
+
+    try:
+        cat = meterkit.load_catalog(options["catalog"]) if options["catalog"] else None
+    except meterkit.CatalogError as exc:
+        raise fail(str(exc)) from None
+    try:  # checked against the catalog when there is one: a plan cannot price a field no meter has
+        plans = load_plans(options["plans"], cat) if options.get("plans") else None
+    except PlansError as exc:
+        raise fail(str(exc), 1) from None
+    try:
+        ledger = Ledger(options["db"])
+    except Exception as exc:  # a bad URL or an unreachable database: say which, not a traceback
+        raise fail(f"cannot open ledger database: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    client_id, client_secret = options["client_id"], options["client_secret"]
     credentials = (client_id, client_secret) if client_id and client_secret else None
-    app = create_app(ledger, token=token, catalog=cat, client_credentials=credentials)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    app = create_app(ledger, token=options["token"], catalog=cat, client_credentials=credentials, plans=plans)
+    return app, ledger
+
+
+def worker_app() -> Any:
+    """The app of one ``ledger serve --workers`` process (uvicorn calls it in each worker).
+    The worker stops when the command that started it is gone, so a supervisor killed
+    outright (SIGKILL) leaves no worker serving its address."""
+    options = orjson.loads(os.environ.pop(_WORKER_OPTIONS))
+    # Watched by the command's pid, not by this process's parent at start: a worker still
+    # starting when the command is killed would take its new parent for the command.
+    supervisor = options.pop("supervisor")
+    threading.Thread(target=_exit_with_parent, args=(supervisor,), name="ledger-parent-watch", daemon=True).start()
+    app, _ledger = _app(options)
+    return app
+
+
+def _exit_with_parent(supervisor: int) -> None:
+    while os.getppid() == supervisor:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown: finish the requests in hand
 
 
 def usage(
@@ -112,7 +200,7 @@ def usage(
     except requests.RequestException as exc:
         raise fail(f"cannot reach {url}: {type(exc).__name__}") from None
     if response.status_code == 400:
-        raise fail(f"the ledger refused the query: {_message(response)}")
+        raise fail(f"the ledger refused the query: {answer_message(response)}")
     if response.status_code != 200:
         raise fail(f"{url} answered {response.status_code}: {response.text[:500]}")
     # Every number as a Decimal: the ledger writes exact literals, and a float would round them.
@@ -133,7 +221,8 @@ def _exact_literal(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def _message(response: Any) -> str:
+def answer_message(response: Any) -> str:
+    """The ``message`` of a ledger's error answer, or the start of its body."""
     try:
         return str(response.json()["message"])
     except (ValueError, KeyError, TypeError):
