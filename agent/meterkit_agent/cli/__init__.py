@@ -9,6 +9,7 @@ import typer
 from .agent import agent_app
 from .audit import audit_app
 from .backfill import backfill
+from .bill import bill_cmd
 from .dlq import dlq_app
 from .ledger import ledger_app, usage
 from .meters import meters_app
@@ -17,7 +18,7 @@ from .spool import spool_app
 
 app = typer.Typer(
     name="meterkit",
-    help="Usage metering: check catalogs, inspect spools, backfill history.",
+    help="Usage metering: check catalogs, inspect spools, backfill history, preview bills.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -28,6 +29,7 @@ app.command("backfill")(backfill)
 app.add_typer(agent_app, name="agent")
 app.add_typer(ledger_app, name="ledger")
 app.command("usage")(usage)
+app.command("bill")(bill_cmd)
 app.add_typer(audit_app, name="audit")
 app.add_typer(dlq_app, name="dlq")
 app.command("reconcile")(reconcile_cmd)
