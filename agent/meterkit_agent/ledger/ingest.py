@@ -291,23 +291,17 @@ class Writer:
 def _claim_postgres(cur: Any, org_id: int, first: list[tuple[Row, int, int]]) -> list[str]:
     ordered = sorted(first, key=lambda f: f[0][0])  # one lock order for every claim: concurrent claims never deadlock
     cur.execute(
-        "INSERT INTO uids (org_id, uid, series, ts_ms)"
-        " SELECT %s, * FROM unnest(%s::text[], %s::int[], %s::bigint[]) ON CONFLICT DO NOTHING RETURNING uid",
-        (org_id, [r[0] for r, _, _ in ordered], [s for _, s, _ in ordered], [r[3] for r, _, _ in ordered]),
+        "INSERT INTO uids (org_id, uid, series, ts_ms) "
+        + rollups.batch_sql(("text", "int", "bigint"), lead="%s, ")
+        + " ON CONFLICT DO NOTHING RETURNING uid",
+        (org_id, rollups.batch_json([(r[0], s, r[3]) for r, s, _ in ordered])),
     )
     mine = {uid for (uid,) in cur.fetchall()}
     rows = [f for f in first if f[0][0] in mine]
     if rows:
         cur.execute(
-            "INSERT INTO measurements (series, ts_ms, uid, shape, nums, extra)"
-            " SELECT * FROM unnest(%s::int[], %s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[])",
-            (
-                [s for _, s, _ in rows],
-                [r[3] for r, _, _ in rows],
-                [r[0] for r, _, _ in rows],
-                [shape for _, _, shape in rows],
-                [r[5] for r, _, _ in rows],
-                [r[6] for r, _, _ in rows],
-            ),
+            "INSERT INTO measurements (series, ts_ms, uid, shape, nums, extra) "
+            + rollups.batch_sql(("int", "bigint", "text", "int", "text", "text")),
+            (rollups.batch_json([(s, r[3], r[0], shape, r[5], r[6]) for r, s, shape in rows]),),
         )
     return [r[0] for r, _, _ in rows]
