@@ -90,7 +90,7 @@ def reconcile_cmd(
     from ..audit.reconcile import period_default, reconcile
     from ..audit.repair import repair
     from ..audit.report import render
-    from ..ledger.instants import InstantError, parse_instant
+    from ..instants import InstantError, parse_instant
 
     default_start, default_end = period_default()
     backend, exporter, cfg_state = backend_for(config, backend_url, ledger_db, org, token)

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+from ..instants import DAY_MS, HOUR_MS, month_start_ms
 from .codec import BOTH, IRREGULAR, META, NUM, STR
-from .instants import DAY_MS, HOUR_MS, month_start_ms
 from .queries import NUMERIC_AGGREGATIONS, Fold, Plan, answer, bucketer, fold_rows
 from .sqlfuncs import number
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from ..billing import BillingError
-from .instants import iso
+from ..instants import iso
 from .queries import UsageQuery
 from .store import Ledger
 

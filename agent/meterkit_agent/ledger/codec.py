@@ -34,7 +34,7 @@ import orjson
 from meterkit._model import NUMERIC_CATEGORIES, STRING_CATEGORIES
 from meterkit._timefmt import wire_ts_ns
 
-from .instants import iso
+from ..instants import iso
 
 _FIXED = frozenset({"uid", "meter", "account", "ts"})
 _NUMERIC = frozenset(NUMERIC_CATEGORIES)

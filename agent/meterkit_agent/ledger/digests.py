@@ -39,8 +39,8 @@ import sqlalchemy as sa
 from meterkit._model import content_hash
 
 from ..contentdigest import Digest
+from ..instants import HOUR_MS, InstantError, boundary_ms, iso
 from .codec import decode
-from .instants import HOUR_MS, InstantError, boundary_ms, iso
 from .rollups import unsigned64
 from .store import Ledger
 

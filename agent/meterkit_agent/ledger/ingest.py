@@ -28,9 +28,9 @@ import orjson
 
 from meterkit._model import content_hash
 
+from ..instants import DAY_MS, civil_from_days, days_from_civil
 from . import rollups
 from .codec import WHOLE, WHOLE_SHAPE, Codec, Shape, decode
-from .instants import DAY_MS, civil_from_days, days_from_civil
 
 _IN_CHUNK = 500  # uids per IN (...) list: well under every SQLite build's variable limit
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from meterkit._model import NUMERIC_CATEGORIES, STRING_CATEGORIES
 
+from ..instants import DAY_MS, HOUR_MS, InstantError, iso, month_start_ms, parse_instant
 from .exact import EXACT, ROUNDINGS, Number, exact, per_unit, to_units
-from .instants import DAY_MS, HOUR_MS, InstantError, iso, month_start_ms, parse_instant
 
 if TYPE_CHECKING:
     from meterkit import Catalog

@@ -34,9 +34,9 @@ from typing import Any
 import orjson
 
 from ..contentdigest import fold
+from ..instants import HOUR_MS
 from .codec import Shape
 from .exact import EXACT, Number, exact
-from .instants import HOUR_MS
 
 _decimals: dict[float, Decimal] = {}  # a float -> the decimal it was written as
 

@@ -26,10 +26,10 @@ from typing import Any
 
 import orjson
 
+from ..instants import iso
 from .answers import Answers
 from .codec import decode
 from .ingest import Writer, partition_sql, uid_text
-from .instants import iso
 from .queries import UsageQuery, period
 from .schema import LOCK_KEY, is_postgres, make_engine, prepare
 

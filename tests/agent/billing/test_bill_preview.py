@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from meterkit_agent.billing import MeasurementsUsage, bill, instant_ms, plans_from_text
-from meterkit_agent.ledger.instants import iso
+from meterkit_agent.instants import iso
 from tests.agent.billing.conftest import ISSUE_EXAMPLE, JAN
 from tests.agent.conftest import TOKEN, LedgerServer, cli_cmd, start_ledger
 

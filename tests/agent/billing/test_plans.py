@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from meterkit import catalog_from_dict
 from meterkit_agent.billing import Attachment, Band, PlansError, load_plans, plans_from_text
 from meterkit_agent.billing.periods import instant_ms
-from meterkit_agent.ledger.instants import boundary_ms
+from meterkit_agent.instants import boundary_ms
 from tests.agent.billing.conftest import ISSUE_EXAMPLE, JAN, plans_yaml
 
 FEB = instant_ms("2026-02-01")

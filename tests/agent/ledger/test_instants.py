@@ -12,8 +12,7 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterkit_agent.ledger import Ledger, QueryError, UsageQuery
-from meterkit_agent.ledger.instants import (
+from meterkit_agent.instants import (
     InstantError,
     boundary_ms,
     civil_from_days,
@@ -22,6 +21,7 @@ from meterkit_agent.ledger.instants import (
     month_start_ms,
     parse_instant,
 )
+from meterkit_agent.ledger import Ledger, QueryError, UsageQuery
 from tests.agent.ledger.conftest import AUTH, fresh_org, measurement
 
 MIDNIGHT_NS = 1_793_491_200 * 10**9  # 2026-11-01T00:00:00Z

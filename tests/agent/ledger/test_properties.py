@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meterkit_agent.instants import iso
 from meterkit_agent.ledger import Ledger
 from meterkit_agent.ledger.exact import QUOTIENT_DIGITS
-from meterkit_agent.ledger.instants import iso
 from tests.agent.ledger.conftest import AUTH, fresh_org, measurement
 
 HOUR = 3_600_000

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterkit._model import content_hash
+from meterkit_agent.instants import iso
 from meterkit_agent.ledger import Ledger, UsageQuery
-from meterkit_agent.ledger.instants import iso
 from tests.agent.ledger.conftest import fresh_org
 
 HOUR = 3_600_000

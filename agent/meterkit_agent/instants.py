@@ -1,4 +1,4 @@
-"""Instants: every time the ledger compares is a UTC instant, never text.
+"""Instants: every time the ledger and billing compare is a UTC instant, never text.
 
 A stored measurement keeps ``ts_ms``, its time as UTC milliseconds since the epoch; periods
 and buckets are computed on that number. A period boundary (``from``, ``to``) is parsed by
@@ -48,30 +48,32 @@ class InstantError(ValueError):
     """A value given as a time is not one the ledger accepts; the message names it."""
 
 
-def parse_instant(text: object, name: str) -> int:
+def parse_instant(text: object, name: str | None) -> int:
     """The instant ``text`` spells, in nanoseconds since the epoch (UTC). ``name`` is the
-    parameter's name, for the message. Raises :class:`InstantError`."""
+    parameter's name, for the message (None: the caller names it). Raises
+    :class:`InstantError`."""
+    named = f"{name}: " if name else ""
     if not isinstance(text, str) or len(text) > _MAX_TEXT:
-        raise InstantError(f"{name}: {text!r:.80} is not {ACCEPTED}")
+        raise InstantError(f"{named}{text!r:.80} is not {ACCEPTED}")
     m = _INSTANT.match(text.strip())
     if m is None:
         hint = " (a '+' in a URL query means a space: send it as %2B)" if _PLUS_AS_SPACE.search(text) else ""
-        raise InstantError(f"{name}: {text!r} is not {ACCEPTED}{hint}")
+        raise InstantError(f"{named}{text!r} is not {ACCEPTED}{hint}")
     year, month, day = int(m["y"]), int(m["mo"]), int(m["d"])
     if not (year >= 1 and 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]):
-        raise InstantError(f"{name}: {text!r} is not a date that exists")
+        raise InstantError(f"{named}{text!r} is not a date that exists")
     if m["h"] is not None and m["tz"] is None:
-        raise InstantError(f"{name}: {text!r} has no offset; give Z (UTC) or one like +01:00")
+        raise InstantError(f"{named}{text!r} has no offset; give Z (UTC) or one like +01:00")
     hour, minute, second = int(m["h"] or 0), int(m["mi"] or 0), int(m["s"] or 0)
     offset_h, offset_m = int(m["oh"] or 0), int(m["om"] or 0)
     if hour > 23 or minute > 59 or second > 59 or offset_h > 23 or offset_m > 59:
-        raise InstantError(f"{name}: {text!r} has an hour, minute, second or offset out of range")
+        raise InstantError(f"{named}{text!r} has an hour, minute, second or offset out of range")
     offset_s = (offset_h * 3600 + offset_m * 60) * (-1 if m["sign"] == "-" else 1)
     seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset_s
     return seconds * 1_000_000_000 + int((m["f"] or "").ljust(9, "0"))
 
 
-def boundary_ms(text: object, name: str) -> int:
+def boundary_ms(text: object, name: str | None) -> int:
     """A period boundary as the first whole millisecond at or after it (see the module's
     note on half-open periods). Raises :class:`InstantError`."""
     return -(-parse_instant(text, name) // 1_000_000)
