@@ -27,7 +27,7 @@ from ._backfill import BatchResult
 from ._catalog import Catalog, load_catalog
 from ._errors import ConfigError, MeasurementError, MeterkitError, Problem
 from ._flusher import Flusher, Measurement
-from ._losses import meter_name
+from ._losses import meter_name, safe_repr
 from ._model import UidSource, validation_token
 from ._otel_context import current_context_getter
 from ._rows import Rare
@@ -179,10 +179,7 @@ class Client:
                 raise
         except Exception as exc:
             # Misuse such as measure="x" (not a mapping): name it, never raise in production.
-            error = MeasurementError(Problem("bad_argument", f"record() arguments unusable: {exc}", meter_name(meter)))
-            if self.strict:
-                raise error from exc
-            self._flusher.reject_raw({"meter": meter_name(meter), "account": repr(account)}, error)
+            _misused(self, "record() arguments", meter, account, exc)
 
     def _enqueue_slow(self, item: tuple[Any, ...]) -> None:
         if self._closed:
@@ -275,6 +272,18 @@ def record_owned(client: Client, meter: str, account: Any, fields: tuple[Any, ..
     except MeasurementError:
         if client.strict:
             raise
+    except Exception as exc:  # as ``Client._record``: never raise into a decorated function
+        _misused(client, "meter() fields", meter, account, exc)
+
+
+def _misused(client: Client, what: str, meter: Any, account: Any, exc: Exception) -> None:
+    """Arguments ``record`` or ``meter`` could not use: a ``MeasurementError`` naming them
+    in strict mode; in production, counted and kept in ``rejected/``, never raised. Every
+    text is made with ``safe_repr``, so an argument whose ``__repr__`` raises cannot either."""
+    error = MeasurementError(Problem("bad_argument", f"{what} unusable: {safe_repr(exc)}", meter_name(meter)))
+    if client.strict:
+        raise error from exc
+    client._flusher.reject_raw({"meter": meter_name(meter), "account": meter_name(account)}, error)
 
 
 def _spool_sink(s: Settings, catalog: Catalog | None) -> SpoolSink:

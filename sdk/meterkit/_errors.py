@@ -69,3 +69,12 @@ class MeasurementError(MeterkitError, ValueError):
     @property
     def field(self) -> str | None:
         return self.problem.field
+
+
+def safe_repr(value: object) -> str:
+    """``repr(value)``, or its type's name when its ``__repr__`` raises: a message about a
+    bad argument must never raise itself (production mode never raises into the caller)."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object>"

@@ -34,7 +34,7 @@ from ._batch import BatchWorker
 from ._errors import MeasurementError
 from ._framer import Write, frames_write, tally_controls, wire_write
 from ._frames import ROW_SIZE
-from ._losses import Losses, losses_record, meter_name
+from ._losses import Losses, losses_records, meter_name
 from ._model import UidSource, tally
 from ._rows import PADDING, meter_and_account, raw, to_wire
 from ._sinks import Sink, SinkUnavailable
@@ -114,11 +114,16 @@ class Flusher:
             if self.write(self._pending) is not None:
                 return False
             self._pending = None
-        w = self._prepare(batch) if batch else Write()
-        if (w.count or self.losses) and self.write(w) is not None:
-            if w.count:
-                self._pending = w
-            return False
+        try:
+            w = self._prepare(batch) if batch else Write()
+            if (w.count or self.losses) and self.write(w) is not None:
+                if w.count:
+                    self._pending = w
+                return False
+        except Exception as exc:  # ours, or a value past every check: counted, never dropped unseen
+            _guard.background_error("flusher", exc)
+            for i in range(0, len(batch), ROW_SIZE):
+                self.lose(batch[i : i + ROW_SIZE], "sdk_error")
         return True
 
     def _prepare(self, batch: list[Any]) -> Write:
@@ -130,7 +135,7 @@ class Flusher:
         """Write ``w`` with the loss counts not yet written. Returns ``None``, or the loss
         reason if the sink refused; the loss counts then stay for the next write."""
         taken = self.losses.take()
-        controls = [*w.tallies, losses_record(taken)] if taken else w.tallies
+        controls = [*w.tallies, *losses_records(taken)] if taken else w.tallies
         done = False
         try:
             if w.payloads:
@@ -247,7 +252,7 @@ class Flusher:
         }
         try:
             self.sink.reject(entry)
-        except OSError as exc2:
+        except Exception as exc2:  # a full disk, or a value no encoder takes: counted above
             _guard.background_error("rejected-measurements file", exc2)
 
     def lose(self, item: Any, reason: str) -> None:

@@ -30,7 +30,7 @@ import re
 from datetime import datetime
 from decimal import Decimal
 
-from ._errors import MeasurementError, Problem
+from ._errors import MeasurementError, Problem, safe_repr
 from ._timefmt import MAX_NS, MIN_NS, parse_ts, wire_ts_ns
 
 #: Stripe's meter event ``identifier`` (which carries the uid) allows at most 100
@@ -138,7 +138,7 @@ def check_org(org: object) -> str:
     :class:`MeasurementError` (reason ``bad_org``, ``too_long``, ``control_character``,
     ``invalid_unicode`` or ``surrounding_whitespace``; field ``org``)."""
     if type(org) is not str or not org or org.isspace():
-        raise problem("bad_org", f"the organisation must be a non-empty string, got {org!r:.60}", None, "org")
+        raise problem("bad_org", f"the organisation must be a non-empty string, got {safe_repr(org):.60}", None, "org")
     if not identifier_ok(org, MAX_ORG_LENGTH):
         raise identifier_problem(org, MAX_ORG_LENGTH, None, "org")
     return org
@@ -179,7 +179,7 @@ def string_value(meter: str, category: str, code: str, value: object) -> str:
         )
     raise problem(
         "wrong_type",
-        f"{category.upper()} fields take strings, got {type(value).__name__} {value!r:.40}",
+        f"{category.upper()} fields take strings, got {type(value).__name__} {safe_repr(value):.40}",
         meter,
         f"{category}.{code}",
     )
@@ -192,7 +192,7 @@ def number_value(meter: str, category: str, code: str, value: object) -> float |
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise problem(
             "wrong_type",
-            f"{category.upper()} fields take numbers, got {type(value).__name__} {value!r:.40}",
+            f"{category.upper()} fields take numbers, got {type(value).__name__} {safe_repr(value):.40}",
             meter,
             field,
         )
@@ -240,7 +240,7 @@ def check_ts(meter: str | None, name: str, value: object, now_ns: int) -> int:
             ns = wire_ts_ns(value)
         elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
             raise ValueError(
-                f"{name} is the number {value!r:.30}; send an ISO 8601 string with a time zone"
+                f"{name} is the number {safe_repr(value):.30}; send an ISO 8601 string with a time zone"
                 " (2026-01-31T12:00:00.000Z) or a timezone-aware datetime: a number's unit is a guess"
             )
         elif isinstance(value, datetime | str):

@@ -11,13 +11,40 @@ import time
 from collections import Counter
 from typing import Any
 
+from ._errors import safe_repr
 from ._timefmt import iso_ms
 
 LossKey = tuple[str, str, "str | None"]  # reason, meter, account
 
+#: Longest meter or account text a loss key keeps (longer ones are cut, marked with "…"):
+#: a loss record must stay a readable frame whatever the application passed.
+MAX_KEY_TEXT = 200
+#: Distinct (reason, meter, account) keys held unwritten at most; past it, further
+#: accounts are counted under their meter with no account, so memory and the loss
+#: record stay bounded even when every measurement names a new account.
+MAX_UNWRITTEN_KEYS = 10_000
+#: Entries per losses control record, so each record fits a frame.
+ENTRIES_PER_RECORD = 5_000
+
+
+def safe_text(value: str) -> str:
+    """``value`` as plain text any JSON encoder takes: a ``str`` subclass made ``str``,
+    lone surrogates escaped, cut to :data:`MAX_KEY_TEXT`."""
+    text = str.__str__(value)
+    if len(text) > MAX_KEY_TEXT:
+        text = text[: MAX_KEY_TEXT - 1] + "…"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+__all__ = ["ENTRIES_PER_RECORD", "MAX_KEY_TEXT", "Losses", "losses_records", "meter_name", "safe_repr", "safe_text"]
+
 
 def meter_name(meter: object) -> str:
-    return meter if isinstance(meter, str) else repr(meter)
+    return safe_text(meter if isinstance(meter, str) else safe_repr(meter))
 
 
 class Losses:
@@ -31,8 +58,10 @@ class Losses:
         self._total: Counter[str] = Counter()
 
     def count(self, reason: str, meter: object, account: object, n: int = 1) -> None:
-        key = (reason, meter_name(meter), account if isinstance(account, str) else None)
+        key = (reason, meter_name(meter), safe_text(account) if isinstance(account, str) else None)
         with self._lock:
+            if key not in self._unwritten and len(self._unwritten) >= MAX_UNWRITTEN_KEYS:
+                key = (reason, key[1], None)
             self._unwritten[key] += n
             self._total[reason] += n
 
@@ -60,10 +89,12 @@ class Losses:
             return dict(self._total)
 
 
-def losses_record(taken: Counter[LossKey]) -> dict[str, Any]:
-    """The control record for loss counts (``docs/spool-format.md``)."""
-    return {
-        "type": "losses",
-        "at": iso_ms(time.time_ns()),
-        "entries": [{"reason": r, "meter": m, "account": a, "count": n} for (r, m, a), n in taken.items()],
-    }
+def losses_records(taken: Counter[LossKey]) -> list[dict[str, Any]]:
+    """The control records for loss counts (``docs/spool-format.md``): one, or several of
+    :data:`ENTRIES_PER_RECORD` entries each, so every record fits a frame."""
+    at = iso_ms(time.time_ns())
+    entries = [{"reason": r, "meter": m, "account": a, "count": n} for (r, m, a), n in taken.items()]
+    return [
+        {"type": "losses", "at": at, "entries": entries[i : i + ENTRIES_PER_RECORD]}
+        for i in range(0, len(entries), ENTRIES_PER_RECORD)
+    ]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._errors import MeasurementError
+from ._errors import MeasurementError, safe_repr
 from ._limits import (
     MAX_ACCOUNT_LENGTH,
     MAX_CODE_LENGTH,
@@ -86,7 +86,7 @@ def _meter_problem(meter: object) -> MeasurementError:
         return identifier_problem(meter, MAX_CODE_LENGTH, None, "meter")
     return problem(
         "bad_meter_code",
-        f"meter code must be 1-{MAX_CODE_LENGTH} letters, digits or _$.:- characters, got {meter!r:.90}",
+        f"meter code must be 1-{MAX_CODE_LENGTH} letters, digits or _$.:- characters, got {safe_repr(meter):.90}",
         None,
     )
 
@@ -156,7 +156,7 @@ def build(
     if account not in _good_accounts and not _account_ok(account):
         raise identifier_problem(account, MAX_ACCOUNT_LENGTH, meter, "account")
     if type(uid) is not str or not uid:
-        raise problem("bad_uid", f"uid must be a non-empty string, got {uid!r:.60}", meter, "uid")
+        raise problem("bad_uid", f"uid must be a non-empty string, got {safe_repr(uid):.60}", meter, "uid")
     # isprintable() (no control character, no lone surrogate) is the cheap common case.
     common = len(uid) <= MAX_UID_LENGTH and uid.isprintable() and uid[0] != " " and uid[-1] != " "
     if not common and not identifier_ok(uid, MAX_UID_LENGTH):
@@ -195,7 +195,7 @@ def build(
             elif not _code_ok(code):
                 raise problem(
                     "bad_field_code",
-                    f"field code {code!r:.90} is not letters, digits, _ or $ (max 80)",
+                    f"field code {safe_repr(code):.90} is not letters, digits, _ or $ (max 80)",
                     meter,
                     f"{category}.{code}",
                 )
@@ -244,7 +244,7 @@ def key_problem(meter: object, account: object) -> MeasurementError | None:
 def uid_problem(uid: object, meter: str | None) -> MeasurementError | None:
     """Why a caller's ``uid`` is refused, as :func:`build` names it, or ``None``."""
     if type(uid) is not str or not uid:
-        return problem("bad_uid", f"uid must be a non-empty string, got {uid!r:.60}", meter, "uid")
+        return problem("bad_uid", f"uid must be a non-empty string, got {safe_repr(uid):.60}", meter, "uid")
     common = len(uid) <= MAX_UID_LENGTH and uid.isprintable() and uid[0] != " " and uid[-1] != " "
     if not common and not identifier_ok(uid, MAX_UID_LENGTH):
         return identifier_problem(uid, MAX_UID_LENGTH, meter, "uid")

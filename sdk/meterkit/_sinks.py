@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import orjson
 
 from . import _guard
+from ._errors import safe_repr
 from ._spool import (
     KIND_BATCH,
     KIND_CONTROL,
@@ -169,11 +170,11 @@ class SpoolSink:
 
     def reject(self, entry: dict[str, Any]) -> None:
         try:
-            line = orjson.dumps(entry, default=repr) + b"\n"
+            line = orjson.dumps(entry, default=safe_repr) + b"\n"
         except TypeError:
             # What orjson cannot encode is often why the record was refused: an integer past
             # 64 bits, a lone surrogate. The standard encoder writes both (escaped), exactly.
-            line = json.dumps(entry, default=repr, ensure_ascii=True).encode() + b"\n"
+            line = json.dumps(entry, default=safe_repr, ensure_ascii=True).encode() + b"\n"
         with self.lock:
             if self._reject_fd < 0:
                 folder = private_dir(self.directory / REJECTED_DIR)
