@@ -125,6 +125,12 @@ def _code_ok(code: object) -> bool:
     return False
 
 
+def _plain(value: Any) -> Any:
+    """A ``str`` subclass (a ``StrEnum`` member, say) as the plain ``str`` it holds; any
+    other value unchanged, for the checks to judge."""
+    return str.__str__(value) if type(value) is not str and isinstance(value, str) else value
+
+
 def build(
     meter: object,
     account: object,
@@ -148,6 +154,7 @@ def build(
     measurement in the flusher,
     so the common case (known codes, plain str/int/float values) takes the short paths.
     """
+    meter, account = _plain(meter), _plain(account)  # a str enum names what it holds
     if not _meter_ok(meter):
         raise _meter_problem(meter)
     assert isinstance(meter, str)
@@ -199,6 +206,8 @@ def build(
                     meter,
                     f"{category}.{code}",
                 )
+            if type(code) is not str:
+                code = _plain(code)  # a str enum as a code: its text, which every encoder takes
             if value is None:
                 continue
             kind = type(value)

@@ -8,6 +8,8 @@ import enum
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import meterkit
 from meterkit import _guard
 from meterkit._losses import ENTRIES_PER_RECORD, MAX_KEY_TEXT
@@ -58,18 +60,37 @@ class Field(str, enum.Enum):
     CALLS = "calls"
 
 
-def test_a_batch_the_encoder_refuses_is_counted_never_dropped_unseen(tmp_path: Path) -> None:
-    """A ``str`` enum as a field code passes strict validation but not orjson's key check:
-    the batch it is in cannot be written, and every measurement of it is counted."""
+def test_str_enums_are_written_as_the_text_they_hold(tmp_path: Path) -> None:
+    """A ``str`` enum as meter, account or field code: orjson refuses such a dict key, so
+    strict mode (which validates and writes wire measurements) writes their text."""
     client = meterkit.Client(spool_dir=tmp_path, mode="strict", flush_interval_millis=20)
     for i in range(50):
-        client.record("api_calls", account=f"a{i}", measure={Field.CALLS: 1})
+        client.record("api_calls", account=Field.CALLS, measure={Field.CALLS: i})
     assert client.shutdown(10)
-    written = len(spooled(tmp_path))
-    assert written + losses(tmp_path).get("sdk_error", 0) == 50
+    written = spooled(tmp_path)
+    assert [m["measure"] for m in written] == [{"calls": i} for i in range(50)]
+    assert {m["account"] for m in written} == {"calls"} and not losses(tmp_path)
+
+
+def test_a_batch_the_flusher_cannot_write_is_counted_never_dropped_unseen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever breaks a write other than a refusing spool (a fault of ours): the batch is
+    off the queue, so every measurement of it is counted under ``sdk_error``."""
+    client = meterkit.Client(spool_dir=tmp_path, flush_interval_millis=20)
+
+    def broken(*_args: Any) -> None:
+        raise TypeError("an encoder that gave up")
+
+    monkeypatch.setattr(client._flusher, "_write_batch", broken)
+    for i in range(50):
+        client.record("api_calls", account=f"a{i}", measure={"calls": 1})
+    assert client.flush(10)
+    monkeypatch.undo()
+    assert client.shutdown(10)
+    assert losses(tmp_path) == {"sdk_error": 50} and not spooled(tmp_path)
     assert accounted(client, 50)
-    # the flusher reported it as its own fault (logged once, in production)
-    assert any(isinstance(e, TypeError) for e in _guard.captured)
+    assert any(isinstance(e, TypeError) for e in _guard.captured)  # reported as the SDK's own fault
     _guard.captured.clear()
 
 
