@@ -24,21 +24,20 @@ What is measured, and how it is kept honest:
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 import requests
+from procs import cpu_seconds, free_port, peak_rss_kib, wait_until
 
 import meterkit
 from meterkit._frames import batch_records
@@ -49,34 +48,6 @@ from meterkit_agent.audit.journal import expand_uids, read_entries
 TOKEN = "bench-token"  # noqa: S105 - a local benchmark's made-up token
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(cond: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def _proc_hwm_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 class _Stack:
     """A ledger and an agent as processes, the SDK in this process."""
 
@@ -84,7 +55,7 @@ class _Stack:
         self.work = work
         self.spool = work / "spool"
         self.state = work / "agent"
-        port = _port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         cli = [sys.executable, "-m", "meterkit_agent.cli"]
         db = f"sqlite:///{work / 'ledger.db'}"
@@ -92,7 +63,7 @@ class _Stack:
         self.ledger = subprocess.Popen(
             [*cli, "ledger", "serve", "--db", db, "--port", str(port), "--token", TOKEN], **quiet
         )  # type: ignore[call-overload]
-        if not _wait(self._up, 60):
+        if not wait_until(self._up, 60):
             self.ledger.kill()
             raise RuntimeError("the ledger did not start")
         config = work / "agent.yaml"
@@ -137,8 +108,8 @@ class _Stack:
     def cpu(self) -> dict[str, float]:
         return {
             "app": time.process_time(),
-            "agent": _proc_cpu_seconds(self.agent.pid),
-            "ledger": _proc_cpu_seconds(self.ledger.pid),
+            "agent": cpu_seconds(self.agent.pid),
+            "ledger": cpu_seconds(self.ledger.pid),
         }
 
     def close(self) -> None:
@@ -233,7 +204,7 @@ def run(quick: bool = False, n: int | None = None, threads: int = 4) -> dict[str
             cpu0 = stack.cpu()
             start = time.perf_counter()
             recorded_s = _record("full", n, threads)
-            delivered = _wait(lambda: stack.stored() >= n, 600)
+            delivered = wait_until(lambda: stack.stored() >= n, 600)
             elapsed = time.perf_counter() - start
             cpu = {k: v - cpu0[k] for k, v in stack.cpu().items()}
             count, total = stack.count("full"), stack.total("full")
@@ -242,7 +213,7 @@ def run(quick: bool = False, n: int | None = None, threads: int = 4) -> dict[str
             half = max(1000, int(rate / 2))
             m = min(n // 2, half * 10) // threads * threads  # about ten seconds at half the rate
             _record("half", m, threads, rate=half)
-            _wait(lambda: stack.stored() >= n + m, 300)
+            wait_until(lambda: stack.stored() >= n + m, 300)
             half_count, half_total = stack.count("half"), stack.total("half")
             meterkit.flush(60)
             latency = _latency(stack, "half")
@@ -259,7 +230,7 @@ def run(quick: bool = False, n: int | None = None, threads: int = 4) -> dict[str
                 "app_cpu_us_per_measurement": round(cpu["app"] / n * 1e6, 1),
                 "agent_cpu_us_per_measurement": round(cpu["agent"] / n * 1e6, 1),
                 "ledger_cpu_us_per_measurement": round(cpu["ledger"] / n * 1e6, 1),
-                "agent_peak_rss_mib": round(_proc_hwm_mib(stack.agent.pid), 1),
+                "agent_peak_rss_mib": round(peak_rss_kib(stack.agent.pid) / 1024, 1),
                 "half_rate_per_s": half,
                 "latency_at_half_rate": latency,
             }

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,8 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from procs import cpu_seconds, free_port, wait_until
 
 HERE = Path(__file__).resolve().parent
 TOKEN = "bench-token"  # noqa: S105 - a local benchmark's made-up credentials
@@ -102,27 +103,6 @@ def peer_list(quick: bool) -> list[Peer]:
     ]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_s(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _wait(cond: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - 127.0.0.1 only
         return json.loads(response.read())
@@ -146,7 +126,7 @@ class Services:
         self.catalog = work / "meters.yaml"
         self.catalog.write_text(CATALOG)
         self.db = f"sqlite:///{work / 'ledger.db'}"
-        port = _port()
+        port = free_port()
         self.ledger_url = f"http://127.0.0.1:{port}"
         ledger_args = ["--db", self.db, "--port", str(port), "--token", TOKEN, "--catalog", str(self.catalog)]
         self.ledger = subprocess.Popen(
@@ -160,7 +140,7 @@ class Services:
         try:
             assert self.sink.stdout is not None
             self.sink_url = f"http://127.0.0.1:{int(self.sink.stdout.readline())}"
-            if not _wait(self._ledger_up, 60):
+            if not wait_until(self._ledger_up, 60):
                 raise RuntimeError("the ledger did not start within 60 s")
             from meterkit_agent.ledger import Ledger
 
@@ -206,7 +186,7 @@ def agent(services: Services, org: str) -> Iterator[tuple[subprocess.Popen[bytes
     log = (work / "agent.log").open("wb")
     proc = subprocess.Popen([*CLI, "agent", "run", "--config", str(config)], stdout=log, stderr=log)
     try:
-        if not _wait(lambda: (state / "status.json").exists() or proc.poll() is not None, 60) or proc.poll():
+        if not wait_until(lambda: (state / "status.json").exists() or proc.poll() is not None, 60) or proc.poll():
             raise RuntimeError(f"the agent did not start: {(work / 'agent.log').read_text()[-300:]}")
         yield proc, spool
     finally:
@@ -262,33 +242,33 @@ def _ledger_run(services: Services, spec: dict[str, Any], stall_s: float) -> dic
     def count() -> tuple[int, float]:
         return services.store.count(org), time.time()
 
-    ledger_cpu = _cpu_s(services.ledger.pid)
+    ledger_cpu = cpu_seconds(services.ledger.pid)
     client = _client_run(spec, 1800)
     delivered, last = _delivery(count, client["sent"], stall_s)
     if spec["peer"].startswith("m3ter") and delivered == client["sent"]:
         last = client["t_flushed"]  # synchronous: stored when its last call returned, not when polled
     figures = _figures(client, delivered, last if delivered else client["t0"])
-    figures["ledger_cpu_us_per_event"] = (_cpu_s(services.ledger.pid) - ledger_cpu) / client["sent"] * 1e6
+    figures["ledger_cpu_us_per_event"] = (cpu_seconds(services.ledger.pid) - ledger_cpu) / client["sent"] * 1e6
     return figures
 
 
 def _meterkit_run(services: Services, name: str, n: int, sized: bool) -> dict[str, Any]:
     with agent(services, name) as (proc, spool):
-        agent_cpu = _cpu_s(proc.pid)
+        agent_cpu = cpu_seconds(proc.pid)
         spec = {"peer": "meterkit", "n": n, "sized": sized, "account": name, "org": name}
         figures = _ledger_run(services, spec | {"spool": str(spool), "catalog": str(services.catalog)}, 30)
-        figures["agent_cpu_us_per_event"] = (_cpu_s(proc.pid) - agent_cpu) / n * 1e6
+        figures["agent_cpu_us_per_event"] = (cpu_seconds(proc.pid) - agent_cpu) / n * 1e6
     return figures
 
 
 def _sink_run(services: Services, key: str, name: str, n: int, sized: bool) -> dict[str, Any]:
     kind = {"segment": "segment", "otel_logs": "otlp_logs", "otel_counter": "otlp_metric_sum"}[key]
     spec = {"peer": key, "n": n, "sized": sized, "account": name, "url": services.sink_url}
-    sink_cpu = _cpu_s(services.sink.pid)
+    sink_cpu = cpu_seconds(services.sink.pid)
     client = _client_run(spec, 1800)
     delivered, last = _delivery(lambda: services.sink_count(f"{kind}/{name}"), n, 3)
     figures = _figures(client, delivered, last if delivered else client["t0"])
-    figures["receiver_cpu_us_per_event"] = (_cpu_s(services.sink.pid) - sink_cpu) / n * 1e6
+    figures["receiver_cpu_us_per_event"] = (cpu_seconds(services.sink.pid) - sink_cpu) / n * 1e6
     return figures
 
 

@@ -20,7 +20,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,17 +37,12 @@ from meterkit._model import validation_token
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pgserver import running_postgres
+from procs import free_port
 
 CATALOG = Path(__file__).resolve().parent.parent / "examples" / "meters.yaml"
 BATCH = 1_000
 TOKEN = "bench-token"  # noqa: S105 - a throwaway ledger on 127.0.0.1, for this run only
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cpu_seconds(root: int) -> float:
@@ -116,7 +110,7 @@ def _post_all(url: str, bodies: list[bytes], headers: dict[str, str], clients: i
 
 
 def _serve(db: str, workers: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, "-m", "meterkit_agent.cli", "ledger", "serve", "--db", db, "--port", str(port)]
     args += ["--catalog", str(CATALOG), "--workers", str(workers)]
     with log.open("ab") as out:

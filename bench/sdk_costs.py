@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from procs import peak_rss_kib
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -81,15 +83,6 @@ def loop(spec: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def _hwm_kib() -> int:
-    """VmHWM: this process's own peak RSS (ru_maxrss would include the parent's, inherited
-    across fork)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
-
 def _spooled(directory: str) -> int:
     """Measurements in the spool, whether framed one by one or in batch frames (format 2)."""
     from meterkit import _spool
@@ -118,7 +111,7 @@ def burst(spec: dict[str, Any]) -> dict[str, Any]:
     client = meterkit.configure(catalog=spec["catalog"], spool_dir=spec["spool"])
     record, n, chunk = meterkit.record, spec["n"] // 1_000 * 1_000, 1_000
     stats = client.stats
-    before = _hwm_kib()
+    before = peak_rss_kib()
     slowest, deepest = 0.0, 0
     cpu0, start = time.process_time(), time.perf_counter()
     for _ in range(n // chunk):
@@ -130,7 +123,7 @@ def burst(spec: dict[str, Any]) -> dict[str, Any]:
     recorded = time.perf_counter() - start
     meterkit.shutdown(600)
     spooled_s, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    peak = _hwm_kib()
+    peak = peak_rss_kib()
     lost = client.stats()["lost"]
     return {
         "n": n,
