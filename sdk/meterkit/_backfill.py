@@ -4,6 +4,8 @@ A uid is derived from the row so that running the same backfill twice can never 
 count: from ``uid`` if the row has one, else from the value of ``key_field`` (a source
 system's event id), else from the row's content. Two rows with identical content are the
 same event under the last rule; give a key if your source has genuinely identical events.
+A backfill's measurements may carry its ``batch`` id (not part of the uid), by which
+``meterkit backfill revert`` finds and reverses them all.
 
 Dependencies run one way: ``_client`` imports this module (``Client.submit_batch`` calls
 :func:`submit_batch`, and returns the :class:`BatchResult` defined here); this module
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ._corrections import check_batch
 from ._errors import MeasurementError, Problem
 from ._model import CATEGORIES, build, problem
 
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
 
 #: Namespace of backfill uids (uuid5): fixed forever, or re-runs would mint new uids.
 BACKFILL_NAMESPACE = uuid.UUID("6f1c2a7e-3b0d-5d9a-9c41-8e5b7f1d2c30")
+#: What ``submit_batch`` takes: mappings, or ``(line, mapping)`` pairs.
+Rows = Iterable[Mapping[str, Any] | tuple[int, Any]]
 _ALLOWED = {"uid", "meter", "account", "ts", "ets", *CATEGORIES}
 
 
@@ -99,10 +104,13 @@ def validate_row(row: Mapping[str, Any], *, catalog: Any, key_field: str | None,
 
 def submit_batch(
     client: Client,
-    rows: Iterable[Mapping[str, Any] | tuple[int, Any]],
+    rows: Rows,
     *,
     key_field: str | None = None,
+    batch: str | None = None,
 ) -> BatchResult:
+    if batch is not None:
+        check_batch(batch)
     problems: list[Problem] = []
     good: list[dict[str, Any]] = []
     accepted = 0
@@ -112,11 +120,14 @@ def submit_batch(
         try:
             if not isinstance(row, Mapping):
                 raise problem("bad_shape", f"expected a mapping, got {type(row).__name__}")
-            good.append(validate_row(row, catalog=client.catalog, key_field=key_field, now_ns=now_ns))
+            measurement = validate_row(row, catalog=client.catalog, key_field=key_field, now_ns=now_ns)
         except MeasurementError as exc:
             p = exc.problem
             problems.append(Problem(p.reason, p.message, meter=p.meter, field=p.field, line=line))
             continue
+        if batch is not None:
+            measurement["batch"] = batch
+        good.append(measurement)
         if len(good) >= 1000:
             client._write_now(good)
             accepted += len(good)

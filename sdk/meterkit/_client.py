@@ -17,18 +17,19 @@ import atexit
 import os
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from . import _backfill, _guard, _permissions
-from ._backfill import BatchResult
+from ._backfill import BatchResult, Rows
 from ._catalog import Catalog, load_catalog
 from ._errors import ConfigError, MeasurementError, MeterkitError, Problem
 from ._flusher import Flusher, Measurement
+from ._framer import Write, tally_controls
 from ._losses import meter_name, safe_repr
-from ._model import UidSource, validation_token
+from ._model import UidSource, tally, validation_token
 from ._otel_context import current_context_getter
 from ._rows import Rare
 from ._scope import EMPTY, current_scope
@@ -191,9 +192,7 @@ class Client:
 
     # -- backfill --------------------------------------------------------------------------
 
-    def submit_batch(
-        self, rows: Iterable[Mapping[str, Any] | tuple[int, Any]], *, key_field: str | None = None
-    ) -> BatchResult:
+    def submit_batch(self, rows: Rows, *, key_field: str | None = None, batch: str | None = None) -> BatchResult:
         """Validate and spool historical measurements (backfill). Never stops at a bad row.
 
         ``rows`` are mappings in wire shape (``meter``, ``account``, ``ts``, ``measure``, ...),
@@ -201,9 +200,11 @@ class Client:
         needs its own ``ts`` (historical times are fine). Its uid is ``uid`` if given, else
         derived from the ``key_field`` value, else from its content: re-running the same
         backfill can never double count. Returns a :class:`BatchResult` listing every bad
-        row with its line, meter, field and reason.
+        row with its line, meter, field and reason. ``batch``, a backfill's id (named like an
+        account; re-runs must reuse it), is stamped on every measurement so that ``meterkit
+        backfill revert`` can reverse them all; a bad one raises :class:`MeasurementError`.
         """
-        return _backfill.submit_batch(self, rows, key_field=key_field)
+        return _backfill.submit_batch(self, rows, key_field=key_field, batch=batch)
 
     def _write_now(self, records: list[Measurement]) -> None:
         """Backfill: write validated records through the same path as the flusher."""
@@ -276,6 +277,19 @@ def record_owned(client: Client, meter: str, account: Any, fields: tuple[Any, ..
         _misused(client, "meter() fields", meter, account, exc)
 
 
+def write_with_control(client: Client, records: list[Measurement], control: dict[str, Any]) -> None:
+    """Corrections: write validated wire ``records``, their tally and ``control`` (the
+    record saying who corrected them and why) in one write of the client's sink, so they
+    land in the same segment and cannot part. Flushes what is queued first. Raises
+    :class:`MeterkitError` if the spool refuses the write; then nothing was written."""
+    if not client.flush(timeout=60.0):
+        raise MeterkitError("the spool did not take what was queued before the correction; nothing was written")
+    write = Write([], list(records), [*tally_controls(tally(records)), control], len(records))
+    trouble = client._flusher.write(write)
+    if trouble is not None:
+        raise MeterkitError(f"the spool refuses writes ({trouble}); nothing was written, try again later")
+
+
 def _misused(client: Client, what: str, meter: Any, account: Any, exc: Exception) -> None:
     """Arguments ``record`` or ``meter`` could not use: a ``MeasurementError`` naming them
     in strict mode; in production, counted and kept in ``rejected/``, never raised. Every
@@ -320,4 +334,4 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_at_exit)
 
-__all__ = ["Client", "MemorySink"]
+__all__ = ["Client", "MemorySink", "write_with_control"]

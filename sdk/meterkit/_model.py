@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ._corrections import EXTENSION_KEYS, check_extensions
 from ._errors import MeasurementError, safe_repr
 from ._limits import (
     MAX_ACCOUNT_LENGTH,
@@ -321,7 +322,17 @@ def validation_token(catalog: Catalog | None) -> str:
 def content_hash(m: Mapping[str, Any]) -> str:
     """The digest of a measurement's content, the same wherever it is computed (the agent's
     journal, the ledger, reconciliation): sha256 of its JSON with sorted keys, in hex."""
-    return hashlib.sha256(orjson.dumps(m, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return content_digest(m).hex()
+
+
+def content_digest(m: Mapping[str, Any]) -> bytes:
+    """:func:`content_hash` as its 32 bytes. A backfill's ``batch`` is left out: it says
+    which run brought the measurement, not what the measurement says, so a backfill run
+    again under another batch id re-sends the same measurements (duplicates, where the
+    first run's batch stands), not conflicting ones."""
+    if "batch" in m:
+        m = {k: v for k, v in m.items() if k != "batch"}
+    return hashlib.sha256(orjson.dumps(m, option=orjson.OPT_SORT_KEYS)).digest()
 
 
 def tally(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -366,14 +377,15 @@ WIRE_KEYS = frozenset({"uid", "meter", "account", "ts", "ets", *CATEGORIES})
 def validate_wire(raw: object, catalog: Catalog | None = None, now_ns: int | None = None) -> dict[str, Any]:
     """Check a measurement received in wire shape (from a spool, a request, a file).
 
-    Same rules as :func:`build`; also refuses unknown keys and a missing ``ts``. Returns the
-    normalised measurement or raises :class:`MeasurementError`.
+    Same rules as :func:`build`; also refuses unknown keys and a missing ``ts``, and checks
+    a correction's or a backfill's mark (:mod:`._corrections`). Returns the normalised
+    measurement or raises :class:`MeasurementError`.
     """
     if not isinstance(raw, dict):
         raise problem("bad_shape", "a measurement must be a JSON object")
     meter = raw.get("meter")
     label = meter if isinstance(meter, str) else None
-    unknown = sorted(str(k) for k in raw if k not in WIRE_KEYS)
+    unknown = sorted(str(k) for k in raw if k not in WIRE_KEYS and k not in EXTENSION_KEYS)
     if unknown:
         raise problem("unknown_key", f"unknown key(s) {', '.join(unknown)}", label)
     if raw.get("ts") in (None, ""):
@@ -382,7 +394,7 @@ def validate_wire(raw: object, catalog: Catalog | None = None, now_ns: int | Non
     for category, v in zip(CATEGORIES, values, strict=True):
         if v is not None and not isinstance(v, dict):
             raise problem("bad_shape", f"{category} must be an object of field code to value", label, category)
-    return build(
+    out = build(
         meter,
         raw.get("account"),
         0,
@@ -394,3 +406,6 @@ def validate_wire(raw: object, catalog: Catalog | None = None, now_ns: int | Non
         user_ts=raw["ts"],
         derived=True,
     )
+    if "correction" in raw or "batch" in raw:
+        check_extensions(raw, out, label)
+    return out

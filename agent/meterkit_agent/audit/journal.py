@@ -12,6 +12,9 @@ previous entry's hash), ``hash``, ``type`` and ``at``, plus what the type record
 - ``dead_letter``: measurements refused for good (by validation or by the backend), with
   their reason, totals and uids.
 - ``sdk_tally`` / ``sdk_losses``: the SDKs' own control records, as they arrived.
+- ``correction``: who corrected which measurements, when and why (a correction control
+  record, :mod:`..pipeline.control`); a delivery that carried the corrections themselves
+  lists their uids under ``corrections`` (:mod:`.corrections`).
 - ``replay`` / ``repair``: dead letters re-delivered, missing measurements re-sent.
 - ``keyed``: the point from which entries are keyed (below).
 

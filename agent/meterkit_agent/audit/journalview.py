@@ -9,6 +9,10 @@ twice twice; that is what makes a re-send visible here, and drill-down (which co
 each delivery with the backend on its own) what tells an idempotent re-send from a
 conflicting one. Deliveries written by an older agent carry no digest: their buckets are
 always drilled into, by uid.
+
+Corrections (reversals and replacements) are delivered measurements like any other and
+count as such; the same walk also collects the ``correction`` entries and the corrections
+each delivery carried (:mod:`.corrections`), for the report's corrections section.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import orjson
 from ..contentdigest import Digest, fold
 from .backends import Side
 from .chain import Anchor, Verdict, Walk
+from .corrections import CorrectionsView
 from .journal import read_entries
 
 Key = tuple[str, str]  # (meter, account)
@@ -42,6 +47,7 @@ class Row:
     resent: int = 0  # deliveries of a uid already delivered with the same content
     backend: int = 0
     hourly: Counter[str] = field(default_factory=Counter)  # delivered per hour, for the chart
+    corrections: int = 0  # of the delivered, how many were reversals or replacements
 
 
 #: content digests a bucket keeps before folding them into its running sum (bounded memory)
@@ -88,6 +94,7 @@ class JournalView:
         self.hours_seen: set[str] = set()
         self._hours: dict[str, bool] = {}
         self.verdict = Verdict(False, 0, "", reason="not read yet")
+        self.corrections = CorrectionsView()
 
     def row(self, meter: str, account: str) -> Row:
         found = self.rows.get((meter, account))
@@ -114,11 +121,16 @@ class JournalView:
             assert self.verdict.trusted == 0, self.verdict
             self.rows.clear()
             self.buckets.clear()
+            self.corrections.clear()
 
     def _take(self, offset: int, entry: dict[str, Any]) -> None:
         kind = entry.get("type")
         if kind == "delivery":
             self._delivery(offset, entry.get("totals", []))
+            if "corrections" in entry:
+                self._corrections(entry)
+        elif kind == "correction":
+            self.corrections.take(entry)
         elif kind == "sdk_tally":
             self._apply(entry.get("entries", []), "recorded")
         elif kind == "dead_letter":
@@ -179,6 +191,14 @@ class JournalView:
                 bucket.add(content)
             else:
                 bucket.legacy = True
+
+    def _corrections(self, entry: dict[str, Any]) -> None:
+        self.corrections.take(entry)
+        rows = self.rows
+        for m, a, _hour, t in self._rows(entry["corrections"]):
+            uids = t.get("uids")
+            if isinstance(uids, list):
+                (rows.get((m, a)) or self.row(m, a)).corrections += len(uids)
 
     def _apply(self, totals: Iterable[dict[str, Any]], pick: str, sign: int = 1) -> None:
         rows = self.rows

@@ -15,6 +15,11 @@ anchor reveals, or all of a rewritten journal, are treated as never written: wha
 backend holds for them is named as extra, and the journal's state is itself an
 unexplained difference. Periods are whole hours: the journal counts per hour, so a
 ``from``/``to`` inside an hour is widened to the hour and said so.
+
+Corrections need no rule of their own here: a reversal and a replacement are recorded
+(the SDK tallies them like any write), delivered and stored like any measurement, and the
+measurement they correct stays stored, so all three reconcile by content. What the report
+adds is who corrected what, when and why (:mod:`.corrections`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from meterkit._timefmt import iso_ms, parse_ts
 from ..contentdigest import Digest
 from .backends import Backend, ReconcileError
 from .chain import Anchor, Verdict
+from .corrections import Correction
 from .drilldown import DrillDown, Finding, Result
 from .journal import JournalError, journal_id, read_key
 from .journalview import BucketKey, JournalView, Row
@@ -83,6 +89,7 @@ class Report:
     notes: list[str]
     journal_entries: int
     journal: dict[str, Any] = field(default_factory=dict)
+    corrections: list[Correction] = field(default_factory=list)
 
     @property
     def unexplained(self) -> list[Difference]:
@@ -112,10 +119,12 @@ class Report:
                     "recorded_sums": r.recorded.sums,
                     "delivered_sums": r.delivered.sums,
                     "hourly_delivered": dict(sorted(r.hourly.items())),
+                    "corrections": r.corrections,
                 }
                 for r in self.rows
             ],
             "differences": [d.as_dict() for d in self.differences],
+            "corrections": [c.as_dict() for c in self.corrections],
             "notes": self.notes,
         }
 
@@ -188,7 +197,8 @@ def reconcile(
         "anchor": {"seq": anchor.seq, "hash": anchor.hash, "at": anchor.at} if anchor else None,
     }
     rows = [view.rows[k] for k in sorted(view.rows)]
-    return Report(start_h, end_h, rows, differences, notes, view.verdict.trusted, summary)
+    corrections = view.corrections.in_period(start_h, end_h, meter, account)
+    return Report(start_h, end_h, rows, differences, notes, view.verdict.trusted, summary, corrections)
 
 
 def _compare(view: JournalView, buckets: list[dict[str, Any]]) -> set[BucketKey]:

@@ -1,7 +1,8 @@
 """``meterkit reconcile --html``: a self-contained page people would rather look at.
 
-Totals per meter and account, the discrepancies, and per meter a chart of delivered usage
-per hour and account, with sudden drops (churn risk) and spikes (upsell signal) marked.
+Totals per meter and account, the discrepancies, who corrected what, when and why, and per
+meter a chart of delivered usage per hour and account, with sudden drops (churn risk) and
+spikes (upsell signal) marked.
 No scripts, no external assets: inline CSS and SVG, so it opens anywhere, offline.
 """
 
@@ -91,6 +92,27 @@ def _uids(uids: list[dict[str, str]], shown: int = 10) -> str:
     return f'<ul class="uids">{items}{more}</ul>'
 
 
+def _corrections(report: Report) -> str:
+    """One row per correction in the period: who, when, why, what, and whether it arrived."""
+    if not report.corrections:
+        return ""
+    rows = []
+    for c in report.corrections:
+        what = f"{c.action} of {len(c.of):,} measurement(s)" + (f" (backfill batch {c.batch})" if c.batch else "")
+        where = ", ".join(f"{w['meter']}/{w['account']}: {w['count']:,}" for w in c.where())
+        state = f"{c.status}: {len(c.delivered):,} of {len(c.uids):,}" + (f" ({where})" if where else "")
+        missing = [{"uid": u, "detail": "not delivered"} for u in c.undelivered]
+        rows.append(
+            f'<tr class="{"explained" if c.status == "delivered" else "unexplained"}">'
+            f"<td>{html.escape(c.made_at)}</td><td>{html.escape(c.by)}</td><td>{html.escape(what)}</td>"
+            f"<td>{html.escape(c.reason)}</td><td>{html.escape(state)}{_uids(missing)}</td></tr>"
+        )
+    return (
+        "<h2>Corrections</h2>\n<table><thead><tr><th>when</th><th>by</th><th>what</th><th>why</th>"
+        f"<th>delivered</th></tr></thead>\n<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def render(report: Report, title: str = "meterkit reconciliation") -> str:
     data: dict[str, Any] = report.as_dict()
     unexplained = report.unexplained
@@ -149,6 +171,7 @@ svg {{ width: 100%; height: auto; background: #fff; }} .grid {{ stroke: #e5e7eb;
 <h2>Discrepancies</h2>
 <table><thead><tr><th>kind</th><th>meter</th><th>account</th><th>count</th><th>detail</th></tr></thead>
 <tbody>{"".join(diffs) or '<tr><td colspan="5">none</td></tr>'}</tbody></table>
+{_corrections(report)}
 <h2>Usage over time</h2>
 <p class="signals">Circles mark hours that left the trailing three-hour median: <span style="color:#dc2626">red</span> a sudden drop (churn risk), <span style="color:#16a34a">green</span> a spike (upsell signal).</p>
 {charts or "<p>No deliveries in this period.</p>"}

@@ -12,10 +12,13 @@ period (its *segments*):
   of the plan's minimum spend (Lago's plan-level minimum commitment: "the subscription fee
   and all usage-based charges", https://www.getlago.com/changelog/minimum-plan-commitment);
 
-then the account's credits for the period, which lower the bill but never below zero: a
-credit larger than what is left is applied in part, and the rest is reported as
-``unapplied_credit`` (it is not carried to another period). ``total`` is the exact sum of
-the rounded lines.
+then any ``adjustment`` lines for closed periods (:mod:`.adjustments`: they are priced
+there and passed in), then the account's credits for the period, which lower the bill but
+never below zero: a credit larger than what is left is applied in part, and the rest is
+reported as ``unapplied_credit`` (it is not carried to another period). ``total`` is the
+exact sum of the rounded lines. ``period_total`` is what the period's own lines come to
+after its credits, adjustments left out: the figure a closed period is later recomputed
+against.
 
 **A plan change within a period.** m3ter lets an account be on one plan (per product) at
 a time; replacing a plan ends the current attachment where the next one starts
@@ -34,13 +37,14 @@ first are different calendar periods; each holds its own plan's segment.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 from .errors import BillingError
-from .model import Attachment, Plan, Plans, PricingLine
+from .model import Attachment, Credit, Plan, Plans, PricingLine
 from .money import as_decimal, round_money
 from .periods import DAY_MS, iso, periods
 from .rating import BandCharge, rate, to_units
@@ -49,12 +53,14 @@ from .usage import Usage
 
 @dataclass(frozen=True)
 class Line:
-    """One line of a bill. ``kind`` is ``standing_charge``, ``usage``, ``minimum_spend``
-    or ``credit``; ``amount`` is rounded to the currency's minor unit (negative for a
-    credit). Usage lines say what was priced: the pricing line's index in its plan, the
-    aggregation, the ``quantity`` the usage source answered for the segment (None: no
-    measurement), the ``units`` priced, and each band's part. ``units_before`` is the
-    running total the period started from when the line's tiers span the plan."""
+    """One line of a bill. ``kind`` is ``standing_charge``, ``usage``, ``minimum_spend``,
+    ``adjustment`` or ``credit``; ``amount`` is rounded to the currency's minor unit
+    (negative for a credit). Usage lines say what was priced: the pricing line's index in
+    its plan, the aggregation, the ``quantity`` the usage source answered for the segment
+    (None: no measurement), the ``units`` priced, and each band's part. ``units_before`` is
+    the running total the period started from when the line's tiers span the plan. An
+    adjustment line's ``start_ms`` and ``end_ms`` are the closed period it adjusts, which
+    ``recomputed`` now comes to and of which ``billed`` was billed already."""
 
     kind: str
     description: str
@@ -68,12 +74,20 @@ class Line:
     units: Decimal | None = None
     units_before: Decimal | None = None
     bands: tuple[BandCharge, ...] = ()
+    recomputed: Decimal | None = None
+    billed: Decimal | None = None
+
+
+#: a bill period: its start, its end, and the plan's bill_period (month, quarter, year)
+PeriodKey = tuple[int, int, str]
 
 
 @dataclass(frozen=True)
 class Bill:
     """One bill period's bill. ``subtotal`` is before credits, ``credits`` what they took
-    off, ``total`` what is owed (never below zero)."""
+    off, ``total`` what is owed: never taken below zero by a credit, below zero only when
+    adjustments give back more than the period charges. ``period_total`` is the period's
+    own lines after its credits, without adjustments (``total`` when there are none)."""
 
     account: str
     currency: str
@@ -85,14 +99,17 @@ class Bill:
     credits: Decimal
     total: Decimal
     unapplied_credit: Decimal
+    period_total: Decimal
 
     def to_json(self) -> dict[str, Any]:
         """The bill for JSON: instants as ISO 8601 UTC text, every amount as its exact
-        decimal text (``"135.00"``), so no client reads money as a binary float."""
+        decimal text (``"135.00"``), so no client reads money as a binary float. A bill
+        computed here is ``open``; a closed period's is the one frozen when it closed."""
         return {
             "account": self.account,
             "currency": self.currency,
             "bill_period": self.bill_period,
+            "status": "open",
             "from": iso(self.start_ms),
             "to": iso(self.end_ms),
             "lines": [_line_json(line) for line in self.lines],
@@ -100,6 +117,7 @@ class Bill:
             "credits": str(self.credits),
             "total": str(self.total),
             "unapplied_credit": str(self.unapplied_credit),
+            "period_total": str(self.period_total),
         }
 
 
@@ -127,11 +145,16 @@ def _line_json(line: Line) -> dict[str, Any]:
             }
             for b in line.bands
         ]
+    if line.kind == "adjustment":
+        out["recomputed"] = str(line.recomputed)
+        out["billed"] = str(line.billed)
     return out
 
 
 @dataclass(frozen=True)
-class _Segment:
+class Segment:
+    """The part of a bill period an account spent on one plan (one attachment)."""
+
     attachment: Attachment
     plan: Plan
     start_ms: int
@@ -143,11 +166,20 @@ def bill(plans: Plans, account: str, start_ms: int, end_ms: int, usage: Usage) -
     end_ms)`` (UTC milliseconds), in order of their end. Raises :class:`BillingError` for
     an account the plans file does not name, an empty range, or usage that cannot be
     priced (a negative quantity); whatever ``usage`` raises passes through."""
+    return [
+        price(plans, account, key, segments, usage) for key, segments in bill_periods(plans, account, start_ms, end_ms)
+    ]
+
+
+def bill_periods(plans: Plans, account: str, start_ms: int, end_ms: int) -> list[tuple[PeriodKey, list[Segment]]]:
+    """Every bill period of ``account`` that intersects ``[start_ms, end_ms)``, in order of
+    their end (then start), each with its segments: which plans, not yet priced. Raises
+    :class:`BillingError` for an unknown account or an empty range."""
     if account not in plans.accounts:
         raise BillingError("unknown_account", f"account {account!r:.80} is not in {plans.source}")
     if start_ms >= end_ms:
         raise BillingError("empty_range", f"empty range: {iso(start_ms)} is not before {iso(end_ms)}")
-    by_period: dict[tuple[int, int, str], list[_Segment]] = defaultdict(list)
+    by_period: dict[PeriodKey, list[Segment]] = defaultdict(list)
     for attachment in plans.accounts[account]:
         plan = plans.plans[attachment.plan]
         lo = max(start_ms, attachment.start_ms)
@@ -155,32 +187,35 @@ def bill(plans: Plans, account: str, start_ms: int, end_ms: int, usage: Usage) -
         for ps, pe in periods(lo, hi, plan.bill_period) if lo < hi else []:
             seg_end = pe if attachment.end_ms is None else min(pe, attachment.end_ms)
             by_period[(ps, pe, plan.bill_period)].append(
-                _Segment(attachment, plan, max(ps, attachment.start_ms), seg_end)
+                Segment(attachment, plan, max(ps, attachment.start_ms), seg_end)
             )
-    return [
-        _bill(plans, account, key, segments, usage)
-        for key, segments in sorted(by_period.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-    ]
+    return sorted(by_period.items(), key=lambda kv: (kv[0][1], kv[0][0]))
 
 
-def _bill(plans: Plans, account: str, key: tuple[int, int, str], segments: list[_Segment], usage: Usage) -> Bill:
+def price(
+    plans: Plans,
+    account: str,
+    key: PeriodKey,
+    segments: Sequence[Segment],
+    usage: Usage,
+    adjustments: Sequence[Line] = (),
+) -> Bill:
+    """The bill of one period (as :func:`bill_periods` gives it), with ``adjustments``
+    (lines of kind ``adjustment``) after the period's own lines. Adjustments are outside
+    the minimum-spend comparison (each segment's true-up compares its own charges) and
+    count toward the subtotal, so the period's credits apply to them too."""
     ps, pe, bill_period = key
     lines: list[Line] = []
     for segment in segments:
         lines.extend(_segment_lines(plans, account, ps, pe, segment, usage))
-    subtotal = sum((line.amount for line in lines), Decimal(0))
-    remaining, unapplied = subtotal, Decimal(0)
-    starts_here = any(s.start_ms == ps for s in segments)
-    for credit in plans.credits.get(account, ()):
-        if credit.period_ms != ps or not starts_here:
-            continue
-        applied = min(credit.amount, remaining)
-        remaining -= applied
-        unapplied += credit.amount - applied
-        description = "credit" + (f": {credit.reason}" if credit.reason else "")
-        if applied < credit.amount:
-            description += f" ({credit.amount} given, {applied} applied: a bill never goes below zero)"
-        lines.append(Line("credit", description, round_money(-applied, plans.minor_units)))
+    own = sum((line.amount for line in lines), Decimal(0))
+    lines.extend(adjustments)
+    subtotal = own + sum((line.amount for line in adjustments), Decimal(0))
+    credits = [c for c in plans.credits.get(account, ()) if c.period_ms == ps]
+    if not any(s.start_ms == ps for s in segments):  # a credit needs the period to start on this plan
+        credits = []
+    credit_lines, remaining, unapplied = _credits(credits, subtotal, plans.minor_units)
+    _, own_remaining, _ = _credits(credits, own, plans.minor_units)
     minor = plans.minor_units
     return Bill(
         account,
@@ -188,15 +223,31 @@ def _bill(plans: Plans, account: str, key: tuple[int, int, str], segments: list[
         bill_period,
         ps,
         pe,
-        tuple(lines),
+        (*lines, *credit_lines),
         round_money(subtotal, minor),
         round_money(subtotal - remaining, minor),
         round_money(remaining, minor),
         round_money(unapplied, minor),
+        round_money(own_remaining, minor),
     )
 
 
-def _share(segment: _Segment, ps: int, pe: int) -> tuple[Fraction, str]:
+def _credits(credits: Sequence[Credit], subtotal: Decimal, minor: int) -> tuple[list[Line], Decimal, Decimal]:
+    """The credit lines taking ``credits`` off ``subtotal`` in turn, never below zero;
+    what remains owed, and what the credits could not take off."""
+    lines, remaining, unapplied = [], subtotal, Decimal(0)
+    for credit in credits:
+        applied = max(Decimal(0), min(credit.amount, remaining))
+        remaining -= applied
+        unapplied += credit.amount - applied
+        description = "credit" + (f": {credit.reason}" if credit.reason else "")
+        if applied < credit.amount:
+            description += f" ({credit.amount} given, {applied} applied: a bill never goes below zero)"
+        lines.append(Line("credit", description, round_money(-applied, minor)))
+    return lines, remaining, unapplied
+
+
+def _share(segment: Segment, ps: int, pe: int) -> tuple[Fraction, str]:
     """The part of the period the segment covers, and how to say it."""
     covered, whole = segment.end_ms - segment.start_ms, pe - ps
     if covered == whole:
@@ -206,7 +257,7 @@ def _share(segment: _Segment, ps: int, pe: int) -> tuple[Fraction, str]:
     return Fraction(covered, whole), f", pro-rated {as_decimal(Fraction(covered * 100, whole)):.4}% of the period"
 
 
-def _segment_lines(plans: Plans, account: str, ps: int, pe: int, segment: _Segment, usage: Usage) -> list[Line]:
+def _segment_lines(plans: Plans, account: str, ps: int, pe: int, segment: Segment, usage: Usage) -> list[Line]:
     plan, minor = segment.plan, plans.minor_units
     share, said = _share(segment, ps, pe)
     where = (plan.code, segment.start_ms, segment.end_ms)
@@ -225,7 +276,7 @@ def _segment_lines(plans: Plans, account: str, ps: int, pe: int, segment: _Segme
     return lines
 
 
-def _usage_line(plans: Plans, account: str, segment: _Segment, index: int, line: PricingLine, usage: Usage) -> Line:
+def _usage_line(plans: Plans, account: str, segment: Segment, index: int, line: PricingLine, usage: Usage) -> Line:
     agg = line.aggregation
 
     def ask(start: int, end: int) -> Decimal | None:

@@ -8,8 +8,9 @@ import typer
 
 from .agent import agent_app
 from .audit import audit_app
-from .backfill import backfill
+from .backfill import backfill_app
 from .bill import bill_cmd
+from .correct import correct_cmd
 from .dlq import dlq_app
 from .ledger import ledger_app, usage
 from .meters import meters_app
@@ -18,14 +19,15 @@ from .spool import spool_app
 
 app = typer.Typer(
     name="meterkit",
-    help="Usage metering: check catalogs, inspect spools, backfill history, preview bills.",
+    help="Usage metering: check catalogs, inspect spools, backfill and correct history, preview bills.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 app.add_typer(meters_app, name="meters")
 app.add_typer(spool_app, name="spool")
-app.command("backfill")(backfill)
+app.add_typer(backfill_app, name="backfill")
+app.command("correct")(correct_cmd)
 app.add_typer(agent_app, name="agent")
 app.add_typer(ledger_app, name="ledger")
 app.command("usage")(usage)

@@ -1,4 +1,4 @@
-"""``meterkit audit``: verify the journal, trace a measurement."""
+"""``meterkit audit``: verify the journal, trace a measurement, list corrections."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from .output import StateDir, fail, state_dir_or_default
+from .output import StateDir, fail, print_json, state_dir_or_default
 
 audit_app = typer.Typer(
-    help="The audit journal: verify it against the backend's anchor, trace a measurement.", no_args_is_help=True
+    help="The audit journal: verify it against the backend's anchor, trace a measurement, list corrections.",
+    no_args_is_help=True,
 )
 
 
@@ -112,6 +113,11 @@ def audit_show(
                     for a in e.get("exporters", []):
                         answer = f" ({a['answer']})" if a.get("answer") else ""
                         typer.echo(f"acknowledged  by {a.get('exporter')}: {a.get('status')}{answer}")
+        elif kind == "correction" and (contains_uid(e.get("of", {}), uid) or contains_uid(e.get("uids", {}), uid)):
+            found += 1
+            role = "corrected" if contains_uid(e.get("of", {}), uid) else "written by"
+            typer.echo(f"{role:<13} {e.get('action')} by {e.get('by')} at {e.get('made_at')}: {e.get('reason')}")
+            typer.echo(f"              correction {e.get('id')} (journal entry {e.get('seq')}, {e.get('at')})")
         elif kind in ("dead_letter", "replay", "repair") and contains_uid(e.get("uids", {}), uid):
             found += 1
             what = {
@@ -122,3 +128,54 @@ def audit_show(
             typer.echo(f"{what:<13} journal entry {e.get('seq')}, {e.get('at')}")
     if not found:
         raise fail(f"uid {uid} is not in the journal (not delivered yet, or never recorded)", 1)
+
+
+@audit_app.command("corrections")
+def audit_corrections(
+    state_dir: StateDir = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="only corrections made at or after this instant (ISO 8601)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List the journal's corrections: who corrected what, when and why, and whether the
+    reversals and replacements each wrote were delivered. Only entries the chain proves."""
+    from ..audit.corrections import read_corrections
+    from ..audit.journal import JournalError, read_key
+    from ..instants import InstantError, parse_instant
+    from .reconcile import print_corrections
+
+    directory = state_dir_or_default(state_dir)
+    journal = directory / "journal.jsonl"
+    if not journal.exists():
+        raise fail(f"no journal at {journal}", 1)
+    try:
+        since_ns = parse_instant(since, "--since") if since else None
+        found, verdict = read_corrections(journal, read_key(directory))
+    except InstantError as exc:
+        raise fail(f"bad --since: {exc}", 2) from None
+    except JournalError as exc:
+        raise fail(str(exc), 2) from None
+    if since_ns is not None:
+        found = [c for c in found if _made_since(c.made_at, since_ns)]
+    if not verdict.ok:
+        typer.echo(
+            f"warning: {journal}: {verdict.reason}; only the first {verdict.trusted:,} entries are proven and listed"
+            " (`meterkit audit verify` says more)",
+            err=True,
+        )
+    if as_json:
+        print_json({"journal": str(journal), "proven": verdict.trusted, "corrections": [c.as_dict() for c in found]})
+    elif not found:
+        typer.echo("no corrections" + (f" since {since}" if since else "") + " in the journal")
+    else:
+        print_corrections(found)
+
+
+def _made_since(instant: str, since_ns: int) -> bool:
+    from meterkit._timefmt import parse_ts
+
+    try:
+        return parse_ts(instant) >= since_ns
+    except ValueError:
+        return True  # a proven entry whose instant cannot be read: shown rather than hidden

@@ -1,8 +1,16 @@
-"""``meterkit backfill``: spool historical measurements from a CSV or JSON lines file."""
+"""``meterkit backfill``: spool historical measurements from a CSV or JSON lines file, each
+stamped with the backfill's batch id, and revert a whole batch (``meterkit backfill revert``).
+
+``meterkit backfill FILE --meter M`` is the command people already run, so it stays: the
+group reads a first argument that names no subcommand as the file to load (``load``).
+The default batch id derives from the meter and the file's bytes, so re-running the same
+file stamps the same id on the same uids, and stays idempotent.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,11 +18,50 @@ from typing import Annotated, Any
 
 import orjson
 import typer
+from typer import _click  # typer vendors click: its groups are typed with this Context
+from typer.core import TyperGroup
 
 import meterkit
+from meterkit._corrections import MAX_UIDS_PER_CONTROL, check_batch, reversal
 from meterkit._model import CATEGORIES
 
-from .output import fail
+from .correcting import (
+    CorrectionWriter,
+    LedgerReader,
+    check_reason,
+    checked,
+    live_version,
+    resolve,
+)
+from .output import fail, print_json
+
+LOAD = "load"
+
+
+class _BackfillGroup(TyperGroup):
+    """``backfill revert BATCH``, and ``backfill FILE ...`` as ``backfill load FILE ...``."""
+
+    def parse_args(self, ctx: _click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [LOAD, *args]
+        return super().parse_args(ctx, args)
+
+
+backfill_app = typer.Typer(
+    cls=_BackfillGroup,
+    no_args_is_help=True,
+    help="Spool history (meterkit backfill FILE --meter M), or revert a backfill (meterkit backfill revert BATCH).",
+)
+
+
+def default_batch(meter: str, file: Path) -> str:
+    """``bf-`` and 16 hex digits of sha256(meter, NUL, the file's bytes): the same file
+    backfilled again gets the same id."""
+    digest = hashlib.sha256(meter.encode() + b"\0")
+    with file.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "bf-" + digest.hexdigest()[:16]
 
 
 def _csv_rows(path: Path, meter: str, catalog: meterkit.Catalog | None) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -65,6 +112,7 @@ def _jsonl_rows(path: Path, meter: str) -> Iterator[tuple[int, Any]]:
             yield number, row
 
 
+@backfill_app.command(LOAD)
 def backfill(
     file: Annotated[Path, typer.Argument(help="a .csv or .jsonl file of historical measurements")],
     meter: Annotated[str, typer.Option("--meter", help="the meter these rows belong to")],
@@ -77,12 +125,23 @@ def backfill(
         str | None,
         typer.Option("--key", help="column holding a source event id; uids derive from it"),
     ] = None,
+    batch: Annotated[
+        str | None,
+        typer.Option("--batch", help="batch id stamped on every measurement (default: bf-<hash of meter and file>)"),
+    ] = None,
 ) -> None:
-    """Spool historical measurements with deterministic uids: re-running never double counts."""
+    """Spool historical measurements with deterministic uids: re-running never double counts.
+    Every measurement carries the batch id, printed at the end, for `backfill revert`."""
     from tqdm import tqdm
 
     if not file.is_file():
         raise fail(f"{file} does not exist")
+    if batch is not None:
+        try:
+            check_batch(batch)
+        except meterkit.MeasurementError as exc:
+            raise fail(f"--batch: {exc.problem.message}") from None
+    batch = batch or default_batch(meter, file)
     try:
         client = meterkit.Client(catalog, spool_dir, mode="production")
     except meterkit.MeterkitError as exc:
@@ -102,13 +161,87 @@ def backfill(
                 bar.update(1)
                 yield entry
 
-        result = client.submit_batch(counted(), key_field=key)
+        result = client.submit_batch(counted(), key_field=key, batch=batch)
     client.shutdown()
     for p in result.problems:
         typer.echo(
             f"{file}:{p.line}: {p.message} [{p.reason}]" + (f" (field {p.field})" if p.field else ""),
             err=True,
         )
-    typer.echo(f"{file}: {result.accepted} measurement(s) spooled, {result.rejected} rejected")
+    typer.echo(f"{file}: {result.accepted} measurement(s) spooled, {result.rejected} rejected, batch {batch}")
     if result.rejected:
         raise typer.Exit(1)
+
+
+@backfill_app.command("revert")
+def revert(
+    batch: Annotated[str, typer.Argument(help="the batch id `meterkit backfill` printed")],
+    reason: Annotated[str, typer.Option("--reason", help="why (required): the audit journal keeps it")],
+    ledger: Annotated[str, typer.Option("--ledger", help="ledger base URL: lists the batch's measurements")],
+    org: Annotated[str, typer.Option("--org")] = "default",
+    spool_dir: Annotated[Path | None, typer.Option("--spool-dir", help="default: METERKIT_SPOOL_DIR")] = None,
+    catalog: Annotated[Path | None, typer.Option("--catalog", help="meters.yaml to validate against")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count what would be reversed; write nothing")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Reverse every measurement of a backfill batch (its live version, if amended since);
+    those already reversed are skipped. Running it twice writes the same reversals. The
+    ledger's token comes from METERKIT_LEDGER_TOKEN."""
+    from tqdm import tqdm
+
+    try:
+        check_batch(batch)
+    except meterkit.MeasurementError as exc:
+        raise fail(f"batch: {exc.problem.message}") from None
+    check_reason(reason)
+    settings, cat = resolve(spool_dir, catalog)
+    reader = LedgerReader(ledger, org)
+    writer: CorrectionWriter | None = None  # made at the first write: a run with nothing to write creates no spool
+
+    def write(pairs: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        nonlocal writer
+        if not dry_run and pairs:
+            writer = writer or CorrectionWriter(settings.spool_dir, cat, "revert", reason)
+            writer.write(pairs, batch)
+
+    listed = reversed_ = skipped = 0
+    pairs: list[tuple[str, list[dict[str, Any]]]] = []
+    try:
+        with tqdm(unit="measurement", desc=f"revert {batch}", file=sys.stderr, disable=None) as bar:
+            for doc in reader.batch(batch):
+                listed += 1
+                bar.update(1)
+                live = _live(reader, doc)
+                if live is None:
+                    skipped += 1
+                    continue
+                pairs.append((live["uid"], [checked(reversal(checked(live, None)), cat)]))
+                reversed_ += 1
+                if len(pairs) == MAX_UIDS_PER_CONTROL:
+                    write(pairs)
+                    pairs = []
+            write(pairs)
+    finally:
+        if writer is not None:
+            writer.close()
+    if listed == 0:
+        raise fail(f"the ledger lists no measurement in batch {batch!r} of organisation {org!r}")
+    summary = {"batch": batch, "listed": listed, "reversed": reversed_, "already_reversed": skipped}
+    if as_json:
+        print_json({**summary, "dry_run": dry_run, "controls": [c["id"] for c in writer.controls] if writer else []})
+        return
+    verb = "would reverse" if dry_run else "spooled the reversal of"
+    typer.echo(f"batch {batch}: {verb} {reversed_} measurement(s); {skipped} already reversed")
+
+
+def _live(reader: LedgerReader, doc: Any) -> dict[str, Any] | None:
+    """The live version of a listed measurement; the listing may leave out ``corrected``,
+    and then the measurement is read on its own."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("uid"), str):
+        raise fail(f"the ledger at {reader.url} listed something that is not a measurement", 1)
+    if "corrected" not in doc:
+        found = reader.get(doc["uid"])
+        if found is None:
+            raise fail(f"the ledger listed {doc['uid']} and then could not find it", 1)
+        doc = found
+    return live_version(reader, doc)

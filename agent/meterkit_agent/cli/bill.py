@@ -1,11 +1,17 @@
-"""``meterkit bill``: an account's bill preview, from a ledger serving ``--plans``.
+"""``meterkit bill``: an account's bills, and ``meterkit bill close``: closing a bill period.
 
-Like ``meterkit usage``, the command asks a running ledger (``GET .../bills``) rather than
-opening its database: the ledger holds the plans file it was started with, so what the
-command prints is what any other client of that ledger reads. The ledger computes the
-bills; this module only checks the options and prints the answer, as JSON (the ledger's
-own, every amount an exact decimal string) or as one table per bill: its lines, each usage
-line's bands (units x unit price, plus a band's fixed price), subtotal, credits and total.
+Like ``meterkit usage``, the command asks a running ledger (``GET .../bills``, ``POST
+.../bills/close``) rather than opening its database: the ledger holds the plans file it
+was started with and the frozen bills of closed periods, so what the command prints is what
+any other client of that ledger reads. The ledger computes the bills; this module only
+checks the options and prints the answer, as JSON (the ledger's own, every amount an exact
+decimal string) or as one table per bill: its status, its lines (adjustments for closed
+periods among them), each usage line's bands (units x unit price, plus a band's fixed
+price), subtotal, credits and total.
+
+``close`` is an optional first argument rather than a subcommand, so ``meterkit bill
+--account A --from F --to T`` stays as it was (a command group would need its options
+before the subcommand).
 """
 
 from __future__ import annotations
@@ -22,14 +28,24 @@ from .output import fail
 #: the columns of a bill's table, and which of them hold numbers (aligned right)
 _COLUMNS = ("kind", "description", "quantity", "units", "amount")
 _NUMBERS = ("quantity", "units", "amount")
+#: what ``meterkit bill ACTION`` can do
+_ACTIONS = ("close",)
 
 
 def bill_cmd(
-    account: Annotated[str, typer.Option("--account", help="the account, as the plans file names it")],
+    action: Annotated[
+        str | None,
+        typer.Argument(metavar="close", help="close: close the bill period --period (it must have ended)"),
+    ] = None,
+    account: Annotated[str, typer.Option("--account", help="the account, as the plans file names it")] = "",
     start: Annotated[
-        str, typer.Option("--from", help="inclusive: 2026-01-01T00:00:00Z, ...+01:00, or 2026-01-01 (UTC)")
-    ],
-    end: Annotated[str, typer.Option("--to", help="exclusive; the same spellings as --from")],
+        str | None,
+        typer.Option("--from", help="inclusive: 2026-01-01T00:00:00Z, ...+01:00, or 2026-01-01 (UTC)"),
+    ] = None,
+    end: Annotated[str | None, typer.Option("--to", help="exclusive; the same spellings as --from")] = None,
+    closing: Annotated[
+        str | None, typer.Option("--period", help="close: the period's month (2026-01) or first instant")
+    ] = None,
     url: Annotated[
         str, typer.Option("--url", "--ledger", help="ledger base URL (started with --plans)")
     ] = "http://127.0.0.1:8765",
@@ -37,17 +53,37 @@ def bill_cmd(
     token: Annotated[str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the ledger's answer: amounts as decimal strings")] = False,
 ) -> None:
-    """Preview the bills of an account for every bill period that intersects [--from,
-    --to). A bad or empty range, an unknown account, or a ledger without plans exits 2."""
+    """Show the bills of an account for every bill period that intersects [--from, --to)
+    (closed periods as frozen, open ones with adjustments for closed periods), or, with
+    ``close``, close the bill period --period and print its frozen bill. A bad option, an
+    unknown account, a period that is still running or a ledger without plans exits 2."""
+    if action is not None and action not in _ACTIONS:
+        raise fail(f"unknown action {action!r:.40}: meterkit bill [close] --account ...")
+    if not account:
+        raise fail("--account is required")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if action == "close":
+        _close(account, closing, start, end, f"{url.rstrip('/')}/organizations/{org}/bills/close", headers, as_json)
+        return
+    if closing is not None:
+        raise fail("--period is for meterkit bill close; show bills with --from and --to")
+    _show(account, start, end, url, org, headers, as_json)
+
+
+def _show(
+    account: str, start: str | None, end: str | None, url: str, org: str, headers: dict[str, str], as_json: bool
+) -> None:
     import requests
 
     from ..ledger.queries import QueryError, period
 
+    missing = [name for name, value in (("--from", start), ("--to", end)) if value is None]
+    if missing:
+        raise fail("; ".join(f"{name} is required" for name in missing))
     try:  # the ledger's own rules, checked here too so the message names the option
         period(start, end, names=("--from", "--to"))
     except QueryError as exc:
         raise fail("; ".join(exc.problems)) from None
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         response = requests.get(
             f"{url.rstrip('/')}/organizations/{org}/bills",
@@ -73,9 +109,51 @@ def bill_cmd(
         print_bill(one)
 
 
+def _close(
+    account: str,
+    named: str | None,
+    start: str | None,
+    end: str | None,
+    url: str,
+    headers: dict[str, str],
+    as_json: bool,
+) -> None:
+    import requests
+
+    from ..billing.adjustments import period_start_ms
+
+    if start is not None or end is not None:
+        raise fail("meterkit bill close takes --period, not --from or --to")
+    if named is None:
+        raise fail("--period is required: the month (2026-01) or the first instant of the bill period to close")
+    try:  # the ledger's own rule, checked here too so the message names the option
+        period_start_ms(named)
+    except ValueError as exc:
+        raise fail(f"--period: {exc}; or a month such as 2026-01") from None
+    try:
+        response = requests.post(url, json={"account": account, "period": named}, headers=headers, timeout=60)
+    except requests.RequestException as exc:
+        raise fail(f"cannot reach {url}: {type(exc).__name__}") from None
+    if response.status_code in (400, 404, 409, 422):
+        raise fail(f"the ledger refused to close the period: {answer_message(response)}")
+    if response.status_code not in (200, 201):
+        raise fail(f"{url} answered {response.status_code}: {response.text[:500]}")
+    frozen: dict[str, Any] = response.json()["bill"]
+    if as_json:
+        typer.echo(orjson.dumps(frozen, option=orjson.OPT_INDENT_2).decode())
+        return
+    if response.status_code == 200:
+        typer.echo(f"(already closed at {frozen.get('closed_at')}: this is the bill frozen then)")
+    print_bill(frozen)
+
+
 def print_bill(doc: dict[str, Any]) -> None:
     """One bill (as the ledger's JSON gives it) as a heading and a table."""
-    typer.echo(f"{doc['account']}: {doc['bill_period']} from {doc['from']} to {doc['to']} ({doc['currency']})")
+    status = doc.get("status", "open")
+    if status == "closed":
+        status += f" at {doc.get('closed_at')}"
+    heading = f"{doc['account']}: {doc['bill_period']} from {doc['from']} to {doc['to']} ({doc['currency']})"
+    typer.echo(f"{heading}, {status}")
     rows = []
     for line in doc["lines"]:
         rows.append(

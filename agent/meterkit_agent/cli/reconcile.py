@@ -139,6 +139,7 @@ def _print_report(report: Any) -> None:
         typer.echo(f"note: {note}")
     if report.empty:
         typer.echo("nothing was recorded, delivered or stored in this period: nothing to reconcile")
+        print_corrections(report.corrections)
         return
     table = [
         {
@@ -163,8 +164,27 @@ def _print_report(report: Any) -> None:
                 typer.echo(f"    {u['uid'] or '(several)'}  {u['hour']}  {u['detail']}")
             if len(d.uids) > SHOWN_UIDS:
                 typer.echo(f"    ... and {len(d.uids) - SHOWN_UIDS:,} more (--json lists them all)")
+    print_corrections(report.corrections)
     typer.echo("")
     if report.unexplained:
         typer.echo(f"NOT reconciled: {len(report.unexplained)} unexplained difference(s)")
     else:
         typer.echo("reconciled: every difference is explained")
+
+
+def print_corrections(corrections: list[Any]) -> None:
+    """Who corrected what, when and why, and whether what each correction wrote was delivered."""
+    if not corrections:
+        return
+    typer.echo("")
+    typer.echo(f"corrections ({len(corrections)}):")
+    for c in corrections:
+        batch = f" of backfill batch {c.batch}" if c.batch else ""
+        typer.echo(f"  {c.made_at}  {c.action}{batch} by {c.by}: {len(c.of):,} measurement(s)  reason: {c.reason}")
+        where = ", ".join(f"{w['meter']}/{w['account']}: {w['count']:,}" for w in c.where()) or "nowhere yet"
+        typer.echo(f"    {c.status}: {len(c.delivered):,} of {len(c.uids):,} written ({where}); id {c.id}")
+        missing = c.undelivered
+        for u in missing[:SHOWN_UIDS]:
+            typer.echo(f"    not delivered: {u}")
+        if len(missing) > SHOWN_UIDS:
+            typer.echo(f"    ... and {len(missing) - SHOWN_UIDS:,} more (--json lists them all)")

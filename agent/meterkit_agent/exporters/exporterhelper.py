@@ -21,6 +21,12 @@ the journal off the agent's disk (docs/audit-journal.md). And ``Meterkit-Validat
 when the pipeline's last processor validated every measurement of the request
 (:attr:`IngestExporter.validated_token`): a ledger holding the same catalog trusts an
 authenticated request that says so, instead of validating it again.
+
+A measurement may carry two keys besides m3ter's: ``correction`` (a reversal's or a
+replacement's mark) and ``batch`` (a backfill's id), see :mod:`meterkit._corrections`. The
+exporters whose backend knows them (ledger, HTTP, file) pass them on unchanged; the others
+send :func:`without_extensions` and name the pipeline's own record in a dead letter
+(:func:`restored`), since the pipeline finds what was refused by identity.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import hashlib
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from itertools import accumulate, count
 from operator import add, itemgetter
 from typing import Any, Literal
@@ -38,6 +45,8 @@ from typing import Any, Literal
 import orjson
 import requests
 from pydantic import Field
+
+from meterkit._corrections import EXTENSION_KEYS
 
 from ..component import Misconfigured, Rejected, RetryLater, Settings
 
@@ -120,6 +129,45 @@ class Serialised(list[dict[str, Any]]):
 
 
 Encoded = tuple[dict[str, Any], bytes]
+
+
+def without_extensions(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """``records`` without ``correction`` and ``batch``, for a backend that does not know
+    them; and, by the ``id()`` of each copy made, the record it was copied from.
+
+    Only a record that carries either key is copied (and serialised again, with sorted keys
+    as the pipeline does); the others, and their bytes (:class:`Serialised`), go as they
+    are, so a batch without corrections or backfills costs one pass over its records."""
+    if not any(map(_extended, records)):
+        return records, {}
+    encoded = records.encoded if isinstance(records, Serialised) else None
+    plain: list[dict[str, Any]] = []
+    pieces: list[bytes] = []
+    copied: dict[int, dict[str, Any]] = {}
+    for i, record in enumerate(records):
+        if _extended(record):
+            copy = {k: v for k, v in record.items() if k not in EXTENSION_KEYS}
+            copied[id(copy)] = record
+            plain.append(copy)
+            if encoded is not None:
+                pieces.append(orjson.dumps(copy, option=orjson.OPT_SORT_KEYS))
+        else:
+            plain.append(record)
+            if encoded is not None:
+                pieces.append(encoded[i])
+    return (Serialised(plain, pieces) if encoded is not None else plain), copied
+
+
+def restored(rejected: list[Rejected], copied: dict[int, dict[str, Any]]) -> list[Rejected]:
+    """Dead letters that name the records :func:`without_extensions` copied from, not the
+    copies: the pipeline matches what was refused to its batch by identity."""
+    if not copied:
+        return rejected
+    return [replace(r, measurement=copied.get(id(r.measurement), r.measurement)) for r in rejected]
+
+
+def _extended(record: dict[str, Any]) -> bool:
+    return "correction" in record or "batch" in record
 
 
 def chunks(records: list[dict[str, Any]], max_count: int, max_bytes: int) -> Iterator[list[Encoded]]:

@@ -1,4 +1,8 @@
-"""Appends JSON lines (fsynced), for debugging a pipeline."""
+"""Appends JSON lines (fsynced), for debugging a pipeline.
+
+Corrections. Each line is the measurement as the pipeline holds it, ``correction`` and
+``batch`` included.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""Any HTTP backend taking ``{"measurements": [...]}`` JSON, with headers of your choice."""
+"""Any HTTP backend taking ``{"measurements": [...]}`` JSON, with headers of your choice.
+
+Corrections. Measurements go as the spool holds them, ``correction`` and ``batch``
+included: the backend behind this exporter is most often a meterkit ledger, which applies
+them; a backend that does not know them should ignore them or refuse them with a 4xx,
+which dead-letters those measurements alone.
+"""
 
 from __future__ import annotations
 

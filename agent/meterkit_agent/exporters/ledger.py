@@ -9,6 +9,10 @@ journal's anchor after each ingest, as the ledger's API does for the header an H
 exporter carries (:mod:`..ledger.digests`). When the pipeline's last processor is the
 validate processor (``validated_token`` set), the records it passes on have been checked
 against the wire rules and the catalog already and are not checked again here.
+
+Corrections. The ledger knows ``correction`` and ``batch`` (it voids a reversed
+measurement and lists a backfill by batch), so measurements reach it with both keys as
+they are; the wire rules checked here accept them.
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ class LedgerExporter:
         except sqlalchemy.exc.OperationalError as exc:
             raise RetryLater(f"ledger database: {short(exc.orig or exc)}") from None
         self.last_answer = ingested.summary()
+        # a measurement the ledger refused alone (a reversal that does not match what it
+        # reverses) is dead-lettered with the ledger's reason; the rest are stored
+        rejected += [Rejected(good[r.index], f"rejected_by_backend:{r.reason}", r.message) for r in ingested.refused]
         if ingested.conflicts:
             logger.warning("meterkit agent: %s: %s", self.name, self.last_answer)
         head = self.journal_head() if self.journal_head is not None else None

@@ -8,6 +8,24 @@ tokens (and the rest of its API) on ``https://api.m3ter.com``. A configured ``ba
 rule for ``usage.submit``. One departure: ``base_url: https://api.m3ter.com``, as older
 configurations spelled m3ter out, means m3ter's own hosts too; the official client would
 take it literally and post measurements to the API host instead of the ingest host.
+
+Corrections. m3ter corrects usage by more usage: its ingest takes "positive or negative
+usage data amounts" with a past ``ts`` "to correct and reconcile earlier billing
+anomalies" (m3ter's guide "Submitting Usage Data Adjustments Using Timestamp", and the
+official client's ``usage.submit``). So a reversal goes as an ordinary measurement, its
+numbers negated and its ``ts`` the original's, which nets the original out of every SUM;
+a replacement goes as an ordinary measurement too. For m3ter's other aggregations the
+reversal is one more measurement like any (a COUNT grows by one, a MAX keeps the
+original's value): ingest offers nothing else, and the ledger is where those are voided.
+They go in the order the spool holds them, which is the order the correction wrote them:
+the reversal, then the replacement. m3ter's measurement schema (``MeasurementRequest`` in
+its API, as the official client types it) has no ``correction`` or ``batch``, and whether
+its ingest refuses or ignores a key it does not know is not documented, so both are
+stripped from what m3ter's own hosts receive; the spool, the journal and any dead letter
+keep them. A ``base_url`` elsewhere (a meterkit ledger speaking m3ter's API) gets them as
+they are, since the ledger voids reversals and lists backfills by them, and stores what
+the journal hashed (``send_extensions`` says otherwise). Requests, chunks and
+``Idempotency-Key`` are as for any batch (the uids are unchanged).
 """
 
 from __future__ import annotations
@@ -15,12 +33,21 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from pydantic import SecretStr, field_validator, model_validator
 
-from ..component import Factory, Misconfigured, RetryLater, Settings
-from .exporterhelper import IngestExporter, RetryConfig, classify, parse_retry_after
+from ..component import Factory, Misconfigured, Rejected, RetryLater, Settings
+from .exporterhelper import (
+    IngestExporter,
+    RetryConfig,
+    classify,
+    parse_retry_after,
+    restored,
+    without_extensions,
+)
 
 #: m3ter's production hosts, used when no ``base_url`` is configured.
 M3TER_API = "https://api.m3ter.com"
@@ -35,6 +62,9 @@ class M3terExporterConfig(Settings):
     client_id: str | None = None
     client_secret: SecretStr | None = None
     retry: RetryConfig = RetryConfig()
+    #: send ``correction`` and ``batch`` as they are. None: only to a ``base_url`` that is not
+    #: one of m3ter's hosts (a meterkit ledger, which voids reversals and lists batches by them).
+    send_extensions: bool | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -66,6 +96,21 @@ class M3terExporter(IngestExporter):
         self._expires_at = float("inf") if cfg.token else 0.0
         self._lock = threading.Lock()
         self._refreshed_for_401 = False  # until a request succeeds again
+
+    def export(self, records: list[dict[str, Any]]) -> list[Rejected]:
+        """Deliver ``records``; to m3ter itself without the keys it does not know
+        (``correction``, ``batch``)."""
+        if self._send_extensions:
+            return super().export(records)
+        plain, copied = without_extensions(records)
+        return restored(super().export(plain), copied)
+
+    @property
+    def _send_extensions(self) -> bool:
+        if self.cfg.send_extensions is not None:
+            return self.cfg.send_extensions
+        host = (urlsplit(self.cfg.base_url).hostname or "") if self.cfg.base_url else "m3ter.com"
+        return not (host == "m3ter.com" or host.endswith(".m3ter.com"))
 
     def _exchange(self) -> None:
         assert self.cfg.client_id is not None and self.cfg.client_secret is not None

@@ -8,6 +8,28 @@
 ``time``         ``ts``
 ``data``         every field by its code: ``{"bytes": 4096, "user": "u1", ...}``
 ===============  =======================================================
+
+Corrections. OpenMeter has no cancel or amend: events are deduplicated by ``id`` and
+``source`` and every event counts, so a correction can only be more events. A reversal of U
+goes as an ordinary CloudEvent of U's type and subject, ``id`` the reversal's uid,
+``time`` U's ``ts``, its numbers negated; a replacement goes as an ordinary event too.
+``correction`` and ``batch`` are not categories, so neither reaches ``data``. What the
+reversal does depends on the meter's aggregation (OpenMeter's "Aggregation Types"):
+
+- ``SUM``: U's value and the reversal's sum to zero, in U's window: U is netted out, and a
+  replacement counts as itself. This is the one aggregation a reversal corrects.
+- ``COUNT``: the reversal is one more event, so the count grows by one instead of
+  shrinking; U cannot be uncounted.
+- ``UNIQUE_COUNT``: the reversal repeats U's string values, which are counted already;
+  nothing changes, and U's value stays counted.
+- ``MAX``: a negated value is never the largest (unless all are negative); U's stays.
+- ``MIN`` and ``AVG``: the negated value becomes the minimum, or pulls the mean down.
+- ``LATEST``: the reversal has U's time, so the latest value at that instant may be U's or
+  its negation.
+
+For any of these but ``SUM``, correct the usage in OpenMeter by hand (the reversal is sent
+all the same, so every destination receives the same measurements and reconciliation
+by uid holds); the ledger applies corrections to every aggregation.
 """
 
 from __future__ import annotations

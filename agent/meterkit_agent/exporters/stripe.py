@@ -9,10 +9,35 @@ a measurement, paced under ``max_requests_per_second``.
 ``timestamp``                     ``ts`` in Unix seconds (Stripe: at most 35 days old)
 ``Idempotency-Key`` header        ``uid``
 ================================  ==========================================
+
+Corrections. Stripe's way to correct a meter event is to cancel the event itself, by
+identifier, with a meter event adjustment (``POST {base}/v1/billing/meter_event_adjustments``,
+Stripe's API reference), and only "within 24 hours of Stripe receiving" it. So a reversal
+of U becomes that request, not a negated meter event:
+
+================================  ==========================================
+``event_name``                    as for U's meter (above)
+``type``                          ``cancel``
+``cancel[identifier]``            ``correction.of`` (U's uid, U's identifier)
+``Idempotency-Key`` header        the reversal's ``uid``
+================================  ==========================================
+
+When Stripe refuses it because the window has closed (:func:`cancel_window_closed`), the
+reversal alone is dead-lettered with reason ``stripe_cancel_window_closed``, naming both
+uids: Stripe still counts U, and the dead letter is where someone sees that a credit is
+owed. The exporter cannot tell the window from U's ``ts`` (it runs from when Stripe
+received U, and U may have been delivered late), so Stripe's answer decides. Stripe
+processes adjustments asynchronously (an accepted one is ``pending``), so a refusal found
+after the answer can only come asynchronously (Stripe reports invalid asynchronous usage
+events as ``v1.billing.meter.error_report_triggered``), which this exporter does not see.
+Any other answer follows the rules of a meter event. A replacement is an ordinary meter
+event (identifier = its uid). ``batch`` is not sent: a meter event has only
+``event_name``, ``identifier``, ``timestamp`` and ``payload``.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -27,6 +52,8 @@ from ..component import Factory, Misconfigured, Rejected, RetryLater, Settings
 from .exporterhelper import RetryConfig, answer, classify, parse_retry_after, session, short
 
 STRIPE_MAX_AGE_SECONDS = 35 * 86_400
+#: The dead letter's reason for a reversal Stripe can no longer cancel.
+CANCEL_WINDOW_CLOSED = "stripe_cancel_window_closed"
 
 
 class StripeMeterConfig(Settings):
@@ -52,6 +79,7 @@ class StripeMeterEventsExporter:
         self.name = name
         self.cfg = cfg
         self.url = f"{cfg.base_url.rstrip('/')}/v1/billing/meter_events"
+        self.adjustments_url = f"{cfg.base_url.rstrip('/')}/v1/billing/meter_event_adjustments"
         self.timeout = cfg.retry.request_timeout_millis / 1000.0
         self.session = session(Authorization=f"Bearer {cfg.api_key.get_secret_value()}")
         self._interval = 1.0 / cfg.max_requests_per_second
@@ -82,6 +110,17 @@ class StripeMeterEventsExporter:
             "timestamp": str(ts),
         }
 
+    def cancel_form(self, m: dict[str, Any]) -> dict[str, str] | Rejected:
+        """The meter event adjustment that cancels what the reversal ``m`` reverses."""
+        meter = self.cfg.meters.get(m["meter"])
+        if meter is None:
+            return Rejected(m, "stripe:unmapped_meter", f"no stripe.meters entry for meter {m['meter']!r}")
+        return {
+            "event_name": meter.event_name or m["meter"],
+            "type": "cancel",
+            "cancel[identifier]": m["correction"]["of"],
+        }
+
     def _pace(self) -> None:
         with self._lock:
             now = time.monotonic()
@@ -93,39 +132,89 @@ class StripeMeterEventsExporter:
     def export(self, records: list[dict[str, Any]]) -> list[Rejected]:
         rejected: list[Rejected] = []
         for m in records:
-            form = self.form(m)
+            cancel = _is_reversal(m)
+            form = self.cancel_form(m) if cancel else self.form(m)
             if isinstance(form, Rejected):
                 rejected.append(form)
                 continue
-            self._pace()
-            try:
-                response = self.session.post(
-                    self.url, data=form, headers={"Idempotency-Key": m["uid"]}, timeout=self.timeout
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                # Earlier events of this batch are in; a retry re-sends them with the same
-                # identifier, which Stripe de-duplicates.
-                raise RetryLater(f"{type(exc).__name__}: {short(exc)}") from None
-            self.last_answer = f"HTTP {response.status_code} {response.text[:200]}".rstrip()
+            url = self.adjustments_url if cancel else self.url
+            response = self._post(url, form, m["uid"])
             outcome = classify(response.status_code)
             if outcome == "pause":
-                raise Misconfigured(f"{self.name} ({self.url})", response.status_code)
+                raise Misconfigured(f"{self.name} ({url})", response.status_code)
             if outcome == "retry":
                 raise RetryLater(f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After")))
             if outcome == "isolate":
-                reason = _stripe_code(response)
-                rejected.append(Rejected(m, f"rejected_by_backend:{reason}", answer(response)))
+                rejected.append(_refused(m, response, cancel))
         return rejected
+
+    def _post(self, url: str, form: dict[str, str], key: str) -> requests.Response:
+        self._pace()
+        try:
+            response = self.session.post(url, data=form, headers={"Idempotency-Key": key}, timeout=self.timeout)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            # Earlier requests of this batch are in; a retry sends them again with the same
+            # identifier and Idempotency-Key, which Stripe de-duplicates.
+            raise RetryLater(f"{type(exc).__name__}: {short(exc)}") from None
+        self.last_answer = f"HTTP {response.status_code} {response.text[:200]}".rstrip()
+        return response
 
     def shutdown(self) -> None:
         self.session.close()
 
 
-def _stripe_code(response: requests.Response) -> str:
+def _is_reversal(m: dict[str, Any]) -> bool:
+    correction = m.get("correction")
+    return isinstance(correction, dict) and correction.get("kind") == "reversal"
+
+
+def _refused(m: dict[str, Any], response: requests.Response, cancel: bool) -> Rejected:
+    """The dead letter of a request Stripe refused for good (a final 4xx)."""
+    if cancel and cancel_window_closed(response):
+        return Rejected(
+            m,
+            CANCEL_WINDOW_CLOSED,
+            f"reversal {m['uid']} of {m['correction']['of']} not applied: Stripe cancels a meter event only"
+            f" within 24 hours of receiving it, and that window has closed; Stripe still counts"
+            f" {m['correction']['of']}. {answer(response)}",
+        )
+    return Rejected(m, f"rejected_by_backend:{_stripe_code(response)}", answer(response))
+
+
+#: What a refusal's message says when it is about the cancel window.
+_WINDOW_WORDS = re.compile(r"\b24[- ]?hours?\b|\bcancel(?:lation)? window\b", re.IGNORECASE)
+
+
+def cancel_window_closed(response: requests.Response) -> bool:
+    """Whether Stripe refused a cancel because its 24-hour window has closed.
+
+    Stripe documents the window (``cancel.identifier``: "You can only cancel events within
+    24 hours of Stripe receiving them") but not the error it answers past it: its API
+    reference lists no error code for this endpoint (the v2 one lists only
+    ``invalid_cancel_configuration``). So this matches conservatively, on Stripe's
+    documented error shape ``{"error": {"type", "code", "message"}}``: an
+    ``invalid_request_error`` whose code is ``out_of_window`` (the code one third-party
+    client documents; not confirmed by Stripe) or whose message speaks of the 24-hour
+    window. Any other refusal stays ``rejected_by_backend:<code>``, so nothing is called
+    "window closed" that Stripe did not say was.
+    """
+    error = _stripe_error(response)
+    if error.get("type") != "invalid_request_error":
+        return False
+    return error.get("code") == "out_of_window" or bool(_WINDOW_WORDS.search(str(error.get("message") or "")))
+
+
+def _stripe_error(response: requests.Response) -> dict[str, Any]:
     try:
-        error = response.json().get("error", {})
+        body = response.json()
     except ValueError:
-        return f"http_{response.status_code}"
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _stripe_code(response: requests.Response) -> str:
+    error = _stripe_error(response)
     return str(error.get("code") or error.get("type") or f"http_{response.status_code}")
 
 

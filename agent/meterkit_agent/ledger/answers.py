@@ -12,17 +12,23 @@ and a numeric category of one measurement, UNIQUE of a number field, a meter wit
 measurement stored whole (:mod:`.codec`), or a period shorter than its edges. Those are
 folded from decoded measurements: exact, and linear in what the period holds.
 
+Corrections (:mod:`.corrections`): the usage rollups of an hour hold only the rows that
+count (a reversal and what it reverses are voided, and the hour's rollups rebuilt);
+``hours`` counts every stored row, so COUNT from it subtracts the hour's ``voids``, and
+rows read from measurements leave out the uids ``voids`` names for their hours.
+
 SQLite sums and compares its exact text numbers with :mod:`.sqlfuncs`; PostgreSQL with
 NUMERIC.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
 from ..instants import DAY_MS, HOUR_MS, month_start_ms
+from . import corrections
 from .codec import BOTH, IRREGULAR, META, NUM, STR
 from .queries import NUMERIC_AGGREGATIONS, Fold, Plan, answer, bucketer, fold_rows
 from .sqlfuncs import number
@@ -54,7 +60,7 @@ class Answers:
         first = -_ALL if lo is None else -(-lo // HOUR_MS)
         last = _ALL if hi is None else hi // HOUR_MS
         if sources is None or first >= last:
-            fold_rows(self.ledger.decoded(self.cur, self.org, q.meter, q.account, lo, hi), plan, self.groups)
+            fold_rows(self._live(series, lo, hi), plan, self.groups)
             return answer(self.groups, plan)
         self.series = series
         for start, end, unit, bucket_ms in self._ranges(first, last):
@@ -65,8 +71,19 @@ class Answers:
         if q.aggregation == "UNIQUE" and edges:
             self._edge_sets([bucketer(q.bucket)(a) for a, _ in edges], first, last)
         for a, b in edges:
-            fold_rows(self.ledger.decoded(self.cur, self.org, q.meter, q.account, a, b), plan, self.groups)
+            fold_rows(self._live(series, a, b), plan, self.groups)
         return answer(self.groups, plan)
+
+    def _live(self, series: dict[int, Any], lo: int | None, hi: int | None) -> Iterable[tuple[int, dict[str, Any]]]:
+        """(ts_ms, measurement) of the rows in ``[lo, hi)`` that count: those a stored
+        reversal voids are left out (:mod:`.corrections`; ``voids`` is read for the hours
+        of the period only, and is empty but for corrections)."""
+        q = self.q
+        first = -_ALL if lo is None else lo // HOUR_MS
+        end = _ALL if hi is None else -(-hi // HOUR_MS)
+        void = corrections.voided(self.cur, self.mark, list(series), first, end)
+        rows = self.ledger.decoded(self.cur, self.org, q.meter, q.account, lo, hi)
+        return rows if not void else ((ms, m) for ms, m in rows if m["uid"] not in void)
 
     # -- which rollups answer -----------------------------------------------------------
 
@@ -127,7 +144,7 @@ class Answers:
         marks = ", ".join([self.mark] * len(self.series))
         where = f"series IN ({marks}) AND hour >= {self.mark} AND hour < {self.mark}"
         params: list[Any] = [*self.series, start, end]
-        if table != "hours":
+        if table not in ("hours", "voids"):
             where += f" AND code = {self.mark}"
             params.append(self.q.target)
         self.cur.execute(f"SELECT series, {unit} AS unit, {columns} FROM {table} WHERE {where} {extra}", params)  # noqa: S608 - fixed text
@@ -143,9 +160,13 @@ class Answers:
     def _from_rollup(self, source: str, start: int, end: int, unit: str, bucket_ms: Any) -> None:
         agg, pg = self.q.aggregation, self.postgres
         group = "GROUP BY series, unit"
-        if source == "hours":
-            for s, u, n in self._select("hours", "sum(count)", start, end, unit, group):
-                self._fold(s, u, bucket_ms).merge(int(n))
+        if source == "hours":  # every stored row, less those voided by a correction
+            counts = {(s, u): int(n) for s, u, n in self._select("hours", "sum(count)", start, end, unit, group)}
+            for s, u, n in self._select("voids", "count(*)", start, end, unit, group):
+                counts[(s, u)] = counts.get((s, u), 0) - int(n)
+            for (s, u), n in counts.items():
+                if n > 0:
+                    self._fold(s, u, bucket_ms).merge(n)
         elif agg == "LATEST":
             table = "num_rollup" if source == "num" else "str_rollup"
             value = "latest" if source == "num" else "value"

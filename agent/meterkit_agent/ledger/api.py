@@ -21,6 +21,15 @@
   usual otherwise, so a trusted request stores the same content an untrusted one would.
   Without authentication configured nothing is trusted. A wrong header is not an error:
   the request is validated.
+- Corrections (:mod:`.corrections`): a measurement carrying ``correction`` or ``batch`` is
+  stored with it. A reversal whose original is stored for another meter or account is
+  refused by itself: a 400 naming it (index, uid, reason ``bad_correction``, both meters
+  and accounts) after the rest of the request was stored, so a client resends the rest as
+  duplicates. ``GET /organizations/{orgId}/measurements/{uid}`` answers the stored
+  measurement plus ``corrected`` (``reversed_by``, ``replaced_by``: uids or null);
+  ``GET /organizations/{orgId}/measurements?batch=&after=&limit=`` lists a backfill
+  batch's measurements in uid order, ``limit`` (at most 10,000, default 1,000) a page,
+  ``next`` the ``after`` of the next page.
 - ``GET /organizations/{orgId}/conflicts?uid=&limit=``: those conflicting re-sends, each
   with the digest of the content that stands, the refused content and when it was seen.
 - ``GET /organizations/{orgId}/usage``: aggregations per account, bucket and segment.
@@ -41,6 +50,13 @@
   ``/usage`` answers (:mod:`.billsource`). ``from`` and ``to`` follow the rules above; a
   missing or bad one, or an empty range, is a 400 naming it; an account the plans file
   does not name is a 404; usage that cannot be priced (a negative quantity, a LATEST that is not a number) is a 422.
+  ``POST /organizations/{orgId}/bills/close`` freezes an ended bill period's bill; a
+  closed period's bill is the frozen one ever after, and a later change to its usage is an
+  adjustment line on the next open period's bill. These routes are :mod:`.closing`'s.
+- ``GET /organizations/{orgId}/measurements/{uid}`` (with ``corrected``: what reversed
+  and replaced it) and ``GET /organizations/{orgId}/measurements?batch=`` (a backfill's
+  measurements, paged): :mod:`.corrections`.
+- ``POST /organizations/{orgId}/usage/query``: m3ter's usage query (:mod:`.explorer`).
 - ``GET /health``.
 """
 
@@ -60,16 +76,20 @@ from starlette.concurrency import run_in_threadpool
 from meterkit import Catalog, MeasurementError
 from meterkit._model import check_org, validation_token
 
-from ..billing import BillingError, Plans, bill
+from ..billing import Plans
 from ..httpserver import BodyError, bearer_ok, json_response, read_body, validate_items
-from .billsource import LedgerUsage
+from . import corrections
+from .closing import bill_routes
 from .digests import register as register_reconciliation
 from .exact import json_value
-from .queries import QueryError, UsageQuery, catalog_problems, period
+from .explorer import register as register_explorer
+from .queries import QueryError, UsageQuery, catalog_problems
 from .store import Ledger
 
 MAX_MEASUREMENTS = 1_000
 MAX_REQUEST_BYTES = 512_000
+#: the most measurements one page of a backfill batch's listing holds
+MAX_BATCH_PAGE = 10_000
 #: a client-credentials request is a line of JSON or a form; anything larger is not one
 MAX_TOKEN_REQUEST_BYTES = 16_384
 #: names the rules and catalog the sender validated a request's measurements against
@@ -171,6 +191,12 @@ def create_app(
             ingested = await _run(ledger.ingest, org_id, good)
         except ValueError as exc:  # a trusted `ts` in the wire spelling that is no time (2026-02-30...)
             return _error(400, f"none were stored: {exc}")
+        if ingested.refused:  # refused one by one, by what is stored: the rest of the batch was
+            n = len(ingested.refused)
+            message = f"{n} of {len(items)} measurements were refused; the rest were stored"
+            return json_response(
+                {"message": message, "errors": [r.as_error() for r in ingested.refused], **ingested.answer()}, 400
+            )
         return json_response({"result": "accepted", **ingested.answer()})
 
     @app.get("/organizations/{org_id}/usage", dependencies=auth)
@@ -254,40 +280,28 @@ def create_app(
 
     @app.get("/organizations/{org_id}/measurements/{uid}", dependencies=auth)
     async def get_measurement(org_id: str, uid: str) -> Response:
-        found = await _run(ledger.get, org_id, uid)
+        """The stored measurement, and ``corrected``: its reversal's and replacement's uids."""
+        found = await _run(corrections.state, ledger, org_id, uid)
         if found is None:
             return _error(404, f"no measurement with uid {uid!r}")
         return json_response(found)
 
-    @app.get("/organizations/{org_id}/bills", dependencies=auth)
-    async def bills(
+    @app.get("/organizations/{org_id}/measurements", dependencies=auth)
+    async def list_batch(
         org_id: str,
-        account: str | None = None,
-        start: Annotated[str | None, Query(alias="from")] = None,
-        end: Annotated[str | None, Query(alias="to")] = None,
+        batch: str,
+        after: str = "",
+        limit: Annotated[int, Query(ge=1, le=MAX_BATCH_PAGE)] = 1000,
     ) -> Response:
-        """The account's bills for the bill periods that intersect ``[from, to)``; amounts
-        are exact decimal strings (see the module's docstring)."""
-        if plans is None:
-            return _error(404, "no bill previews: this ledger was started without --plans")
-        missing = [name for name, value in (("account", account), ("from", start), ("to", end)) if not value]
-        if missing:
-            return _error(400, "; ".join(f"{name} is required" for name in missing))
-        assert account is not None and start is not None and end is not None
-        try:
-            start_ms, end_ms = period(start, end)
-        except QueryError as exc:
-            return _error(400, "; ".join(exc.problems))
-        assert start_ms is not None and end_ms is not None
-        try:
-            found = await _run(bill, plans, account, start_ms, end_ms, LedgerUsage(ledger, org_id))
-        except BillingError as exc:
-            if exc.reason == "unknown_account":  # said without the server's path to its plans file
-                return _error(404, f"account {account!r:.80} is not in the plans file", [{"reason": exc.reason}])
-            return _error(400 if exc.reason == "empty_range" else 422, str(exc), [{"reason": exc.reason}])
-        return json_response({"bills": [b.to_json() for b in found]})
+        """A backfill batch's measurements in uid order, ``limit`` at a time; ``next`` is the
+        ``after`` of the next page (None after the last)."""
+        found = await _run(corrections.batch_page, ledger, org_id, batch, after, limit)
+        following = found[-1]["uid"] if len(found) == limit else None
+        return json_response({"measurements": found, "next": following})
 
+    app.include_router(bill_routes(ledger, plans, auth))  # bills: previews, frozen bills, closing
     register_reconciliation(app, ledger, auth)  # digests, uid listings and journal anchors
+    register_explorer(app, ledger, auth)  # m3ter's usage query
     return app
 
 

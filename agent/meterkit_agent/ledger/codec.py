@@ -14,7 +14,9 @@ ledger stores a measurement as
   (``repr``: an integer as its digits, a float as its shortest round-trip spelling), joined
   by commas — ``"1,0.25"``,
 - ``extra``: NULL, or JSON for what the rest cannot say: a ``ts`` spelled other than
-  ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (the sender's spelling is kept), an ``ets``, or — for a
+  ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (the sender's spelling is kept), an ``ets``, a correction's
+  ``correction`` or a backfill's ``batch`` (kept as they came: they are part of the
+  content, and a correction is not an irregular measurement), or — for a
   measurement whose content fits no template (a number field holding text, written by an
   older ledger or an unvalidated caller) — the whole ``body``.
 
@@ -25,6 +27,7 @@ type), so its :func:`meterkit._model.content_hash` is the one computed at ingest
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +40,8 @@ from meterkit._timefmt import wire_ts_ns
 from ..instants import iso
 
 _FIXED = frozenset({"uid", "meter", "account", "ts"})
+#: keys a measurement may carry besides m3ter's (``meterkit._corrections``), kept in ``extra``
+EXTENSIONS = ("correction", "batch")
 _NUMERIC = frozenset(NUMERIC_CATEGORIES)
 _STRING = frozenset(STRING_CATEGORIES)
 _FLOAT_MARKS = frozenset(".enN")  # a repr with one of these is a float's ("1e+20", "0.25", "inf")
@@ -176,6 +181,9 @@ class Codec:
             elif key == "ets" and type(value) is str:
                 extra = {**(extra or {}), "ets": value}
                 continue
+            if key in EXTENSIONS:
+                extra = {**(extra or {}), key: value}
+                continue
             return ms, "", None, _whole(r), []
         text = None
         if nums:
@@ -184,9 +192,10 @@ class Codec:
                 return ms, "", None, _whole(r), []
         try:
             shape = orjson.dumps(template).decode()
+            more = None if extra is None else orjson.dumps(extra).decode()
         except TypeError:  # a key that is not a string, a value JSON cannot hold
             return ms, "", None, _whole(r), []
-        return ms, shape, text, None if extra is None else orjson.dumps(extra).decode(), nums
+        return ms, shape, text, more, nums
 
     def _spelled(self, nums: list[Any]) -> str | None:
         """The ``nums`` text (each number's ``repr``), or None if one is not a finite int or
@@ -214,6 +223,25 @@ class Codec:
         return ",".join(out)
 
 
+_LOWER_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+
+
+def uid_key(uid: str) -> str | bytes:
+    """How SQLite stores a uid: a lowercase UUID as its 16 bytes (the SDK's uids are),
+    anything else as its text."""
+    if _LOWER_UUID(uid):
+        return bytes.fromhex(uid.replace("-", ""))
+    return uid
+
+
+def uid_text(stored: str | bytes) -> str:
+    if type(stored) is bytes:
+        h = stored.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    assert isinstance(stored, str)
+    return stored
+
+
 def _whole(r: Mapping[str, Any]) -> str:
     return orjson.dumps({"body": r}).decode()
 
@@ -230,16 +258,13 @@ def decode(
 ) -> dict[str, Any]:
     """The measurement as it was stored."""
     out: dict[str, Any] = {"uid": uid, "meter": meter, "account": account, "ts": None}
-    if extra is not None:
-        more = orjson.loads(extra)
-        if "body" in more:
-            body: dict[str, Any] = more["body"]
-            return body
-        out["ts"] = more.get("ts")
-        if "ets" in more:
-            out["ets"] = more["ets"]
-    if out["ts"] is None:
-        out["ts"] = iso(ts_ms)
+    more: dict[str, Any] = {} if extra is None else orjson.loads(extra)
+    if "body" in more:
+        body: dict[str, Any] = more["body"]
+        return body
+    out["ts"] = more.get("ts") or iso(ts_ms)
+    if "ets" in more:
+        out["ets"] = more["ets"]
     values = numbers(nums)
     at = 0
     for category, spec in shape.template.items():
@@ -248,4 +273,7 @@ def decode(
             at += len(spec)
         else:
             out[category] = dict(spec)
+    for key in EXTENSIONS:  # where validation puts them: after the categories
+        if key in more:
+            out[key] = more[key]
     return out

@@ -14,11 +14,15 @@
 4. What was already stored is read back, decoded and hashed: the same content is a
    duplicate, other content a conflict (kept in ``conflicts``).
 5. The rollups of the new measurements are added (:mod:`.rollups`).
+6. Corrections (:mod:`.corrections`): a reversal whose original is stored for another
+   meter or account is refused before step 3; after step 5, what the new measurements
+   correct is voided and the usage rollups of those hours rebuilt. A batch with no
+   correction pays one probe for reversals waiting for their original (and, on
+   PostgreSQL, a shared lock taken first: :mod:`.corrections` says why).
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,29 +33,10 @@ import orjson
 from meterkit._model import content_hash
 
 from ..instants import DAY_MS, civil_from_days, days_from_civil
-from . import rollups
-from .codec import WHOLE, WHOLE_SHAPE, Codec, Shape, decode
+from . import corrections, rollups
+from .codec import WHOLE, WHOLE_SHAPE, Codec, Shape, decode, uid_key, uid_text
 
 _IN_CHUNK = 500  # uids per IN (...) list: well under every SQLite build's variable limit
-
-
-_LOWER_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
-
-
-def uid_key(uid: str) -> str | bytes:
-    """How SQLite stores a uid: a lowercase UUID as its 16 bytes (the SDK's uids are),
-    anything else as its text."""
-    if _LOWER_UUID(uid):
-        return bytes.fromhex(uid.replace("-", ""))
-    return uid
-
-
-def uid_text(stored: str | bytes) -> str:
-    if type(stored) is bytes:
-        h = stored.hex()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-    assert isinstance(stored, str)
-    return stored
 
 
 def month_start(ms: int) -> int:
@@ -83,6 +68,8 @@ class Outcome:
     new: int
     duplicates: int
     clashes: list[tuple[str, str, str, str]] = field(default_factory=list)  # uid, other hash, first hash, body
+    refused: list[corrections.Refusal] = field(default_factory=list)
+    placed: list[tuple[str, int]] = field(default_factory=list)  # uid, index of the row stored
 
 
 class Writer:
@@ -169,7 +156,24 @@ class Writer:
 
     def write(self, cur: Any, org: str, rows: list[Row]) -> Outcome:
         """Store the rows' new measurements and their rollups, in the open transaction."""
+        marked = corrections.marked(rows)
+        if self.postgres:
+            corrections.lock(cur, org, exclusive=marked)  # first: before any row lock
         org_id, series, shapes = self._resolve(cur, org, rows)
+        refused = corrections.refusals(cur, self.postgres, org_id, rows, series) if marked else []
+        if refused:
+            out = {r.index for r in refused}
+            keep = [i for i in range(len(rows)) if i not in out]
+            rows, series, shapes = [rows[i] for i in keep], [series[i] for i in keep], [shapes[i] for i in keep]
+        outcome = self._store(cur, org, org_id, rows, series, shapes)
+        orphans = outcome.new > 0 and corrections.has_orphans(cur, self.mark, org_id)
+        if outcome.new and (marked or orphans):
+            new = [(uid, series[i], rows[i][3], rows[i][8]) for uid, i in outcome.placed]
+            corrections.apply(cur, self.postgres, org_id, new, orphans, self.shape)
+        outcome.refused = refused
+        return outcome
+
+    def _store(self, cur: Any, org: str, org_id: int, rows: list[Row], series: list[int], shapes: list[int]) -> Outcome:
         first: dict[str, int] = {}  # uid -> index of its first row
         for i, row in enumerate(rows):
             first.setdefault(row[0], i)
@@ -203,7 +207,8 @@ class Writer:
                 f" VALUES ({', '.join([self.mark] * 6)}) ON CONFLICT (org, uid, other_hash) DO NOTHING",
                 [(org, uid, other, stands, body, seen) for uid, other, stands, body in clashes],
             )
-        return Outcome(len(claimed), len(rows) - len(claimed) - len(clashes), clashes)
+        placed = [(uid, first[uid]) for uid in claimed]
+        return Outcome(len(claimed), len(rows) - len(claimed) - len(clashes), clashes, placed=placed)
 
     def _claim_sqlite(self, cur: Any, org_id: int, first: list[tuple[Row, int, int]]) -> list[str]:
         """Store the measurements whose uid is not stored yet; their uids. ``first``: each
@@ -220,7 +225,7 @@ class Writer:
             cur.execute("RELEASE claim")
             return uids
         cur.execute("ROLLBACK TO claim")
-        stored = set(self._stored(cur, org_id, uids))
+        stored = set(stored_rows(cur, self.postgres, org_id, uids))
         fresh = [p for p, u in zip(params, uids, strict=True) if u not in stored]
         cur.executemany(sql, fresh)
         cur.execute("RELEASE claim")
@@ -247,29 +252,6 @@ class Writer:
 
     # -- reading stored measurements by uid ------------------------------------------------
 
-    def _stored(self, cur: Any, org_id: int, uids: list[str]) -> dict[str, tuple[Any, ...]]:
-        """uid -> (meter, account, ts_ms, shape, nums, extra) of those stored."""
-        out = {}
-        for i in range(0, len(uids), _IN_CHUNK):
-            chunk = uids[i : i + _IN_CHUNK]
-            if self.postgres:
-                cur.execute(
-                    "SELECT m.uid, s.meter, s.account, m.ts_ms, m.shape, m.nums, m.extra"
-                    " FROM uids u JOIN measurements m ON m.series = u.series AND m.ts_ms = u.ts_ms AND m.uid = u.uid"
-                    " JOIN series s ON s.id = m.series WHERE u.org_id = %s AND u.uid = ANY(%s)",
-                    (org_id, chunk),
-                )
-            else:
-                cur.execute(
-                    "SELECT m.uid, s.meter, s.account, m.ts_ms, m.shape, m.nums, m.extra"  # noqa: S608 - marks only
-                    f" FROM measurements m JOIN series s ON s.id = m.series"
-                    f" WHERE m.org_id = ? AND m.uid IN ({', '.join('?' * len(chunk))})",
-                    (org_id, *(uid_key(u) for u in chunk)),
-                )
-            for uid, *rest in cur.fetchall():
-                out[uid_text(uid)] = tuple(rest)
-        return out
-
     def shape(self, cur: Any, shape_id: int) -> Shape:
         found = self.shapes.get(shape_id)
         if found is None:
@@ -280,7 +262,7 @@ class Writer:
     def decoded(self, cur: Any, org_id: int, uids: list[str]) -> dict[str, dict[str, Any]]:
         """The stored measurements of these uids, as they were stored."""
         out = {}
-        for uid, (meter, account, ms, shape, nums, extra) in self._stored(cur, org_id, uids).items():
+        for uid, (meter, account, ms, shape, nums, extra) in stored_rows(cur, self.postgres, org_id, uids).items():
             out[uid] = decode(uid, meter, account, ms, self.shape(cur, shape), nums, extra)
         return out
 
@@ -305,3 +287,27 @@ def _claim_postgres(cur: Any, org_id: int, first: list[tuple[Row, int, int]]) ->
             (rollups.batch_json([(s, r[3], r[0], shape, r[5], r[6]) for r, s, shape in rows]),),
         )
     return [r[0] for r, _, _ in rows]
+
+
+def stored_rows(cur: Any, postgres: bool, org_id: int, uids: list[str]) -> dict[str, tuple[Any, ...]]:
+    """uid -> (meter, account, ts_ms, shape, nums, extra) of those stored."""
+    out = {}
+    for i in range(0, len(uids), _IN_CHUNK):
+        chunk = uids[i : i + _IN_CHUNK]
+        if postgres:
+            cur.execute(
+                "SELECT m.uid, s.meter, s.account, m.ts_ms, m.shape, m.nums, m.extra"
+                " FROM uids u JOIN measurements m ON m.series = u.series AND m.ts_ms = u.ts_ms AND m.uid = u.uid"
+                " JOIN series s ON s.id = m.series WHERE u.org_id = %s AND u.uid = ANY(%s)",
+                (org_id, chunk),
+            )
+        else:
+            cur.execute(
+                "SELECT m.uid, s.meter, s.account, m.ts_ms, m.shape, m.nums, m.extra"  # noqa: S608 - marks only
+                f" FROM measurements m JOIN series s ON s.id = m.series"
+                f" WHERE m.org_id = ? AND m.uid IN ({', '.join('?' * len(chunk))})",
+                (org_id, *(uid_key(u) for u in chunk)),
+            )
+        for uid, *rest in cur.fetchall():
+            out[uid_text(uid)] = tuple(rest)
+    return out

@@ -84,8 +84,10 @@ class Changes:
         uids: list[str],
         shapes: list[int],
         nums: list[list[Any]],
-        digests: list[str],
+        digests: list[str] | None,
     ) -> None:
+        """``digests``: each measurement's content hash, or None when only the usage
+        rollups are wanted (:func:`replace_usage`)."""
         self.ms, self.uids, self.nums, self.digests = ms, uids, nums, digests
         self.groups: dict[tuple[int, int, int], list[int]] = {}
         groups = self.groups
@@ -131,9 +133,11 @@ class Changes:
                     if when > (found[1], found[2]):
                         found[1:] = when
         hour_rows = []
-        for (series, hour), members in sorted(hours.items()):
-            digest = fold([self.digests[i] for i in members])
-            hour_rows.append((series, hour, digest.count, digest.total, digest.check))
+        if self.digests is not None:
+            digests = self.digests
+            for (series, hour), members in sorted(hours.items()):
+                digest = fold([digests[i] for i in members])
+                hour_rows.append((series, hour, digest.count, digest.total, digest.check))
         num_rows = []
         for key, column in sorted(columns.items()):
             lo, hi = extremes(column)
@@ -232,5 +236,29 @@ def upsert(cur: Any, postgres: bool, changes: Changes, shapes: dict[int, Shape])
         return
     cur.executemany(hours_sql, hour_params)
     cur.executemany(nums_sql, num_params)
+    if str_rows:
+        cur.executemany(strs_sql, str_rows)
+
+
+def replace_usage(
+    cur: Any, postgres: bool, hours: Sequence[tuple[int, int]], changes: Changes, shapes: dict[int, Shape]
+) -> None:
+    """Rebuild the usage rollups (``num_rollup``, ``str_rollup``) of these (series, hour)
+    from ``changes``, the measurements of those hours that count (:mod:`.corrections`),
+    in the caller's transaction. ``hours`` (count and content digest of every stored row)
+    is left as it is."""
+    mark = "%s" if postgres else "?"
+    for table in ("num_rollup", "str_rollup"):
+        cur.executemany(f"DELETE FROM {table} WHERE series = {mark} AND hour = {mark}", list(hours))  # noqa: S608
+    _, num_rows, str_rows = changes.rows(shapes)
+    _, nums_sql, strs_sql = POSTGRES_UPSERTS if postgres else SQLITE_UPSERTS
+    num_params = [(*r[:4], str(r[4]), str(r[5]), str(r[6]), r[7], r[8], str(r[9])) for r in num_rows]
+    if postgres:
+        for sql, rows in ((nums_sql, num_params), (strs_sql, str_rows)):
+            if rows:
+                cur.execute(sql, (batch_json(rows),))
+        return
+    if num_params:
+        cur.executemany(nums_sql, num_params)
     if str_rows:
         cur.executemany(strs_sql, str_rows)

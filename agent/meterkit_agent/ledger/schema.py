@@ -19,6 +19,12 @@ Measurements are stored compactly (:mod:`.codec`), with hourly rollups kept at i
   number field; ``str_rollup`` (series, hour, code, value): count and latest of a string
   value; ``fields`` (meter, code): where a code has been seen (:mod:`.codec` flags).
 - ``conflicts``: each different content a stored uid was re-sent with.
+- ``closed_bills``: a closed bill period's bill, frozen as it stood when it was closed.
+- Corrections (:mod:`.corrections`): ``corrections`` (org_id, uid) → the uid it corrects
+  (``of_uid``, indexed) and its kind; ``voids`` (series, hour, uid): the measurements a
+  stored reversal voids, itself included, which usage answers leave out; ``orphans``: a
+  reversal stored before the measurement it reverses; ``batches`` (org_id, batch, uid): a
+  backfill batch's measurements.
 
 A database written by the ledger before this layout (``measurements`` with a JSON
 ``body``) is migrated when opened: its rows are moved into the new layout a page at a time
@@ -63,6 +69,21 @@ _COMMON = [
     " seen_at_ms BIGINT NOT NULL, PRIMARY KEY (org, uid, other_hash))",
     "CREATE TABLE IF NOT EXISTS unreadable (org VARCHAR(100) NOT NULL, uid VARCHAR(100) NOT NULL,"
     " meter TEXT, account TEXT, ts TEXT, body TEXT, PRIMARY KEY (org, uid))",
+    # A closed bill period: the bill as it stood when closed, never changed after.
+    "CREATE TABLE IF NOT EXISTS closed_bills (org VARCHAR(100) NOT NULL, account VARCHAR(200) NOT NULL,"
+    " period_start_ms BIGINT NOT NULL, period_end_ms BIGINT NOT NULL, closed_at_ms BIGINT NOT NULL,"
+    " bill TEXT NOT NULL, PRIMARY KEY (org, account, period_start_ms))",
+    # Corrections (.corrections): lineage, the rows a reversal voids, reversals waiting for
+    # their original, and backfill batches. Small tables; uids as text.
+    "CREATE TABLE IF NOT EXISTS corrections (org_id INTEGER NOT NULL, uid TEXT {collate} NOT NULL,"
+    " of_uid TEXT {collate} NOT NULL, kind VARCHAR(16) NOT NULL, PRIMARY KEY (org_id, uid))",
+    "CREATE INDEX IF NOT EXISTS ix_corrections_of ON corrections (org_id, of_uid)",
+    "CREATE TABLE IF NOT EXISTS voids (series INTEGER NOT NULL, hour INTEGER NOT NULL,"
+    " uid TEXT {collate} NOT NULL, PRIMARY KEY (series, hour, uid))",
+    "CREATE TABLE IF NOT EXISTS orphans (org_id INTEGER NOT NULL, of_uid TEXT {collate} NOT NULL,"
+    " uid TEXT {collate} NOT NULL, series INTEGER NOT NULL, PRIMARY KEY (org_id, of_uid, uid))",
+    "CREATE TABLE IF NOT EXISTS batches (org_id INTEGER NOT NULL, batch TEXT {collate} NOT NULL,"
+    " uid TEXT {collate} NOT NULL, PRIMARY KEY (org_id, batch, uid))",
 ]
 
 _SQLITE = [

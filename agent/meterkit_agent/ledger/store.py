@@ -28,8 +28,9 @@ import orjson
 
 from ..instants import iso
 from .answers import Answers
-from .codec import decode
-from .ingest import Writer, partition_sql, uid_text
+from .codec import decode, uid_text
+from .corrections import Refusal
+from .ingest import Writer, partition_sql
 from .queries import UsageQuery, period
 from .schema import LOCK_KEY, is_postgres, make_engine, prepare
 
@@ -44,6 +45,9 @@ class Ingested:
     duplicates: int
     conflicts: int = 0
     conflicting_uids: tuple[str, ...] = ()
+    #: measurements refused one by one (a reversal that does not match what it reverses),
+    #: by index in the batch; the rest of the batch was stored
+    refused: tuple[Refusal, ...] = ()
 
     def answer(self) -> dict[str, Any]:
         """The counts as the ingest API answers them, beside m3ter's ``result``."""
@@ -59,6 +63,10 @@ class Ingested:
         if self.conflicts:
             shown = ", ".join(self.conflicting_uids[:5]) + (", ..." if len(self.conflicting_uids) > 5 else "")
             text += f", conflicting re-sends {self.conflicts} (the first stored stands: {shown})"
+        if self.refused:
+            text += (
+                f", refused {len(self.refused)} ({self.refused[0].message}{', ...' if len(self.refused) > 1 else ''})"
+            )
         return text
 
 
@@ -109,7 +117,7 @@ class Ledger:
             finally:
                 conn.close()
         uids = tuple(dict.fromkeys(uid for uid, *_ in outcome.clashes))
-        return Ingested(outcome.new, outcome.duplicates, len(outcome.clashes), uids)
+        return Ingested(outcome.new, outcome.duplicates, len(outcome.clashes), uids, tuple(outcome.refused))
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -5,15 +5,38 @@ account and hour, and ``losses`` by reason. Reconciliation is built on these fig
 one with a wrong shape (a count that is not a whole number, an entry that is not a
 mapping, an unknown type) is quarantined: kept in the dead-letter store with the reason,
 reported, and never allowed to stop delivery.
+
+A ``correction`` record says who corrected which measurements, when and why (``meterkit
+correct``, ``meterkit backfill revert``): the audit journal keeps it as the auditor's
+answer to "who changed this bill", so it is believed only with a reason, an author, an
+instant and uids that obey the uid rules. Its ``of`` holds at most
+:data:`MAX_CORRECTED_PER_RECORD` uids (the writer splits beyond); ``uids``, what it
+writes, at most two per corrected measurement (a reversal and a replacement).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
+
+from meterkit._corrections import MAX_BATCH_LENGTH
+from meterkit._limits import MAX_UID_LENGTH, identifier_ok
+from meterkit._timefmt import parse_ts
 
 Count = Annotated[StrictInt, Field(ge=0)]
+#: uids a correction record may correct (contract: the writer splits a longer list)
+MAX_CORRECTED_PER_RECORD = 5_000
 
 
 class _Record(BaseModel):
@@ -46,7 +69,50 @@ class Losses(_Record):
     entries: list[LossEntry]
 
 
-_CONTROL: TypeAdapter[Tally | Losses] = TypeAdapter(Annotated[Tally | Losses, Field(discriminator="type")])
+def _uid(value: str) -> str:
+    if not value or not identifier_ok(value, MAX_UID_LENGTH):
+        raise ValueError(f"not a uid (1 to {MAX_UID_LENGTH} printable characters, no space at either end)")
+    return value
+
+
+def _batch(value: str) -> str:
+    if not value or not identifier_ok(value, MAX_BATCH_LENGTH):
+        raise ValueError(f"not a batch id (1 to {MAX_BATCH_LENGTH} printable characters, no space at either end)")
+    return value
+
+
+def _said(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must say something (not empty, not only spaces)")
+    return value
+
+
+def _instant(value: str) -> str:
+    parse_ts(value)  # ValueError names what is wrong with it
+    return value
+
+
+Uid = Annotated[StrictStr, AfterValidator(_uid)]
+Said = Annotated[StrictStr, AfterValidator(_said)]
+
+
+class Correction(_Record):
+    """Who corrected what, when and why: written beside the reversals and replacements."""
+
+    type: Literal["correction"]
+    id: Said
+    action: Literal["cancel", "amend", "revert"]
+    reason: Said
+    by: Said
+    at: Annotated[StrictStr, AfterValidator(_instant)]
+    of: list[Uid] = Field(min_length=1, max_length=MAX_CORRECTED_PER_RECORD)
+    uids: list[Uid] = Field(min_length=1, max_length=2 * MAX_CORRECTED_PER_RECORD)
+    batch: Annotated[StrictStr, AfterValidator(_batch)] | None = None
+
+
+_CONTROL: TypeAdapter[Tally | Losses | Correction] = TypeAdapter(
+    Annotated[Tally | Losses | Correction, Field(discriminator="type")]
+)
 
 
 def control_problem(body: Any) -> str | None:

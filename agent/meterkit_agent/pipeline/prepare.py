@@ -22,15 +22,18 @@ import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import repeat
+from operator import contains, itemgetter
 from typing import Any
 
 import orjson
 
 from meterkit._frames import batch_records
 from meterkit._guard import log_once
+from meterkit._model import content_digest
 from meterkit._spool import KIND_BATCH, KIND_MEASUREMENT
 
+from ..audit.journal import compress_uids
 from ..component import Processor, Rejected
 from ..exporters.exporterhelper import Serialised
 from ..processors.validate import ValidateProcessor
@@ -120,7 +123,7 @@ class Preparer:
             )
         else:
             self._control(body)
-            p.journal.append({**body, "type": f"sdk_{body['type']}", "source": env.source, "writer": env.writer})
+            p.journal.append(journal_entry(body) | {"source": env.source, "writer": env.writer})
         self._add(p, env, rows)
 
     def _add(self, p: Prepared, env: Envelope, rows: list[Any]) -> None:
@@ -177,6 +180,19 @@ class Preparer:
                 self.metrics.sdk_lost.add(count, {"reason": reason})
 
 
+def journal_entry(body: dict[str, Any]) -> dict[str, Any]:
+    """The journal entry for a control record :func:`.control.control_problem` accepted.
+
+    A tally or losses record is kept as it arrived, as ``sdk_tally`` / ``sdk_losses``. A
+    correction becomes a ``correction`` entry: its instant as ``made_at`` (the entry's
+    own ``at`` stays the time it was journaled), ``of`` and ``uids`` compressed as the
+    journal keeps uids everywhere (docs/audit-journal.md)."""
+    if body["type"] != "correction":
+        return {**body, "type": f"sdk_{body['type']}"}
+    entry = {k: v for k, v in body.items() if k != "at"}
+    return entry | {"made_at": body["at"], "of": compress_uids(body["of"]), "uids": compress_uids(body["uids"])}
+
+
 def _locate(p: Prepared) -> None:
     """The batch's positions (frames it holds whole) and each segment's writer and uids."""
     start = 0
@@ -202,7 +218,7 @@ def serialise(records: list[dict[str, Any]]) -> tuple[Serialised, list[bytes], l
     except TypeError:  # orjson.JSONEncodeError is one
         encoded = None
     if encoded is not None:
-        return Serialised(records, encoded), _digests(encoded), []
+        return Serialised(records, encoded), _digests(records, encoded), []
     kept: list[dict[str, Any]] = []
     encoded, refused = [], []
     for record in records:
@@ -213,13 +229,20 @@ def serialise(records: list[dict[str, Any]]) -> tuple[Serialised, list[bytes], l
             continue
         kept.append(record)
         encoded.append(data)
-    return Serialised(kept, encoded), _digests(encoded), refused
+    return Serialised(kept, encoded), _digests(kept, encoded), refused
 
 
-def _digests(encoded: list[bytes]) -> list[bytes]:
-    """sha256 of each piece (a comprehension: a third cheaper than ``map`` with ``methodcaller``)."""
+def _digests(records: list[dict[str, Any]], encoded: list[bytes]) -> list[bytes]:
+    """Each record's content hash: sha256 of its JSON (a comprehension: a third cheaper
+    than ``map`` with ``methodcaller``), except for a backfilled record, whose ``batch``
+    the hash leaves out (:func:`meterkit._model.content_digest`)."""
     sha256 = hashlib.sha256
-    return [sha256(data).digest() for data in encoded]
+    digests = [sha256(data).digest() for data in encoded]
+    if any(map(contains, records, repeat("batch"))):
+        for i, record in enumerate(records):
+            if "batch" in record:
+                digests[i] = content_digest(record)
+    return digests
 
 
 _dumps_sorted = functools.partial(orjson.dumps, option=orjson.OPT_SORT_KEYS)

@@ -11,16 +11,13 @@ property test holds the two equal.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from functools import reduce
 from itertools import chain, groupby, repeat
 from operator import add, contains, itemgetter, methodcaller
 from typing import Any
 
-import orjson
-
-from meterkit._model import NUMERIC_CATEGORIES, tally
+from meterkit._model import NUMERIC_CATEGORIES, content_digest, tally
 
 from ..contentdigest import bucket_of, fold_digests
 
@@ -36,7 +33,7 @@ def delivery_totals(delivered: list[dict[str, Any]], digests: Sequence[bytes] | 
     """``tally(delivered)``, each row with the ``content`` and ``check`` of its bucket.
     ``digests``: each record's content hash as 32 bytes, when the pipeline has them."""
     if digests is None:
-        digests = [hashlib.sha256(orjson.dumps(m, option=orjson.OPT_SORT_KEYS)).digest() for m in delivered]
+        digests = [content_digest(m) for m in delivered]
     rows = _quick(delivered, digests)
     if rows is not None:
         return rows

@@ -6,6 +6,10 @@ engine's :class:`NumberOutOfRange`) makes that measurement an error, rejected al
 ``invalid:derived_out_of_range`` for the dead-letter store; its batch goes on. A
 calculation that cannot be evaluated for other reasons (division by zero, a type
 mismatch, a null) leaves that field out and is logged once per meter and field.
+
+A correction's reversal is not derived again: it carries the original's derived values
+negated (:func:`meterkit._corrections.reversal`), which cancel them exactly, where a
+calculation run on negated inputs need not (rounding a negative number, a MAX of them).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from meterkit._corrections import REVERSAL
 from meterkit._expr import ExpressionError, NumberOutOfRange, parse
 from meterkit._guard import log_once
 from meterkit._model import CATEGORIES, NUMERIC_CATEGORIES
@@ -36,7 +41,7 @@ def derive_processor(cfg: DeriveConfig) -> Processor:
         rejected: list[Rejected] = []
         for m in batch:
             plan = plans.get(m.get("meter", ""))
-            if not plan:
+            if not plan or _is_reversal(m):
                 kept.append(m)
                 continue
             try:
@@ -95,3 +100,8 @@ def derive_processor(cfg: DeriveConfig) -> Processor:
 
 
 FACTORY = Factory(DeriveConfig, lambda _cid, cfg: derive_processor(cfg))
+
+
+def _is_reversal(m: Measurement) -> bool:
+    correction = m.get("correction")
+    return type(correction) is dict and correction.get("kind") == REVERSAL

@@ -154,7 +154,7 @@ def test_meterkit_bill_prints_the_ledgers_json_and_a_table(ledgers: tuple[Ledger
     table = run("bill", *common)
     assert table.returncode == 0, table.stderr
     out = table.stdout.splitlines()
-    assert out[0] == "acme: month from 2026-01-01T00:00:00.000Z to 2026-02-01T00:00:00.000Z (USD)"
+    assert out[0] == "acme: month from 2026-01-01T00:00:00.000Z to 2026-02-01T00:00:00.000Z (USD), open"
     assert out[1].split() == ["kind", "description", "quantity", "units", "amount"]
     assert any(line.split()[-1] == "20.00" and line.startswith("standing_charge") for line in out)
     usage = next(line for line in out if line.startswith("usage "))

@@ -53,10 +53,14 @@ def wipe(ledger: Ledger, *orgs: str) -> None:
     series = f"SELECT id FROM series WHERE org IN ({marks})"
     statements = [
         f"DELETE FROM {table} WHERE series IN ({series})"
-        for table in ("measurements", "hours", "num_rollup", "str_rollup")
+        for table in ("measurements", "hours", "num_rollup", "str_rollup", "voids")
+    ]
+    org_ids = f"SELECT id FROM orgs WHERE org IN ({marks})"
+    statements += [
+        f"DELETE FROM {table} WHERE org_id IN ({org_ids})" for table in ("corrections", "orphans", "batches")
     ]
     if ledger.postgres:
-        statements.append(f"DELETE FROM uids WHERE org_id IN (SELECT id FROM orgs WHERE org IN ({marks}))")
+        statements.append(f"DELETE FROM uids WHERE org_id IN ({org_ids})")
     statements.append(f"DELETE FROM conflicts WHERE org IN ({marks})")
     conn = ledger.connection()
     try:

@@ -52,7 +52,8 @@ def test_a_conflicting_resend_is_acknowledged_counted_and_listed(shared_api: Tes
     assert shared_api.get(f"/organizations/{org}/conflicts", params={"uid": "b"}, headers=AUTH).json() == {
         "conflicts": []
     }
-    assert shared_api.get(f"/organizations/{org}/measurements/a", headers=AUTH).json() == A
+    stored = shared_api.get(f"/organizations/{org}/measurements/a", headers=AUTH).json()
+    assert stored == {**A, "corrected": {"reversed_by": None, "replaced_by": None}}
 
 
 def test_inside_one_request_the_first_occurrence_stands(shared_ledger: Ledger, shared_api: TestClient) -> None:
