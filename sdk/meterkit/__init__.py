@@ -13,7 +13,7 @@
         meterkit.record("data_downloaded", measure={"bytes": 4096}, who={"user": "u1"})
 """
 
-from ._api import configure, flush, get_client, record, shutdown, stats
+from ._api import allow, configure, flush, get_client, record, shutdown, stats
 from ._backfill import BatchResult
 from ._catalog import (
     Catalog,
@@ -25,7 +25,17 @@ from ._catalog import (
     load_catalog,
 )
 from ._client import Client
-from ._errors import CatalogError, ConfigError, MeasurementError, MeterkitError, Problem
+from ._decide import Decision
+from ._errors import (
+    CatalogError,
+    ConfigError,
+    LimitExceeded,
+    MeasurementError,
+    MeterkitError,
+    PlansFileError,
+    PlansProblem,
+    Problem,
+)
 from ._expr import Expression, ExpressionError
 from ._expr import parse as parse_expression
 from ._meter import Metering, active_meter, meter
@@ -41,16 +51,21 @@ __all__ = [
     "Client",
     "ConfigError",
     "DataField",
+    "Decision",
     "DerivedField",
     "Expression",
     "ExpressionError",
+    "LimitExceeded",
     "MeasurementError",
     "Meter",
     "Metering",
     "MeterkitError",
+    "PlansFileError",
+    "PlansProblem",
     "Problem",
     "__version__",
     "active_meter",
+    "allow",
     "catalog_from_dict",
     "configure",
     "context",

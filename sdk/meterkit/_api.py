@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import _guard
+from . import _allow, _guard
 from ._catalog import Catalog
 from ._client import Client
 from ._errors import MeterkitError
+from ._settings import LIMIT_SETTINGS
 from ._sinks import SinkUnavailable
 
 _client: Client | None = None
@@ -21,19 +22,31 @@ _lock = threading.Lock()
 def configure(
     catalog: str | Path | Catalog | None = None,
     spool_dir: str | Path | None = None,
+    plans: str | Path | None = None,
     **settings: Any,
 ) -> Client:
     """Set up metering for this process and return the client.
 
     Every setting may also come from a ``METERKIT_*`` environment variable; an argument
-    beats the environment, which beats the default. Raises :class:`ConfigError` or
-    :class:`CatalogError` for bad arguments: this is the one call that may raise in
-    production mode. Calling it again replaces the client (the old one is flushed).
+    beats the environment, which beats the default. ``plans`` (or ``METERKIT_PLANS``) is
+    the plans file whose limits :func:`allow` decides; the limit settings
+    (``limits_fallback``, ``balances_path``, ``balances_max_age_seconds``,
+    ``limits_state_dir``, ``redis_url``, ``redis_timeout_millis``) go with it. Raises
+    :class:`ConfigError`, :class:`CatalogError` or :class:`PlansFileError` for bad
+    arguments: this is the one call that may raise in production mode. Calling it again
+    replaces the client (the old one is flushed).
     """
     global _client
+    limit_settings = {name: settings.pop(name) for name in list(settings) if name in LIMIT_SETTINGS}
     client = Client(catalog, spool_dir, **settings)
+    try:
+        engine = _allow.make_engine(client.settings, client.catalog, plans=plans, **limit_settings)
+    except BaseException:
+        client.shutdown(0)
+        raise
     with _lock:
         old, _client = _client, client
+        _allow.install(engine)
     if old is not None:
         old.shutdown()
     return client
@@ -127,13 +140,25 @@ def flush(timeout: float | None = 5.0) -> bool:
 
 
 def shutdown(timeout: float | None = None) -> bool:
-    """Flush and stop the process-wide client (also done at interpreter exit)."""
+    """Flush and stop the process-wide client (also done at interpreter exit), and forget
+    the limits configured with it."""
     global _client
     with _lock:
         client, _client = _client, None
+        _allow.install(None)  # limits go with the client that configured them
     return client.shutdown(timeout) if client is not None else True
 
 
 def stats() -> dict[str, Any]:
-    """Counts of the process-wide client: written, queued, and lost by reason."""
-    return get_client().stats()
+    """Counts of the process-wide client: written, queued, and lost by reason; and, when
+    limits are configured, ``limits``: fallback decisions by cause."""
+    counts = get_client().stats()
+    engine = _allow.engine
+    if engine is not None:
+        counts["limits"] = dict(engine.counts)
+    return counts
+
+
+#: ``meterkit.allow(meter, account=None, quantity=1, amounts=None) -> Decision``: bound
+#: straight to the engine's entry point, one Python call fewer on a 1.5 µs budget.
+allow = _allow.allow

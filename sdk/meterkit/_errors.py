@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class MeterkitError(Exception):
@@ -69,6 +70,49 @@ class MeasurementError(MeterkitError, ValueError):
     @property
     def field(self) -> str | None:
         return self.problem.field
+
+
+@dataclass(frozen=True)
+class PlansProblem:
+    """One thing wrong with the limits of a ``plans.yaml``: ``field`` is a path inside the
+    plan or account (``limits[1].burst``), ``reason`` a stable code (``bad_value``, ...)."""
+
+    reason: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+    plan: str | None = None
+    account: str | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = [f"{self.file}:{self.line}" if self.line else (self.file or "")]
+        where += [f"plan {self.plan!r}"] if self.plan else []
+        where += [f"account {self.account!r}"] if self.account else []
+        where += [f"field {self.field!r}"] if self.field else []
+        prefix = ", ".join(w for w in where if w)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class PlansFileError(MeterkitError):
+    """A plans file whose limits cannot be used. ``problems`` lists every problem at once."""
+
+    def __init__(self, problems: list[PlansProblem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}  [{p.reason}]" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in the plans file:\n{lines}")
+
+
+class LimitExceeded(MeterkitError):
+    """Raised by ``@meterkit.meter(..., limit=True)`` instead of calling the function when
+    the account is over a limit. ``retry_after`` is in seconds (``inf`` when waiting will
+    not help); ``decision`` is the whole :class:`meterkit.Decision`. A web framework turns
+    it into a 429 with a ``Retry-After`` header."""
+
+    def __init__(self, decision: Any) -> None:
+        self.decision = decision
+        self.retry_after: float = decision.retry_after
+        super().__init__(f"limit exceeded: {decision.reason} ({decision.limit}); retry after {self.retry_after:.3f} s")
 
 
 def safe_repr(value: object) -> str:

@@ -3,6 +3,11 @@
 Each call of a decorated function, and each ``with`` block, records one measurement when
 it ends: its fields, the elapsed time if ``duration=`` names a Measure field, and whether
 it raised if ``outcome=`` names a field. The user's exception always propagates.
+
+With ``limit=True`` each call (or block) first asks :func:`meterkit.allow` for one unit of
+the meter for its account; when refused it raises :class:`meterkit.LimitExceeded` instead
+of running, and records nothing. When it runs, the amounts it recorded in fields that
+have caps count toward them.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _api
+from . import _allow, _api
 from ._client import record_owned
+from ._errors import LimitExceeded
 from ._guard import background_error
 from ._model import CATEGORIES, STRING_CATEGORIES
+from ._scope import current_scope
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -116,10 +123,27 @@ class Metering:
                 getattr(self, category or "other")[code] = "error" if failed else "ok"
             fields = self._fields() if self._own else spec.row_fields
             client = spec.client or _api._client or _api.get_client()
+            if spec.limit and not failed:
+                _count_amounts(spec.code, self.account, fields[CATEGORIES.index("measure")])
         except Exception as exc:  # never let bookkeeping hide the user's own result
             background_error("meter block", exc)
             return
         record_owned(client, spec.code, self.account, fields)
+
+
+def _count_amounts(code: str, account: str | None, measure: Mapping[str, Any] | None) -> None:
+    """Count what a ``limit=True`` call recorded toward the caps on its fields."""
+    engine = _allow.engine
+    account = account if account is not None else current_scope.get().account
+    if engine is not None and measure and account is not None:
+        engine.record_amounts(code, account, dict(measure))
+
+
+def _check_limit(spec: meter) -> None:
+    """Raise :class:`LimitExceeded` when the account may not make one more call."""
+    decision = _allow.allow(spec.code, spec.account, 1, None)
+    if not decision.allowed:
+        raise LimitExceeded(decision)
 
 
 _CATEGORY_SET = frozenset(CATEGORIES)
@@ -145,6 +169,7 @@ class meter:
         duration: str | None = None,
         outcome: str | None = None,
         client: Client | None = None,
+        limit: bool = False,
     ) -> None:
         if outcome is not None:
             category = outcome.rpartition(".")[0]
@@ -157,6 +182,7 @@ class meter:
         self.duration = duration
         self.outcome = outcome
         self.client = client
+        self.limit = limit
         given = {
             "who": who,
             "what": what,
@@ -175,6 +201,8 @@ class meter:
     # -- context manager (sync and async) --------------------------------------------------
 
     def __enter__(self) -> Metering:
+        if self.limit:
+            _check_limit(self)
         block = Metering(self)
         block._token = _active.set(block)
         return block
@@ -206,6 +234,8 @@ class meter:
 
             @functools.wraps(fn)
             async def ametered(*args: Any, **kwargs: Any) -> Any:
+                if spec.limit:
+                    _check_limit(spec)
                 block = Metering(spec)
                 token = block._token = _active.set(block)
                 failed = True
@@ -221,6 +251,8 @@ class meter:
 
         @functools.wraps(fn)
         def metered(*args: Any, **kwargs: Any) -> Any:
+            if spec.limit:
+                _check_limit(spec)
             block = Metering(spec)
             token = block._token = _active.set(block)
             failed = True

@@ -155,3 +155,79 @@ def _first(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return str(exc.errors()[0]["msg"])
     return str(exc)
+
+
+# -- limits (``meterkit.allow``): resolved in the same order, kept apart from the client's --
+
+ENV_PLANS = "METERKIT_PLANS"
+ENV_LIMITS_FALLBACK = "METERKIT_LIMITS_FALLBACK"
+ENV_BALANCES_PATH = "METERKIT_BALANCES_PATH"
+ENV_BALANCES_MAX_AGE_SECONDS = "METERKIT_BALANCES_MAX_AGE_SECONDS"
+ENV_LIMITS_STATE_DIR = "METERKIT_LIMITS_STATE_DIR"
+ENV_REDIS_URL = "METERKIT_REDIS_URL"
+ENV_REDIS_TIMEOUT_MILLIS = "METERKIT_REDIS_TIMEOUT_MILLIS"
+
+Fallback = Literal["fail_open", "fail_closed"]
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Settings of limit decisions. ``balances_path`` defaults to ``<spool_dir>/balances.json``
+    (where the agent writes the snapshot); ``limits_state_dir`` to ``/dev/shm/meterkit-<uid>``."""
+
+    plans: Path | None = None
+    limits_fallback: Fallback = "fail_open"
+    balances_path: Path = Path("balances.json")
+    # The agent refreshes the snapshot every 30 s by default: ten missed refreshes is stale.
+    balances_max_age_seconds: float = 300.0
+    limits_state_dir: Path = Path()
+    redis_url: str | None = None
+    redis_timeout_millis: int = 100
+    mode: Mode = "production"
+
+
+LIMIT_SETTINGS = {
+    "plans": ENV_PLANS,
+    "limits_fallback": ENV_LIMITS_FALLBACK,
+    "balances_path": ENV_BALANCES_PATH,
+    "balances_max_age_seconds": ENV_BALANCES_MAX_AGE_SECONDS,
+    "limits_state_dir": ENV_LIMITS_STATE_DIR,
+    "redis_url": ENV_REDIS_URL,
+    "redis_timeout_millis": ENV_REDIS_TIMEOUT_MILLIS,
+}
+_LIMIT_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    name: TypeAdapter(hint) for name, hint in get_type_hints(LimitSettings).items()
+}
+
+
+def _check_limit_setting(name: str, value: Any) -> Any:
+    parsed = _LIMIT_ADAPTERS[name].validate_python(value, strict=False)
+    if name in ("balances_max_age_seconds", "redis_timeout_millis") and parsed <= 0:
+        raise ValueError(f"{name} must be positive")
+    return parsed
+
+
+def resolve_limits(spool_dir: Path, mode: str, **given: Any) -> LimitSettings:
+    """:class:`LimitSettings` from arguments (``None`` = not given), environment and
+    defaults; a bad argument raises :class:`ConfigError`, a bad environment value warns."""
+    values: dict[str, Any] = {"mode": mode}
+    for name, env in LIMIT_SETTINGS.items():
+        value = given.get(name)
+        if value is not None:
+            try:
+                values[name] = _check_limit_setting(name, value)
+            except (ValidationError, ValueError) as exc:
+                raise ConfigError(f"{name}={value!r} is not valid: {_first(exc)}") from None
+            continue
+        raw = os.environ.get(env)
+        if raw:
+            try:
+                values[name] = _check_limit_setting(name, raw)
+            except (ValidationError, ValueError) as exc:
+                shown = "(hidden: it may hold a password)" if name == "redis_url" else repr(raw)
+                logger.warning("meterkit: ignoring %s=%s (%s); using the default", env, shown, _first(exc))
+    from ._hostshare import default_state_dir  # a leaf; imported late to keep settings first
+
+    values.setdefault("balances_path", spool_dir / "balances.json")
+    values.setdefault("limits_state_dir", default_state_dir())
+    return LimitSettings(**values)

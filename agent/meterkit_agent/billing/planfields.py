@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from meterkit._model import NUMERIC_CATEGORIES
+from meterkit._planlimits import check_plan_limits
 from meterkit._yaml import LINE_KEY
 
 from .errors import PlanProblem
@@ -26,7 +27,9 @@ PLAN_CODE_RE = re.compile(r"[A-Za-z0-9_$.:-]{1,80}\Z")
 MIN_PER_UNIT, MAX_PER_UNIT = Decimal("1e-9"), Decimal("1e18")
 #: bands a pricing line may have; m3ter's pricing editor shows a handful
 MAX_BANDS = 100
-_PLAN_KEYS = ("code", "bill_period", "standing_charge", "minimum_spend", "pricing")
+# limits and thresholds are checked by the SDK's rules (meterkit._planlimits), the ones
+# the application decides by: one reading of a limit, not two
+_PLAN_KEYS = ("code", "bill_period", "standing_charge", "minimum_spend", "pricing", "limits", "thresholds")
 _LINE_KEYS = ("aggregation", "quantity_per_unit", "rounding", "cumulative", "tiers_span_plan", "bands", "description")
 _BAND_KEYS = ("lower_limit", "unit_price", "fixed_price")
 
@@ -120,6 +123,7 @@ def check_plan(raw: Any, index: int, c: Checker) -> Plan | None:
         error_at(at, "pricing")("bad_shape", "pricing must be a list of pricing lines")
         raw_pricing = []
     pricing = [_check_line(item, n, c, error_at) for n, item in enumerate(raw_pricing)]
+    check_plan_limits(raw, label, lambda reason, text, line, field: error_at(line, field)(reason, text), c.catalog)
     if len(c.problems) > before or standing is None or minimum is None:
         return None
     assert isinstance(code, str) and isinstance(bill_period, str)

@@ -1,0 +1,96 @@
+"""GCRA (``meterkit._gcra``) against a reference token bucket in exact fractions: the
+same allow/deny, remaining and retry_after for any sequence of (time, quantity)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from math import ceil
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meterkit._gcra import ProcessGcra, Rate, gcra
+
+SECOND = 1_000_000_000
+
+
+class Bucket:
+    """The naive reference: tokens refill continuously at rate/per, up to burst."""
+
+    def __init__(self, rate: int, per: int, burst: int) -> None:
+        self.rate, self.per, self.burst = Fraction(rate), per, burst
+        self.tokens, self.at = Fraction(burst), None
+
+    def decide(self, t: int, q: int) -> tuple[bool, int, int]:
+        if self.at is not None:
+            self.tokens = min(Fraction(self.burst), self.tokens + (t - self.at) * self.rate / self.per)
+        self.at = t
+        if self.tokens >= q:
+            self.tokens -= q
+            return True, int(self.tokens), 0
+        return False, int(self.tokens), ceil((q - self.tokens) * self.per / self.rate)
+
+
+def run_gcra(rate: Rate, steps: list[tuple[int, int]]) -> list[tuple[bool, int, int]]:
+    tat, out = 0, []
+    for t, q in steps:
+        now = t * rate.denom
+        allowed, new, remaining, excess = gcra(rate, tat if tat else now, now, q)
+        if allowed:
+            tat = new
+        out.append((allowed, remaining, rate.retry_units(excess) if excess else 0))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rate=st.integers(1, 1000),
+    per=st.sampled_from([SECOND, 60 * SECOND, 7, 3 * SECOND]),
+    burst=st.integers(1, 50),
+    data=st.data(),
+)
+def test_gcra_matches_a_token_bucket(rate: int, per: int, burst: int, data: st.DataObject) -> None:
+    gaps = data.draw(st.lists(st.integers(0, 2 * per // rate + 2), min_size=1, max_size=60))
+    quantities = data.draw(st.lists(st.integers(1, burst), min_size=len(gaps), max_size=len(gaps)))
+    times, t = [], 10**12
+    for gap in gaps:
+        t += gap
+        times.append(t)
+    steps = list(zip(times, quantities, strict=True))
+    bucket = Bucket(rate, per, burst)
+    assert run_gcra(Rate(rate, per, burst), steps) == [bucket.decide(t, q) for t, q in steps]
+
+
+def test_burst_at_once_then_rate_per_period() -> None:
+    """From a full bucket: burst at once, then exactly rate per per (3 a second: T is not
+    a whole number of nanoseconds, and nothing drifts)."""
+    rate = Rate(3, SECOND, 5)
+    start = 10**12
+    burst = run_gcra(rate, [(start, 1)] * 6)
+    assert [a for a, _, _ in burst] == [True] * 5 + [False]
+    allowed = sum(a for a, _, _ in run_gcra(rate, [(start + i * SECOND // 1000, 1) for i in range(100_001)]))
+    assert allowed == 5 + 3 * 100  # 100 seconds after the burst: 300 more, not 299 or 301
+
+
+def test_retry_after_is_exact() -> None:
+    rate = Rate(10, SECOND, 2)
+    start = 5 * SECOND
+    steps = [(start, 1), (start, 1), (start, 1)]
+    *_, (allowed, _, retry) = run_gcra(rate, steps)
+    assert not allowed and retry == SECOND // 10
+    assert not run_gcra(rate, [*steps[:2], (start + retry - 1, 1)])[-1][0]  # a nanosecond early: refused
+    assert run_gcra(rate, [*steps[:2], (start + retry, 1)])[-1][0]  # on time: allowed
+
+
+def test_quantity_consumes_that_many_units() -> None:
+    rate = Rate(100, SECOND, 10)
+    out = run_gcra(rate, [(SECOND, 7), (SECOND, 3), (SECOND, 1)])
+    assert out[0] == (True, 3, 0) and out[1] == (True, 0, 0) and out[2] == (False, 0, SECOND // 100)
+
+
+def test_process_limit_keeps_one_state_per_account() -> None:
+    limiter = ProcessGcra(Rate(1, 3600 * SECOND, 2))
+    assert [limiter.decide("a", 1)[0] for _ in range(3)] == [True, True, False]
+    assert limiter.decide("b", 1)[0]
+    refused = limiter.decide("a", 1)
+    assert refused[2] > 0 and refused[1] == 0
