@@ -6,8 +6,10 @@ not overlap, amounts are finite and not negative), so those modules do not check
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
+
+from meterkit._planlimits import Cap, PlanLimits, RateLimit
 
 #: m3ter's aggregation functions that bills can price (the ledger answers each).
 FUNCTIONS = ("SUM", "COUNT", "MAX", "MIN", "MEAN", "LATEST", "UNIQUE")
@@ -67,11 +69,29 @@ class PricingLine:
 
 @dataclass(frozen=True)
 class Plan:
+    """A plan: what it charges (``pricing``, standing charge, minimum spend) and what it
+    allows (``limits``: rate limits and caps, and the ``thresholds`` of each cap that
+    notify), the latter read by the SDK's own rules (:mod:`meterkit._planlimits`)."""
+
     code: str
     bill_period: str
     standing_charge: Decimal
     minimum_spend: Decimal
     pricing: tuple[PricingLine, ...]
+    limits: PlanLimits = field(default_factory=lambda: PlanLimits(""))
+
+    @property
+    def caps(self) -> tuple[Cap, ...]:
+        return self.limits.caps
+
+    @property
+    def rates(self) -> tuple[RateLimit, ...]:
+        return self.limits.rates
+
+    @property
+    def thresholds(self) -> tuple[Decimal, ...]:
+        """Percents of each cap that notify, rising (none: caps notify nothing)."""
+        return self.limits.thresholds
 
 
 @dataclass(frozen=True)

@@ -123,11 +123,13 @@ def check_plan(raw: Any, index: int, c: Checker) -> Plan | None:
         error_at(at, "pricing")("bad_shape", "pricing must be a list of pricing lines")
         raw_pricing = []
     pricing = [_check_line(item, n, c, error_at) for n, item in enumerate(raw_pricing)]
-    check_plan_limits(raw, label, lambda reason, text, line, field: error_at(line, field)(reason, text), c.catalog)
+    limits = check_plan_limits(
+        raw, label, lambda reason, text, line, field: error_at(line, field)(reason, text), c.catalog
+    )
     if len(c.problems) > before or standing is None or minimum is None:
         return None
     assert isinstance(code, str) and isinstance(bill_period, str)
-    return Plan(code, bill_period, standing, minimum, tuple(p for p in pricing if p is not None))
+    return Plan(code, bill_period, standing, minimum, tuple(p for p in pricing if p is not None), limits)
 
 
 ErrorAt = Callable[[int | None, str | None], Error]

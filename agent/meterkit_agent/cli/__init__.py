@@ -14,6 +14,7 @@ from .correct import correct_cmd
 from .dlq import dlq_app
 from .ledger import ledger_app, usage
 from .meters import meters_app
+from .notifications import notifications_app
 from .reconcile import reconcile_cmd
 from .spool import spool_app
 
@@ -35,6 +36,7 @@ app.command("bill")(bill_cmd)
 app.add_typer(audit_app, name="audit")
 app.add_typer(dlq_app, name="dlq")
 app.command("reconcile")(reconcile_cmd)
+app.add_typer(notifications_app, name="notifications")
 
 
 def main() -> None:

@@ -63,11 +63,18 @@ def ledger_serve(
         int, typer.Option("--workers", min=1, help="serve the address from this many processes (PostgreSQL)")
     ] = 1,
     plans: Annotated[
-        Path | None, typer.Option("--plans", help="a plans.yaml: serve bill previews (GET .../bills)")
+        Path | None,
+        typer.Option("--plans", help="a plans.yaml: serve bill previews and cap balances, notify thresholds"),
+    ] = None,
+    signals: Annotated[
+        Path | None,
+        typer.Option("--signals", help="a signals.yaml: webhooks for notifications, drop and spike detection"),
     ] = None,
 ) -> None:
     """Serve the ledger's m3ter-compatible ingest API, usage queries and, with --plans,
-    bill previews. A plans file with any problem stops the command (exit 1) naming each."""
+    bill previews, cap balances and threshold notifications; with --signals, webhooks and
+    drops and spikes (docs/notifications.md). A plans or signals file with any problem
+    stops the command (exit 1) naming each."""
     import uvicorn
 
     from ..paths import default_ledger_url
@@ -82,6 +89,7 @@ def ledger_serve(
         "client_id": client_id,
         "client_secret": client_secret,
         "plans": str(plans.resolve()) if plans else None,
+        "signals": str(signals.resolve()) if signals else None,
     }
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +116,7 @@ def _app(options: dict[str, Any]) -> tuple[Any, Any]:
     from ..billing import PlansError, load_plans
     from ..ledger import Ledger
     from ..ledger.api import create_app
+    from ..signals import SignalsFileError, load_signals
 
     try:
         cat = meterkit.load_catalog(options["catalog"]) if options["catalog"] else None
@@ -117,13 +126,19 @@ def _app(options: dict[str, Any]) -> tuple[Any, Any]:
         plans = load_plans(options["plans"], cat) if options.get("plans") else None
     except PlansError as exc:
         raise fail(str(exc), 1) from None
+    try:  # webhook secrets are read here too: a missing one stops the command, named
+        signals = load_signals(options["signals"]) if options.get("signals") else None
+    except SignalsFileError as exc:
+        raise fail(str(exc), 1) from None
     try:
         ledger = Ledger(options["db"])
     except Exception as exc:  # a bad URL or an unreachable database: say which, not a traceback
         raise fail(f"cannot open ledger database: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     client_id, client_secret = options["client_id"], options["client_secret"]
     credentials = (client_id, client_secret) if client_id and client_secret else None
-    app = create_app(ledger, token=options["token"], catalog=cat, client_credentials=credentials, plans=plans)
+    app = create_app(
+        ledger, token=options["token"], catalog=cat, client_credentials=credentials, plans=plans, signals=signals
+    )
     return app, ledger
 
 

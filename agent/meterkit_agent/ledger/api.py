@@ -57,6 +57,8 @@
   and replaced it) and ``GET /organizations/{orgId}/measurements?batch=`` (a backfill's
   measurements, paged): :mod:`.corrections`.
 - ``POST /organizations/{orgId}/usage/query``: m3ter's usage query (:mod:`.explorer`).
+- ``GET /organizations/{orgId}/balances`` (cap balances, with ``--plans``) and
+  ``GET /organizations/{orgId}/notifications``: :mod:`.notices`.
 - ``GET /health``.
 """
 
@@ -78,12 +80,15 @@ from meterkit._model import check_org, validation_token
 
 from ..billing import Plans
 from ..httpserver import BodyError, bearer_ok, json_response, read_body, validate_items
+from ..signals import SignalsSettings
 from . import corrections
 from .closing import bill_routes
 from .digests import register as register_reconciliation
 from .exact import json_value
 from .explorer import register as register_explorer
+from .notices import notice_routes
 from .queries import QueryError, UsageQuery, catalog_problems
+from .signalsrun import SignalsRuntime
 from .store import Ledger
 
 MAX_MEASUREMENTS = 1_000
@@ -104,16 +109,21 @@ def create_app(
     client_credentials: tuple[str, str] | None = None,
     token_ttl_seconds: int = 3600,
     plans: Plans | None = None,
+    signals: SignalsSettings | None = None,
 ) -> FastAPI:
     """The ledger's API. ``token`` is a fixed bearer token; ``client_credentials`` (id,
     secret) also enables m3ter's ``POST /oauth/token`` exchange, whose tokens expire after
     ``token_ttl_seconds``. With neither, requests are not authenticated. ``plans`` (a
-    checked plans file) enables bill previews."""
+    checked plans file) enables bill previews, cap balances and threshold notifications;
+    ``signals`` webhooks and trends (:mod:`.signalsrun`, started by the app's lifespan)."""
+    runtime = SignalsRuntime(ledger, plans, signals)
     app = FastAPI(
         title="meterkit ledger",
         version="1",
         description="An m3ter-compatible ingest API and usage queries, backed by SQLite or PostgreSQL.",
+        lifespan=runtime.lifespan,
     )
+    app.state.signals = runtime
     expected = token.encode() if token else None
     issued: dict[str, float] = {}  # access token -> expiry (monotonic)
     # Only an authenticated sender can be trusted; an open ledger validates everything.
@@ -302,6 +312,7 @@ def create_app(
     app.include_router(bill_routes(ledger, plans, auth))  # bills: previews, frozen bills, closing
     register_reconciliation(app, ledger, auth)  # digests, uid listings and journal anchors
     register_explorer(app, ledger, auth)  # m3ter's usage query
+    app.include_router(notice_routes(ledger, plans, auth))  # cap balances and notifications
     return app
 
 

@@ -20,6 +20,8 @@ Measurements are stored compactly (:mod:`.codec`), with hourly rollups kept at i
   value; ``fields`` (meter, code): where a code has been seen (:mod:`.codec` flags).
 - ``conflicts``: each different content a stored uid was re-sent with.
 - ``closed_bills``: a closed bill period's bill, frozen as it stood when it was closed.
+- ``signal_events``, ``signal_deliveries``: the notifications outbox (:mod:`..signals.outbox`),
+  which thresholds and trends write and the webhook sender reads.
 - Corrections (:mod:`.corrections`): ``corrections`` (org_id, uid) → the uid it corrects
   (``of_uid``, indexed) and its kind; ``voids`` (series, hour, uid): the measurements a
   stored reversal voids, itself included, which usage answers leave out; ``orphans``: a
@@ -42,6 +44,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ..signals.outbox import prepare as prepare_outbox
 from . import sqlfuncs
 from .migrate import migrate
 
@@ -200,6 +203,7 @@ def prepare(engine: Engine) -> None:
             ).first()
         ):
             conn.exec_driver_sql(_POSTGRES_TRIGGER)
+        prepare_outbox(conn)  # notification events and their webhook deliveries (..signals)
         if old or _has_table(conn, "measurements_v1"):
             migrate(conn, postgres)
 

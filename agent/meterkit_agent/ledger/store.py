@@ -20,7 +20,7 @@ reconciliation's listings) decodes them exactly as they were stored.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from ..instants import iso
 from .answers import Answers
 from .codec import decode, uid_text
 from .corrections import Refusal
-from .ingest import Writer, partition_sql
+from .ingest import Row, Writer, partition_sql
 from .queries import UsageQuery, period
 from .schema import LOCK_KEY, is_postgres, make_engine, prepare
 
@@ -81,6 +81,9 @@ class Ledger:
         self.mark = "%s" if self.postgres else "?"
         self.writer = Writer(self.postgres)
         self._lock = threading.Lock()  # one ingest at a time per process: the writer's caches
+        #: called with (org, rows) after a batch that stored something has committed
+        #: (:mod:`.thresholds`); None, the default, costs ingest one test
+        self.watch: Callable[[str, list[Row]], None] | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -116,6 +119,8 @@ class Ledger:
                 raise
             finally:
                 conn.close()
+        if self.watch is not None and outcome.new:
+            self.watch(org, rows)  # after the commit, outside the lock: see .thresholds for why
         uids = tuple(dict.fromkeys(uid for uid, *_ in outcome.clashes))
         return Ingested(outcome.new, outcome.duplicates, len(outcome.clashes), uids, tuple(outcome.refused))
 
@@ -185,6 +190,10 @@ class Ledger:
             return list(cur.fetchall())
         finally:
             conn.close()
+
+    def orgs(self) -> list[str]:
+        """Every organisation that has stored something."""
+        return [org for (org,) in self._all("SELECT org FROM orgs ORDER BY org", ())]
 
     def count(self, org: str | None = None) -> int:
         """How many measurements are stored (from the hourly rollups: the cost of the

@@ -22,7 +22,15 @@ from .crossings import Cap, SpendLevels, Where, band_events, cap_events, reached
 from .events import Event, event_id
 from .outbox import list_notifications, prepare, record
 from .sender import WebhookSender
-from .settings import SecretMissing, SignalsSettings, TrendSettings, WebhookConfig, WebhooksSettings
+from .settings import (
+    SecretMissing,
+    SignalsFileError,
+    SignalsSettings,
+    TrendSettings,
+    WebhookConfig,
+    WebhooksSettings,
+    load_signals,
+)
 from .signing import SignatureError, sign, verify
 from .trends import dense, detect, trend_events
 
@@ -30,6 +38,7 @@ __all__ = [
     "Cap",
     "Event",
     "SecretMissing",
+    "SignalsFileError",
     "SignalsSettings",
     "SignatureError",
     "SpendLevels",
@@ -44,6 +53,7 @@ __all__ = [
     "detect",
     "event_id",
     "list_notifications",
+    "load_signals",
     "prepare",
     "reached_percents",
     "record",

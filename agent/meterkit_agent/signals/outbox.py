@@ -5,8 +5,7 @@ Two tables, created by :func:`prepare` (SQLite and PostgreSQL alike):
 - ``signal_events``: one row per (org, event id), holding the body sent on every attempt.
   The key is the exactly-once: :func:`record` inserts with ``ON CONFLICT DO NOTHING``, so
   however many times, and by however many ledger processes at once, a crossing is seen,
-  one event is stored, and :func:`record` returns it as new to one caller only (who
-  journals it).
+  one event is stored, and :func:`record` returns it as new to one caller only.
 - ``signal_deliveries``: one row per (event, endpoint) the event is for, made in the same
   transaction as the event: ``pending`` until the endpoint acknowledges it
   (``delivered``), with the attempts made, when the next is due, and the last error (a
@@ -109,8 +108,8 @@ def _insert_new(conn: sa.Connection, table: sa.Table, values: dict[str, Any], ke
 
 def record(conn: sa.Connection, events: Iterable[Event], endpoints: Sequence[Endpoint] = ()) -> list[Event]:
     """Store the events not stored before, each with a pending delivery to every endpoint
-    that wants its kind, due at once. Returns the events this call stored (what the
-    caller journals); one already stored, by this process or another, is not returned."""
+    that wants its kind, due at once. Returns the events this call stored; one already
+    stored, by this process or another, is not returned."""
     new = []
     for event in events:
         row = {

@@ -14,9 +14,13 @@ from __future__ import annotations
 import os
 import re
 from decimal import Decimal
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from meterkit import CatalogError
+from meterkit._yaml import LINE_KEY, load_yaml
 
 from ..component import Settings
 
@@ -138,7 +142,56 @@ class TrendSettings(Settings):
 
 
 class SignalsSettings(Settings):
-    """Everything the ledger's signals need from its configuration."""
+    """Everything the ledger's signals need from its configuration (``meterkit ledger
+    serve --signals signals.yaml``)."""
 
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     trends: TrendSettings = Field(default_factory=TrendSettings)
+    #: how often each ledger process evaluates every account's cap thresholds again (what
+    #: a process that died between storing usage and evaluating it left undone) and looks
+    #: for a closed trend bucket
+    sweep_interval_millis: int = Field(60_000, gt=0)
+
+
+class SignalsFileError(ValueError):
+    """A signals file that cannot be used; the message names the file and every problem."""
+
+
+def load_signals(path: str | Path) -> SignalsSettings:
+    """Read and check a signals file (YAML, the catalog's loader: no anchors, no repeated
+    keys). Raises :class:`SignalsFileError` naming each problem, and each webhook whose
+    secret variable is unset or empty (by the variable's name, never a value)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SignalsFileError(f"{p}: cannot read: {exc.strerror}") from None
+    try:
+        doc, problems = load_yaml(text, str(p))
+    except CatalogError as exc:
+        raise SignalsFileError("\n".join(str(problem) for problem in exc.problems)) from None
+    if problems:
+        raise SignalsFileError("\n".join(str(problem) for problem in problems))
+    try:
+        settings = SignalsSettings.model_validate(_plain(doc) if doc is not None else {})
+    except ValidationError as exc:
+        lines = [f"{p}: {'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
+        raise SignalsFileError("\n".join(lines)) from None
+    missing = []
+    for endpoint in settings.webhooks.endpoints:
+        try:
+            endpoint.secret()
+        except SecretMissing as exc:
+            missing.append(f"{p}: {exc}")
+    if missing:
+        raise SignalsFileError("\n".join(missing))
+    return settings
+
+
+def _plain(value: Any) -> Any:
+    """The document without the line numbers the loader records in every mapping."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if k != LINE_KEY}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
