@@ -7,6 +7,8 @@ batch (:mod:`.pipeline.prepare`) and hands it to the sender (:mod:`.pipeline.sen
 delivered to every exporter with retries, refused records dead-lettered, the journal
 appended and only then the checkpoint advanced. A crash anywhere replays from the
 checkpoint; uids make the replay harmless. Fully acknowledged segments are retired.
+With ``service.extensions: [balances]`` a keeper thread (:mod:`.balances`) beside the
+pipeline rewrites the SDK's balance snapshot from the ledger.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from meterkit._batch import BatchWorker
 from meterkit._spool import private_dir
 
 from .audit.journal import Journal
-from .component import Exporter, Processor, Receiver, catalog_at, factory
+from .balances import SNAPSHOT_NAME, BalancesKeeper, SpoolWatermark
+from .component import Exporter, Processor, Receiver, catalog_at, factory, type_of
 from .config import AgentConfig
 from .exporters import EXPORTERS
 from .exporters.exporterhelper import IngestExporter, RetryConfig
@@ -156,6 +159,7 @@ class Agent:
             retire,
             self.drain,
         )
+        self.balances = _balance_keeper(self)
 
     @property
     def sdk_losses(self) -> Counter[str]:
@@ -186,6 +190,8 @@ class Agent:
             receiver.start()
         for server in self.http_servers:
             server.start()
+        if self.balances is not None:
+            self.balances.start()
         logger.info(
             "meterkit agent started: %d receiver(s), exporters %s",
             len(self.receivers),
@@ -197,6 +203,8 @@ class Agent:
         if timeout is None:
             timeout = self.config.service.drain_timeout_millis / 1000.0
         self.drain.begin(timeout)
+        if self.balances is not None:
+            self.balances.shutdown()
         # Network receivers first (their last writes land in a spool), then the tailers.
         for server in self.http_servers:
             server.shutdown(max(1.0, self.drain.left()))
@@ -281,6 +289,28 @@ class Agent:
             return not p.taken or self.sender.put(self.prepare.finish(p))
         finally:
             self._release(sum(len(e.payload) for e in batch))
+
+
+def _balance_keeper(agent: Agent) -> BalancesKeeper | None:
+    """The balance keeper, if configured: it writes ``path``, or ``balances.json`` in each
+    directory a spool receiver reads (where the SDKs writing there look for it), and takes
+    ``as_of`` from every spool the agent tails."""
+    cfg = agent.config.balances
+    if cfg is None:
+        return None
+    pipe = agent.config.pipeline
+    spools = [agent.config.component("receivers", r).directory for r in pipe.receivers if type_of(r) == "spool"]
+    paths = [cfg.path] if cfg.path is not None else [Path(d) / SNAPSHOT_NAME for d in spools]
+    refreshes = agent.metrics.provider.get_meter("meterkit.agent", "0.1.0").create_counter(
+        "meterkit.agent.balance_refreshes", unit="{refresh}"
+    )
+    return BalancesKeeper(
+        cfg,
+        paths,
+        SpoolWatermark(lambda: [r.directory for r in agent.receivers], agent.checkpoint.get),
+        agent.state_dir,
+        on_refresh=lambda outcome: refreshes.add(1, {"outcome": outcome}),
+    )
 
 
 def _build(registry: dict[str, str], cid: str, cfg: Any, *context: Any) -> Any:

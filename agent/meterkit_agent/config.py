@@ -12,13 +12,18 @@
       batch: {max_measurements: 1000, max_bytes: 500000, timeout_millis: 1000}
     exporters:
       m3ter: {org_id: "...", token: "${M3TER_TOKEN}"}   # m3ter itself; base_url: a ledger's instead
+    extensions:
+      balances: {ledger_url: "http://127.0.0.1:8765", org_id: acme, token: "${LEDGER_TOKEN}"}
     service:
       state_dir: /var/lib/meterkit/agent
+      extensions: [balances]
       pipelines:
         usage: {receivers: [spool, http], processors: [validate, derive, batch], exporters: [m3ter]}
 
-Components are named ``type`` or ``type/name`` as in the Collector. Each component's
-settings model lives in the component's own module (``receivers/http.py`` defines
+Components are named ``type`` or ``type/name`` as in the Collector. ``extensions`` hold
+what runs beside the pipeline and is no part of it, enabled by ``service.extensions`` as in
+the Collector: ``balances`` keeps the SDK's balance snapshot fresh (``balances.py``). Each
+component's settings model lives in the component's own module (``receivers/http.py`` defines
 ``HttpReceiverConfig``), found through its kind's registry; this module holds what is
 the agent's as a whole: ``service``, the pipeline, telemetry, and the parsing that
 collects every problem of a file in one pass. ``${VAR}`` (or
@@ -38,11 +43,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from meterkit import CatalogError
 from meterkit._yaml import LINE_KEY, load_yaml
 
+from .balances import BalancesConfig
 from .component import HostPort, Settings, factory, type_of
 from .exporters import EXPORTERS
 from .paths import default_state_dir
 from .processors import PROCESSORS
 from .receivers import RECEIVERS
+
+#: Extension types, by the name used in ``extensions`` (the Collector's ``type[/name]``).
+EXTENSIONS: dict[str, type[Settings]] = {"balances": BalancesConfig}
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -85,6 +94,7 @@ class ServiceConfig(Settings):
     telemetry: TelemetryConfig = TelemetryConfig()
     drain_timeout_millis: int = Field(10_000, gt=0)
     retain_segments_hours: float = Field(0, ge=0)
+    extensions: list[str] = Field(default_factory=list)
     pipelines: dict[str, PipelineConfig]
 
     @field_validator("pipelines")
@@ -103,11 +113,17 @@ class AgentConfig(BaseModel):
     receivers: dict[str, Any]
     processors: dict[str, Any]
     exporters: dict[str, Any]
+    extensions: dict[str, Any] = Field(default_factory=dict)
     service: ServiceConfig
 
     @property
     def pipeline(self) -> PipelineConfig:
         return next(iter(self.service.pipelines.values()))
+
+    @property
+    def balances(self) -> BalancesConfig | None:
+        """The balance keeper's settings, if ``service.extensions`` enables one."""
+        return next((self.extensions[e] for e in self.service.extensions if type_of(e) == "balances"), None)
 
     def component(self, kind: str, cid: str) -> Any:
         return getattr(self, kind)[cid]
@@ -154,7 +170,7 @@ def parse_config(doc: Any, source: str = "config") -> AgentConfig:
     problems: list[str] = []
     if not isinstance(doc, dict):
         raise ConfigFileError([f"{source}: expected a mapping with receivers, processors, exporters and service"])
-    for key in sorted(set(doc) - {"receivers", "processors", "exporters", "service"}):
+    for key in sorted(set(doc) - {"receivers", "processors", "exporters", "extensions", "service"}):
         problems.append(f"{source}: unknown top-level key {key!r}")
     sections: dict[str, dict[str, Any]] = {}
     for kind, registry in (("receivers", RECEIVERS), ("processors", PROCESSORS), ("exporters", EXPORTERS)):
@@ -180,6 +196,7 @@ def parse_config(doc: Any, source: str = "config") -> AgentConfig:
                         + str(err["msg"]).removeprefix("Value error, ")
                     )
         sections[kind] = built
+    sections["extensions"] = _extensions(doc.get("extensions"), source, problems)
     service = None
     try:
         service = ServiceConfig.model_validate(doc.get("service") or {})
@@ -202,10 +219,54 @@ def parse_config(doc: Any, source: str = "config") -> AgentConfig:
             batches = [p for p in pipe.processors if type_of(p) == "batch"]
             if len(batches) > 1:
                 problems.append(f"{source}: service.pipelines.{name}: at most one batch processor")
+        problems.extend(_check_extensions(doc, service, sections["extensions"], source))
     if problems:
         raise ConfigFileError(problems)
     assert service is not None
     return AgentConfig(service=service, **sections)
+
+
+def _extensions(raw: Any, source: str, problems: list[str]) -> dict[str, Any]:
+    """The ``extensions`` section's settings, each checked by its type's model."""
+    if not isinstance(raw, dict):
+        if raw is not None:
+            problems.append(f"{source}: extensions must be a mapping of extension ids to settings")
+        return {}
+    built: dict[str, Any] = {}
+    for cid, settings in raw.items():
+        model = EXTENSIONS.get(type_of(str(cid)))
+        if model is None:
+            problems.append(f"{source}: extensions.{cid}: unknown type {type_of(str(cid))!r}; known: balances")
+            continue
+        try:
+            built[str(cid)] = model.model_validate(settings or {})
+        except ValidationError as exc:
+            for err in exc.errors():
+                where = ".".join(str(p) for p in err["loc"])
+                message = str(err["msg"]).removeprefix("Value error, ")
+                problems.append(f"{source}: extensions.{cid}{'.' + where if where else ''}: {message}")
+    return built
+
+
+def _check_extensions(doc: dict[str, Any], service: ServiceConfig, built: dict[str, Any], source: str) -> list[str]:
+    """``service.extensions`` names defined extensions, at most one balance keeper, and a
+    keeper without ``path`` has a spool receiver's directory to write into."""
+    problems = [
+        f"{source}: service.extensions: {cid!r} is not defined under extensions"
+        for cid in service.extensions
+        if cid not in (doc.get("extensions") or {})
+    ]
+    keepers = [cid for cid in service.extensions if type_of(cid) == "balances"]
+    if len(keepers) > 1:
+        problems.append(f"{source}: service.extensions: at most one balances extension (one snapshot per spool)")
+    cfg = built.get(keepers[0]) if keepers else None
+    pipe = next(iter(service.pipelines.values()))
+    if isinstance(cfg, BalancesConfig) and cfg.path is None and not any(type_of(r) == "spool" for r in pipe.receivers):
+        problems.append(
+            f"{source}: extensions.{keepers[0]}.path: required when the pipeline has no spool receiver"
+            " (the snapshot goes to <spool directory>/balances.json by default)"
+        )
+    return problems
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -243,11 +304,13 @@ def simple_config(
     token: str | None = None,
     state_dir: Path | None = None,
     ledger_db: str | None = None,
+    balances: bool = False,
 ) -> AgentConfig:
     """The configuration for ``meterkit agent run`` without a file: spool in, one backend out.
 
     ``to`` is an m3ter-compatible ingest base URL (a ledger's, or m3ter's); without it the
-    agent writes straight into the embedded SQLite ledger.
+    agent writes straight into the embedded SQLite ledger. ``balances``: keep the balance
+    snapshot fresh from the ledger at ``to``.
     """
     doc: dict[str, Any] = {
         "receivers": {"spool": {"directory": str(spool_dir)} if spool_dir else {}},
@@ -266,6 +329,11 @@ def simple_config(
     else:
         doc["exporters"]["ledger"] = {"org_id": org, **({"db": ledger_db} if ledger_db else {})}
         doc["service"]["pipelines"]["usage"]["exporters"] = ["ledger"]
+    if balances:
+        if not to:
+            raise ConfigFileError(["command line: --balances needs --to, the URL of a ledger serving balances"])
+        doc["extensions"] = {"balances": {"ledger_url": to, "org_id": org, "token": token}}
+        doc["service"]["extensions"] = ["balances"]
     if state_dir:
         doc["service"]["state_dir"] = str(state_dir)
     return parse_config(doc, "command line")

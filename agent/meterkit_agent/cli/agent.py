@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +24,7 @@ def _agent_config(
     token: str | None,
     state_dir: Path | None,
     ledger_db: str | None,
+    balances: bool = False,
 ) -> Any:
     from ..config import ConfigFileError, load_config, simple_config
 
@@ -30,7 +32,14 @@ def _agent_config(
         if config is not None:
             return load_config(config)
         return simple_config(
-            spool_dir=spool_dir, catalog=catalog, to=to, org=org, token=token, state_dir=state_dir, ledger_db=ledger_db
+            spool_dir=spool_dir,
+            catalog=catalog,
+            to=to,
+            org=org,
+            token=token,
+            state_dir=state_dir,
+            ledger_db=ledger_db,
+            balances=balances,
         )
     except ConfigFileError as exc:
         for line in exc.problems:
@@ -55,6 +64,9 @@ def agent_run(
     ] = None,
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="checkpoint, dead letters, status")] = None,
     ledger_db: Annotated[str | None, typer.Option("--ledger-db", help="database URL of the embedded ledger")] = None,
+    balances: Annotated[
+        bool, typer.Option("--balances", help="keep <spool-dir>/balances.json fresh from the ledger at --to")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Deliver spooled measurements until SIGTERM, then drain and exit."""
@@ -62,7 +74,7 @@ def agent_run(
 
     done = stop_on_signals()
     configure_logging(verbose)
-    cfg = _agent_config(config, spool_dir, catalog, to, org, token, state_dir, ledger_db)
+    cfg = _agent_config(config, spool_dir, catalog, to, org, token, state_dir, ledger_db, balances)
     raise typer.Exit(Agent(cfg).run_forever(done))
 
 
@@ -80,20 +92,30 @@ def agent_validate_config(file: Annotated[Path, typer.Argument(help="agent.yaml"
 @agent_app.command("status")
 def agent_status(
     state_dir: Annotated[Path | None, typer.Option("--state-dir")] = None,
+    balances: Annotated[
+        list[Path] | None, typer.Option("--balances", help="a balance snapshot to show (default: the agent's)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Print the agent's health counters (from its status file)."""
-    import time
-
+    """Print the agent's health counters (from its status file) and how fresh its balance
+    snapshots are (from the snapshot files themselves)."""
     from ..pipeline.telemetry import read_status
 
     directory = state_dir_or_default(state_dir)
     status = read_status(directory)
-    if status is None:
+    snapshots = _balance_snapshots(directory, balances)
+    if status is None and snapshots is None:
         raise fail(f"no status in {directory}: is an agent running with this --state-dir?", 1)
     if as_json:
-        print_json(status)
+        print_json({**(status or {}), **({"balances": snapshots} if snapshots is not None else {})})
         return
+    if status is not None:
+        _print_health(status)
+    if snapshots is not None:
+        _print_snapshots(snapshots)
+
+
+def _print_health(status: dict[str, Any]) -> None:
     age = time.time() - float(status.get("at", 0))
     typer.echo(f"agent pid {status.get('pid')}, status written {age:.0f} s ago")
     metrics = status.get("metrics", {})
@@ -119,3 +141,70 @@ def agent_status(
             else:
                 mean = p["sum"] / p["count"] if p["count"] else 0
                 typer.echo(f"  {label:<48}{p['count']:>14,}  mean {mean:.3f} s, max {p['max']:.3f} s")
+
+
+def _balance_snapshots(state_dir: Path, given: list[Path] | None) -> dict[str, Any] | None:
+    """The snapshots' freshness, read from the files (their ``fetched_at``), never from a
+    running agent: a stopped agent's snapshot shows as old as it is. None: no keeper
+    configured and no ``--balances``."""
+    from meterkit._settings import LimitSettings
+
+    from ..balances import read_status as keeper_status
+
+    keeper = keeper_status(state_dir)
+    paths = list(given or []) or [Path(p) for p in (keeper or {}).get("paths", [])]
+    if not paths:
+        return None
+    max_age = LimitSettings().balances_max_age_seconds  # the SDK's default
+    now_ms = time.time_ns() // 1_000_000
+    return {
+        "max_age_seconds": max_age,
+        "snapshots": [_describe(path, now_ms, max_age) for path in paths],
+        "last_error": (keeper or {}).get("last_error"),
+        "last_error_at": (keeper or {}).get("last_error_at"),
+        "failures_in_a_row": (keeper or {}).get("failures_in_a_row", 0),
+    }
+
+
+def _describe(path: Path, now_ms: int, max_age_seconds: float) -> dict[str, Any]:
+    from meterkit._caps import parse_snapshot
+
+    from ..instants import iso
+
+    try:
+        snapshot = parse_snapshot(path.read_bytes())
+    except FileNotFoundError:
+        return {"path": str(path), "problem": "no snapshot"}
+    except (OSError, ValueError) as exc:
+        return {"path": str(path), "problem": f"unreadable ({getattr(exc, 'strerror', None) or exc})"}
+    age = (now_ms - snapshot.fetched_at_ms) / 1000.0
+    return {
+        "path": str(path),
+        "as_of": iso(snapshot.as_of_ms),
+        "fetched_at": iso(snapshot.fetched_at_ms),
+        "age_seconds": round(age, 3),
+        "balances": len(snapshot.balances),
+        "stale": age > max_age_seconds,
+    }
+
+
+def _print_snapshots(found: dict[str, Any]) -> None:
+    typer.echo("balance snapshots:")
+    for s in found["snapshots"]:
+        if "problem" in s:
+            typer.echo(f"  {s['path']}: {s['problem']}; caps follow the fallback policy")
+            continue
+        stale = (
+            f"  STALE: older than {found['max_age_seconds']:.0f} s, caps follow the fallback policy"
+            if s["stale"]
+            else ""
+        )
+        typer.echo(
+            f"  {s['path']}: as_of {s['as_of']}, fetched_at {s['fetched_at']} ({s['age_seconds']:.0f} s ago),"
+            f" {s['balances']} balance(s){stale}"
+        )
+    if found["last_error"]:
+        streak = (
+            f", {found['failures_in_a_row']} failure(s) in a row" if found["failures_in_a_row"] else ", since recovered"
+        )
+        typer.echo(f"  last error at {found['last_error_at']}: {found['last_error']}{streak}")
