@@ -27,9 +27,14 @@ billed. Any period that has ended may be closed, in any order, as m3ter and Stri
 ended bill be finalised without the earlier ones: a closed period between open ones passes
 its adjustments on to the next open period after it.
 
-Adjustment lines are outside the minimum-spend comparison and count toward the subtotal, so
-the period's credits apply to them (:func:`.bills.price`). A negative adjustment (usage
-withdrawn from a closed period) can take a bill's ``total`` below zero: what is owed back.
+Adjustment lines are outside the minimum-spend comparison, and the period's credits do not
+apply to them (:func:`.bills.price`): C's own credits are part of C recomputed now, so a
+credit counts once, in its own period, however often C's usage changes. Each bill's total is
+then its ``period_total`` plus its adjustments, and over all bills the account pays each
+period's own total as recomputed now, once: nothing billed twice or never (the property
+tested in ``tests/agent/billing/test_conservation.py``), as long as an open period follows
+every closed one. A negative adjustment (usage withdrawn from a closed period) can take a
+bill's ``total`` below zero: what is owed back.
 """
 
 from __future__ import annotations

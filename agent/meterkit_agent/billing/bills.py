@@ -12,13 +12,14 @@ period (its *segments*):
   of the plan's minimum spend (Lago's plan-level minimum commitment: "the subscription fee
   and all usage-based charges", https://www.getlago.com/changelog/minimum-plan-commitment);
 
-then any ``adjustment`` lines for closed periods (:mod:`.adjustments`: they are priced
-there and passed in), then the account's credits for the period, which lower the bill but
-never below zero: a credit larger than what is left is applied in part, and the rest is
-reported as ``unapplied_credit`` (it is not carried to another period). ``total`` is the
-exact sum of the rounded lines. ``period_total`` is what the period's own lines come to
-after its credits, adjustments left out: the figure a closed period is later recomputed
-against.
+then the account's credits for the period, which lower the period's own charges but never
+below zero: a credit larger than what is left is applied in part, and the rest is reported
+as ``unapplied_credit`` (it is not carried to another period); then any ``adjustment``
+lines for closed periods (:mod:`.adjustments`: they are priced there and passed in), which
+no credit applies to. ``total`` is the exact sum of the rounded lines. ``period_total`` is
+what the period's own lines come to after its credits, adjustments left out: exactly what
+the period itself adds to what the account pays, and the figure a closed period is later
+recomputed against.
 
 **A plan change within a period.** m3ter lets an account be on one plan (per product) at
 a time; replacing a plan ends the current attachment where the next one starts
@@ -84,10 +85,11 @@ PeriodKey = tuple[int, int, str]
 
 @dataclass(frozen=True)
 class Bill:
-    """One bill period's bill. ``subtotal`` is before credits, ``credits`` what they took
-    off, ``total`` what is owed: never taken below zero by a credit, below zero only when
-    adjustments give back more than the period charges. ``period_total`` is the period's
-    own lines after its credits, without adjustments (``total`` when there are none)."""
+    """One bill period's bill. ``subtotal`` is its own charges plus adjustments, before
+    credits; ``credits`` what they took off the own charges (never an adjustment);
+    ``total`` what is owed: below zero only when adjustments give back more than the
+    period charges after its credits. ``period_total`` is the period's own lines after its
+    credits, without adjustments (``total`` when there are none)."""
 
     account: str
     currency: str
@@ -200,22 +202,26 @@ def price(
     usage: Usage,
     adjustments: Sequence[Line] = (),
 ) -> Bill:
-    """The bill of one period (as :func:`bill_periods` gives it), with ``adjustments``
-    (lines of kind ``adjustment``) after the period's own lines. Adjustments are outside
-    the minimum-spend comparison (each segment's true-up compares its own charges) and
-    count toward the subtotal, so the period's credits apply to them too."""
+    """The bill of one period (as :func:`bill_periods` gives it): its own lines, its
+    credits, then ``adjustments`` (lines of kind ``adjustment``, for closed periods).
+
+    Credits apply to the period's own charges only, never to an adjustment: an adjustment
+    is a closed period's money, already billed with that period's own credits, and a
+    closed period is later recomputed on its own lines alone. So ``period_total`` (own
+    charges less credits) is exactly what this period's lines add to what the account
+    pays, and recomputing the period later compares like with like. Adjustments are
+    likewise outside the minimum-spend comparison (each segment's true-up compares its
+    own charges); they count toward ``subtotal`` and ``total``, at face value."""
     ps, pe, bill_period = key
     lines: list[Line] = []
     for segment in segments:
         lines.extend(_segment_lines(plans, account, ps, pe, segment, usage))
     own = sum((line.amount for line in lines), Decimal(0))
-    lines.extend(adjustments)
-    subtotal = own + sum((line.amount for line in adjustments), Decimal(0))
     credits = [c for c in plans.credits.get(account, ()) if c.period_ms == ps]
     if not any(s.start_ms == ps for s in segments):  # a credit needs the period to start on this plan
         credits = []
-    credit_lines, remaining, unapplied = _credits(credits, subtotal, plans.minor_units)
-    _, own_remaining, _ = _credits(credits, own, plans.minor_units)
+    credit_lines, own_remaining, unapplied = _credits(credits, own, plans.minor_units)
+    adjusted = sum((line.amount for line in adjustments), Decimal(0))
     minor = plans.minor_units
     return Bill(
         account,
@@ -223,10 +229,10 @@ def price(
         bill_period,
         ps,
         pe,
-        (*lines, *credit_lines),
-        round_money(subtotal, minor),
-        round_money(subtotal - remaining, minor),
-        round_money(remaining, minor),
+        (*lines, *credit_lines, *adjustments),
+        round_money(own + adjusted, minor),
+        round_money(own - own_remaining, minor),
+        round_money(own_remaining + adjusted, minor),
         round_money(unapplied, minor),
         round_money(own_remaining, minor),
     )

@@ -47,6 +47,7 @@ _STATUS = {
     "unknown_account": 404,
     "empty_range": 400,
     "not_a_period_start": 400,
+    "period_out_of_range": 400,
     "ambiguous_period": 409,
     "period_not_ended": 409,
 }

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import pytest
 import requests
 
 from meterkit._corrections import reversal
-from meterkit_agent.billing import MeasurementsUsage, plans_from_text
+from meterkit_agent.billing import BillingError, MeasurementsUsage, plans_from_text
 from meterkit_agent.billing.adjustments import ClosedBill, account_bills, bill_to_close, period_start_ms
 from meterkit_agent.billing.periods import instant_ms, iso, period_start
 from tests.agent.billing.conftest import JAN, calls, plans_yaml
@@ -165,6 +167,18 @@ def test_closing_a_running_period_or_a_time_inside_one_is_refused_naming_why(ser
     assert unknown.status_code == 404 and "'globex' is not in the plans file" in unknown.json()["message"]
     bad = close(server, "closing-refused", "2026-13")
     assert bad.status_code == 400 and bad.json()["errors"] == [{"reason": "bad_period"}]
+    for far in (  # December 9999 ends in year 10000: a refusal naming it, never a 500
+        close(server, "closing-refused", "9999-12"),
+        requests.get(
+            f"{server.url}/organizations/closing-refused/bills",
+            params={"account": "acme", "from": "9999-12-01", "to": "9999-12-31"},
+            headers=AUTH,
+            timeout=60,
+        ),
+    ):
+        assert far.status_code == 400, far.text
+        assert far.json()["errors"] == [{"reason": "period_out_of_range"}]
+        assert "9999-12-01T00:00:00.000Z to 10000-01-01T00:00:00.000Z" in far.json()["message"]
     assert bills(server, "closing-refused", **Q1)[0]["status"] == "open"  # nothing was closed
 
 
@@ -199,12 +213,12 @@ def closed_now(plans: Any, usage: MeasurementsUsage, closed: list[ClosedBill], m
     return [*closed, ClosedBill(key[0], key[1], instant_ms(doc["closed_at"]), doc)]
 
 
-def test_credits_apply_to_adjustments_and_the_minimum_spend_does_not_count_them() -> None:
+def test_credits_apply_to_the_periods_own_charges_never_to_adjustments_nor_the_minimum_spend() -> None:
     plans = plans_from_text(
         plans_yaml(
             minimum='"3.00"',
             bands='[{lower_limit: 0, unit_price: "1"}]',
-            credits='\n  acme: [{amount: "2.50", period: "2026-02-01"}]',
+            credits='\n  acme: [{amount: "4.00", period: "2026-02-01"}]',
         )
     )
     records = [calls("acme", "2026-01-05T00:00:00Z", 4), calls("acme", "2026-02-05T00:00:00Z", 1)]
@@ -214,11 +228,70 @@ def test_credits_apply_to_adjustments_and_the_minimum_spend_does_not_count_them(
     assert [(line["kind"], line["amount"]) for line in february["lines"]] == [
         ("usage", "1.00"),
         ("minimum_spend", "2.00"),  # the minimum compares February's own 1.00, not the adjustment
+        ("credit", "-3.00"),  # 4.00 given: it takes February's own 3.00 to zero, not the adjustment
         ("adjustment", "2.00"),
-        ("credit", "-2.50"),  # the credit takes off the adjustment too
     ]
-    assert (february["subtotal"], february["credits"], february["total"]) == ("5.00", "2.50", "2.50")
-    assert february["period_total"] == "0.50"  # 3.00 own, less the credit: what February is billed for itself
+    assert (february["subtotal"], february["credits"], february["total"]) == ("5.00", "3.00", "2.00")
+    assert (february["period_total"], february["unapplied_credit"]) == ("0.00", "1.00")
+
+
+def _credit_and_adjustment(january_change: int) -> tuple[list[dict[str, Any]], list[ClosedBill]]:
+    """The review's case: 1.00 a call, a 15.00 credit on February. January (30 calls) is
+    closed; January changes by ``january_change`` calls; February (10 calls) is closed,
+    carrying that adjustment; then 20 more calls land in February. March stays open."""
+    plans = plans_from_text(plans_yaml(credits='\n  acme: [{amount: "15.00", period: "2026-02-01"}]'))
+    records = [calls("acme", "2026-01-05T00:00:00Z", 30, uid="j0"), calls("acme", "2026-02-05T00:00:00Z", 10)]
+    closed = closed_now(plans, MeasurementsUsage(records), [], "2026-01")
+    records[0] = calls("acme", "2026-01-05T00:00:00Z", 30 + january_change, uid="j0b")  # j0 replaced
+    closed = closed_now(plans, MeasurementsUsage(records), closed, "2026-02")
+    records.append(calls("acme", "2026-02-06T00:00:00Z", 20))
+    usage = MeasurementsUsage(records)
+    return account_bills(plans, "acme", JAN, instant_ms("2026-04-01"), usage, closed), closed
+
+
+def test_a_credit_on_a_period_carrying_a_positive_adjustment_counts_once_when_that_period_changes() -> None:
+    (january, february, march), closed = _credit_and_adjustment(+20)
+    assert (january, february) == (closed[0].doc, closed[1].doc)
+    assert [(line["kind"], line["amount"]) for line in february["lines"]] == [
+        ("usage", "10.00"),
+        ("credit", "-10.00"),  # 15.00 given, 10.00 of February's own charges to take it off
+        ("adjustment", "20.00"),  # January: 50.00 now, 30.00 billed; no credit touches it
+    ]
+    assert (february["total"], february["period_total"]) == ("20.00", "0.00")
+    # February is now 30 calls less its 15.00 credit: 15.00, of which 0.00 was billed
+    assert adjustments(march) == [("2026-02-01T00:00:00.000Z", "15.00", "15.00", "0.00")]
+    paid = sum(Decimal(b["total"]) for b in (january, february, march))
+    assert paid == Decimal("65.00")  # January 50 + February 30 - the credit 15, once
+
+
+def test_a_credit_on_a_period_carrying_a_negative_adjustment_counts_once_when_that_period_changes() -> None:
+    (january, february, march), _ = _credit_and_adjustment(-20)
+    assert [(line["kind"], line["amount"]) for line in february["lines"]] == [
+        ("usage", "10.00"),
+        ("credit", "-10.00"),  # applied to February's own 10.00 whatever the adjustment
+        ("adjustment", "-20.00"),  # January: 10.00 now, 30.00 billed
+    ]
+    assert (february["subtotal"], february["total"], february["period_total"]) == ("-10.00", "-20.00", "0.00")
+    assert adjustments(march) == [("2026-02-01T00:00:00.000Z", "15.00", "15.00", "0.00")]
+    paid = sum(Decimal(b["total"]) for b in (january, february, march))
+    assert paid == Decimal("25.00")  # January 10 + February 30 - the credit 15, once
+
+
+def test_a_period_ending_in_year_10000_is_refused_naming_it() -> None:
+    plans = plans_from_text(plans_yaml())
+    usage = MeasurementsUsage([])
+    with pytest.raises(BillingError) as closing:
+        bill_to_close(plans, "acme", period_start_ms("9999-12"), usage, [], JAN)
+    assert closing.value.reason == "period_out_of_range"
+    assert "bill period 9999-12-01T00:00:00.000Z to 10000-01-01T00:00:00.000Z" in str(closing.value)
+    with pytest.raises(BillingError) as listing:
+        account_bills(plans, "acme", instant_ms("9999-11-01"), instant_ms("9999-12-02"), usage, [])
+    assert listing.value.reason == "period_out_of_range"
+    last = account_bills(plans, "acme", instant_ms("9999-11-01"), instant_ms("9999-12-01"), usage, [])
+    assert [(b["from"], b["to"]) for b in last] == [("9999-11-01T00:00:00.000Z", "9999-12-01T00:00:00.000Z")]
+    yearly = plans_from_text(plans_yaml(bill_period="year"))
+    with pytest.raises(BillingError, match=re.escape("year bill period 9999-01-01T00:00:00.000Z to 10000")):
+        account_bills(yearly, "acme", instant_ms("9999-06-01"), instant_ms("9999-06-02"), usage, [])
 
 
 def test_a_zero_adjustment_is_not_shown() -> None:
