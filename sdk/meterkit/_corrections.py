@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._errors import MeasurementError, safe_repr
-from ._limits import MAX_ACCOUNT_LENGTH, MAX_UID_LENGTH, identifier_ok, problem
+from ._limits import BAD_IDENTIFIER_RE, MAX_ACCOUNT_LENGTH, MAX_UID_LENGTH, identifier_ok, problem
 
 #: Namespace of correction uids (uuid5): fixed forever, or a re-run would mint new uids.
 CORRECTIONS_NAMESPACE = uuid.UUID("3d4c8a5e-9f61-5b2e-8a07-c1e2f3a4b5d6")
@@ -39,12 +39,16 @@ KINDS = (REVERSAL, REPLACEMENT)
 EXTENSION_KEYS = frozenset({"correction", "batch"})
 #: A backfill batch id is named like an account: 1 to 80 characters, no control character.
 MAX_BATCH_LENGTH = MAX_ACCOUNT_LENGTH
+#: ``meterkit._model.NUMERIC_CATEGORIES``, which this module cannot import: ``_model``
+#: imports this one (tests/sdk/test_corrections.py checks that the two are equal).
 _NUMERIC = ("measure", "income", "cost")
 #: What a correction control record says was done: ``meterkit correct --cancel`` /
 #: ``--set``, ``meterkit backfill revert``.
 ACTIONS = ("cancel", "amend", "revert")
 #: Uids in each list of one control record; more are split over several records.
 MAX_UIDS_PER_CONTROL = 5000
+#: The most characters of a control record's ``reason`` (one frame's worth, and a person's).
+MAX_REASON_LENGTH = 2000
 
 
 def reversal_uid(of: str) -> str:
@@ -55,6 +59,43 @@ def reversal_uid(of: str) -> str:
 def replacement_uid(of: str) -> str:
     """The uid of the replacement of the measurement whose uid is ``of``."""
     return str(uuid.uuid5(CORRECTIONS_NAMESPACE, f"{REPLACEMENT}\x1f{of}"))
+
+
+def correction_of(measurement: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(of, kind)`` of a correction, or None for any other measurement (or a malformed mark)."""
+    found = measurement.get("correction")
+    if type(found) is not dict:
+        return None
+    of, kind = found.get("of"), found.get("kind")
+    return (of, kind) if type(of) is str and kind in KINDS else None
+
+
+def is_reversal(measurement: Mapping[str, Any]) -> bool:
+    """Whether ``measurement`` is a reversal (it never counts, and is never corrected)."""
+    found = correction_of(measurement)
+    return found is not None and found[1] == REVERSAL
+
+
+def reversal_mismatch(given: Mapping[str, Any], original: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """How ``given`` (a reversal of ``original``) differs from ``reversal(original)``: each
+    differing field as (name, given value, expected value), ``category.code`` inside a
+    category; a value that is absent is ``None``. Empty when it is exactly the reversal."""
+    expected = reversal(original)
+    out: list[tuple[str, Any, Any]] = []
+    for key in sorted(set(given) | set(expected)):
+        mine, theirs = given.get(key), expected.get(key)
+        if type(mine) is dict and type(theirs) is dict and key != "correction":
+            for code in sorted(set(mine) | set(theirs)):
+                if not _same(mine.get(code), theirs.get(code)):
+                    out.append((f"{key}.{code}", mine.get(code), theirs.get(code)))
+        elif not _same(mine, theirs):
+            out.append((key, mine, theirs))
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and of the same type: ``1`` and ``1.0`` hash differently in a content digest."""
+    return type(a) is type(b) and a == b
 
 
 def reversal(original: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,6 +161,21 @@ def check_batch(batch: object, meter: str | None = None) -> None:
         )
 
 
+def said_problem(value: object, name: str, limit: int = MAX_REASON_LENGTH) -> str | None:
+    """Why ``value`` cannot be a control record's ``reason`` or ``by`` (named ``name``), or
+    None: it must say something, in at most ``limit`` characters, with no control character
+    (a line feed or an escape sequence in the audit journal would forge or hide a line where
+    a person reads it)."""
+    if type(value) is not str or not value.strip():
+        return f"{name} must say something (not empty, not only spaces)"
+    if len(value) > limit:
+        return f"{name} is {len(value)} characters; at most {limit}"
+    found = BAD_IDENTIFIER_RE.search(value)
+    if found is not None:
+        return f"{name} holds the control character U+{ord(found.group()):04X} at position {found.start()}"
+    return None
+
+
 def content(measurement: Mapping[str, Any]) -> dict[str, Any]:
     """What a measurement says, without what names it (``uid``) or marks it (``correction``,
     ``batch``): two versions of a measurement with equal content need no correction."""
@@ -141,8 +197,10 @@ def control_record(
     the sorted ``uids``, so writing the same corrections again repeats the same id."""
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
-    if not reason.strip():
-        raise ValueError("a correction needs a reason")
+    for value, name in ((reason, "reason"), (by, "by")):
+        why = said_problem(value, name)
+        if why is not None:
+            raise ValueError(why)
     if len(of) > MAX_UIDS_PER_CONTROL or len(uids) > MAX_UIDS_PER_CONTROL:
         raise ValueError(f"at most {MAX_UIDS_PER_CONTROL} uids per control record; split the write")
     material = "\x1f".join(["control", *sorted(uids)])
@@ -194,14 +252,19 @@ __all__ = [
     "ACTIONS",
     "CORRECTIONS_NAMESPACE",
     "EXTENSION_KEYS",
+    "MAX_REASON_LENGTH",
     "MAX_UIDS_PER_CONTROL",
     "MeasurementError",
     "check_batch",
     "check_extensions",
     "content",
     "control_record",
+    "correction_of",
+    "is_reversal",
     "replacement",
     "replacement_uid",
     "reversal",
+    "reversal_mismatch",
     "reversal_uid",
+    "said_problem",
 ]

@@ -183,3 +183,61 @@ def test_submit_batch_refuses_a_bad_batch_id_before_any_row(spool: Path) -> None
     client.shutdown(5)
     assert caught.value.problem.reason == "bad_batch"
     assert spooled(spool) == []
+
+
+def test_one_helper_says_what_a_correction_is() -> None:
+    from meterkit._corrections import correction_of, is_reversal
+
+    assert correction_of(reversal(ORIGINAL)) == ("u-1", "reversal") and is_reversal(reversal(ORIGINAL))
+    assert correction_of(replacement(ORIGINAL, {})) == ("u-1", "replacement")
+    assert not is_reversal(replacement(ORIGINAL, {}))
+    for junk in ("junk", {"of": 3, "kind": "reversal"}, {"of": "u", "kind": "undo"}, None):
+        assert correction_of({**ORIGINAL, "correction": junk}) is None
+
+
+def test_a_reversal_mismatch_names_each_difference() -> None:
+    from meterkit._corrections import _NUMERIC, reversal_mismatch
+    from meterkit._model import NUMERIC_CATEGORIES
+
+    assert _NUMERIC == NUMERIC_CATEGORIES  # a copy only because _model imports _corrections
+    assert reversal_mismatch(reversal(ORIGINAL), ORIGINAL) == []
+    assert reversal_mismatch(reversal({**ORIGINAL, "batch": "bf-1"}), {**ORIGINAL, "batch": "bf-1"}) == []
+    bad = {**reversal(ORIGINAL), "measure": {"calls": -1, "seconds": -0.1}, "ts": "2026-01-05T11:00:00.000Z"}
+    assert reversal_mismatch(bad, ORIGINAL) == [
+        ("measure.calls", -1, -3),
+        ("ts", "2026-01-05T11:00:00.000Z", ORIGINAL["ts"]),
+    ]
+    assert reversal_mismatch({**reversal(ORIGINAL), "measure": {"calls": -3.0, "seconds": -0.1}}, ORIGINAL) == [
+        ("measure.calls", -3.0, -3)  # equal as numbers, not as content
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reason", "named"),
+    [("", "must say something"), ("a\nb", r"U\+000A at position 1"), ("\x9b", r"U\+009B"), ("x" * 2001, "2001")],
+)
+def test_a_control_record_refuses_a_reason_a_journal_cannot_show(reason: str, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        control_record("cancel", reason, "a@h", "2026-01-06T00:00:00.000Z", ["u-1"], [reversal_uid("u-1")])
+    with pytest.raises(ValueError, match="by holds the control character"):
+        control_record("cancel", "ok", "a\x1b@h", "2026-01-06T00:00:00.000Z", ["u-1"], [reversal_uid("u-1")])
+
+
+def test_derived_fields_are_computed_by_one_function() -> None:
+    from meterkit._derive import derive, plan
+
+    catalog = meterkit.load_catalog(CATALOG)
+    meter = catalog.meters["data_downloaded"]
+    m = {
+        "uid": "d",
+        "meter": meter.code,
+        "account": "a",
+        "ts": "2026-01-05T10:00:00.000Z",
+        "measure": {"bytes": 3 * 2**20},
+    }
+    derived = derive(meter, plan(meter), m)
+    assert derived.values == [("measure", "mib", 3)] and derived.skipped == []
+    derived.store_into(m)
+    assert m["measure"] == {"bytes": 3 * 2**20, "mib": 3}
+    skipped = derive(meter, plan(meter), {**m, "measure": {"bytes": "lots"}}).skipped
+    assert [code for code, _ in skipped] == ["mib"]  # cannot be computed: left out, and said why

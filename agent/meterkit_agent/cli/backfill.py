@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 
 import meterkit
 from meterkit._corrections import MAX_UIDS_PER_CONTROL, check_batch, reversal
-from meterkit._model import CATEGORIES
+from meterkit._model import CATEGORIES, NUMERIC_CATEGORIES
 
 from .correcting import (
     CorrectionWriter,
@@ -80,7 +80,7 @@ def _csv_rows(path: Path, meter: str, catalog: meterkit.Catalog | None) -> Itera
                     category, code = known.field_categories[column], column
                 if category in CATEGORIES:
                     row.setdefault(category, {})[code] = (
-                        _number(text) if category in ("measure", "income", "cost") else text
+                        _number(text) if category in NUMERIC_CATEGORIES else text
                     )
                 else:
                     row[column] = text
@@ -235,8 +235,9 @@ def revert(
 
 
 def _live(reader: LedgerReader, doc: Any) -> dict[str, Any] | None:
-    """The live version of a listed measurement; the listing may leave out ``corrected``,
-    and then the measurement is read on its own."""
+    """The live version of a listed measurement. The ledger's listing says each one's
+    ``corrected`` state, so only an amended one is read again (its replacement); a listing
+    without it (an older ledger) costs a request per measurement."""
     if not isinstance(doc, dict) or not isinstance(doc.get("uid"), str):
         raise fail(f"the ledger at {reader.url} listed something that is not a measurement", 1)
     if "corrected" not in doc:

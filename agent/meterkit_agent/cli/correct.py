@@ -15,6 +15,14 @@ spool (written, not yet delivered) is found there too: the same one again is not
 do, a different one is refused until the first has been delivered, as two different
 replacements under one uid would conflict. What this shares with ``meterkit backfill
 revert`` is in ``.correcting``.
+
+Derived fields. With a catalog, the replacement's derived fields are computed from its
+amended data fields by :func:`meterkit._derive.derive`, the function the agent's
+``derive`` processor runs, so the replacement is whole even through an agent that does
+not derive; ``--set`` of a derived field is refused. Without a catalog the command cannot
+tell derived fields from data fields: the replacement keeps every field the live version
+has, as it has it (a derived value the amended fields would change stays as it was
+unless the agent runs ``derive``).
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ import typer
 
 import meterkit
 from meterkit._corrections import content, control_record, replacement, reversal
-from meterkit._model import CATEGORIES, NUMERIC_CATEGORIES
+from meterkit._derive import NumberOutOfRange, derive, plan
+from meterkit._model import CATEGORIES, NUMERIC_CATEGORIES, uid_problem
 from meterkit._timefmt import iso_ms
 
 from .correcting import (
@@ -45,6 +54,7 @@ from .correcting import (
     live_version,
     resolve,
     split_state,
+    spool_lock,
     spooled_corrections,
 )
 from .output import fail, print_json, print_table
@@ -76,7 +86,10 @@ def typed(name: str, text: str) -> int | float | None:
     if text == "":
         return None
     if _INT.match(text):
-        return int(text)
+        try:
+            return int(text)
+        except ValueError:  # past Python's limit on digits converted: far past any number's range
+            raise fail(f"--set {name}: {len(text)} digits: out of range for a number") from None
     if not _FLOAT.match(text):
         raise fail(f"--set {name}={text}: not a number")
     value = float(text)
@@ -87,22 +100,50 @@ def typed(name: str, text: str) -> int | float | None:
     return value
 
 
-def without_derived(measurement: dict[str, Any], catalog: meterkit.Catalog | None) -> dict[str, Any]:
-    """``measurement`` without its meter's derived fields: the agent computes them anew
-    from a replacement's data fields, so a stale value is not carried over."""
+def derived_codes(measurement: dict[str, Any], catalog: meterkit.Catalog | None) -> dict[str, str]:
+    """``category.code`` -> calculation of the measurement's meter's derived fields."""
     known = catalog.meters.get(measurement.get("meter", "")) if catalog is not None else None
-    if known is None or not known.derived_fields:
+    if known is None:
+        return {}
+    return {f"{f.category.value}.{f.code}": f.calculation for f in known.derived_fields}
+
+
+def without_derived(measurement: dict[str, Any], catalog: meterkit.Catalog | None) -> dict[str, Any]:
+    """``measurement`` without its meter's derived fields."""
+    codes = derived_codes(measurement, catalog)
+    if not codes:
         return measurement
     out = dict(measurement)
-    for field in known.derived_fields:
-        category = field.category.value
+    for name in codes:
+        category, _, code = name.partition(".")
         values = out.get(category)
-        if isinstance(values, dict) and field.code in values:
-            values = {k: v for k, v in values.items() if k != field.code}
+        if isinstance(values, dict) and code in values:
+            values = {k: v for k, v in values.items() if k != code}
             if values:
                 out[category] = values
             else:
                 del out[category]
+    return out
+
+
+def amended(live: dict[str, Any], changes: dict[str, Any], catalog: meterkit.Catalog | None) -> dict[str, Any]:
+    """The replacement of ``live`` with ``changes``; with a catalog, its derived fields
+    computed anew from its data fields, as the agent computes them."""
+    codes = derived_codes(live, catalog)
+    for name in changes:
+        if name in codes:
+            raise fail(f"--set {name}: a derived field, computed from the data fields ({codes[name]}); set those")
+    out = replacement(without_derived(live, catalog), changes)
+    if not codes or catalog is None:
+        return out
+    meter = catalog.meters[live["meter"]]
+    try:
+        derived = derive(meter, plan(meter), out)
+    except NumberOutOfRange as exc:
+        raise fail(f"the replacement of {live['uid']}: {exc} [derived_out_of_range]") from None
+    for code, why in derived.skipped:
+        typer.echo(f"note: derived field {meter.code}.{code} {why}; the replacement goes without it", err=True)
+    derived.store_into(out)
     return out
 
 
@@ -125,6 +166,8 @@ def _original(path: Path, uid: str) -> dict[str, Any]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise fail(f"--original {path}: cannot read a JSON measurement ({exc})") from None
+    except RecursionError:
+        raise fail(f"--original {path}: nested too deeply to be a measurement") from None
     if not isinstance(doc, dict):
         raise fail(f"--original {path}: expected a JSON object (a measurement)")
     measurement, reversed_by, replaced_by = split_state(doc, str(path))
@@ -163,6 +206,9 @@ def correct_cmd(
     """Cancel (--cancel) or amend (--set) one measurement: a reversal of its live version,
     plus its replacement, with uids derived from it, so running this twice changes nothing.
     The ledger's token comes from METERKIT_LEDGER_TOKEN. Bad input exits 2."""
+    bad_uid = uid_problem(uid, None)
+    if bad_uid is not None:
+        raise fail(f"--uid: {bad_uid.problem.message}")
     check_reason(reason)
     if cancel == bool(sets):
         raise fail("give exactly one of --cancel or --set")
@@ -187,20 +233,33 @@ def correct_cmd(
     live = checked(live, None)
     records = [checked(reversal(live), cat)]
     if not cancel:
-        records.append(checked(replacement(without_derived(live, cat), changes), cat, "--set "))
-    pending = spooled_corrections(settings.spool_dir, {live["uid"]})
-    if pending:
-        if {r["uid"]: r for r in records} == pending:
-            typer.echo(f"the same correction of {live['uid']} is in the spool already: nothing to do")
+        records.append(checked(amended(live, changes, cat), cat, "--set "))
+        if content(without_derived(records[1], cat)) == content(without_derived(live, cat)):
+            typer.echo(f"{live['uid']} already says that: nothing to do")
             return
-        raise fail(
-            f"another correction of {live['uid']} is in the spool {settings.spool_dir}, not yet delivered; "
-            "run again once the agent has delivered it"
-        )
-    if not cancel and content(without_derived(records[1], cat)) == content(without_derived(live, cat)):
-        typer.echo(f"{live['uid']} already says that: nothing to do")
+    action = "cancel" if cancel else "amend"
+    if dry_run:
+        _check_spool(settings.spool_dir, live["uid"], records)
+        report(records, action, reason, settings.spool_dir, cat, dry_run, as_json)
         return
-    report(records, "cancel" if cancel else "amend", reason, settings.spool_dir, cat, dry_run, as_json)
+    with spool_lock(settings.spool_dir, settings.spool_shared_group):  # no other correction between look and write
+        if _check_spool(settings.spool_dir, live["uid"], records):
+            report(records, action, reason, settings.spool_dir, cat, dry_run, as_json)
+
+
+def _check_spool(spool_dir: Path, of: str, records: list[dict[str, Any]]) -> bool:
+    """Whether to write: not if the same correction of ``of`` is in the spool (nothing to
+    do); exit 2 if a different one is, until the agent has delivered it."""
+    pending = spooled_corrections(spool_dir, {of})
+    if not pending:
+        return True
+    if {r["uid"]: r for r in records} == pending:
+        typer.echo(f"the same correction of {of} is in the spool already: nothing to do")
+        return False
+    raise fail(
+        f"another correction of {of} is in the spool {spool_dir}, not yet delivered; "
+        "run again once the agent has delivered it"
+    )
 
 
 def report(

@@ -6,10 +6,18 @@ says who corrected what, when and why (``meterkit._client.write_with_control``).
 The live version of a measurement is itself, or the latest replacement in its chain
 (``corrected.replaced_by``, followed even before the reversal that goes with it arrives:
 that correction is on its way); a measurement reversed and not replaced is cancelled.
+
+The ledger's URL is printed without its user information (``user:password@``), and its
+token comes from the environment, so neither is ever echoed. Checking the spool for a
+correction of the same version and writing one are done under an exclusive lock of the
+spool directory (:func:`spool_lock`), so two commands run at once cannot both find
+nothing pending and write two different corrections.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import os
 import socket
@@ -17,13 +25,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import typer
 
 import meterkit
 from meterkit._client import write_with_control
-from meterkit._corrections import MAX_UIDS_PER_CONTROL, control_record
+from meterkit._corrections import MAX_UIDS_PER_CONTROL, control_record, correction_of, is_reversal, said_problem
+from meterkit._errors import safe_repr
 from meterkit._model import validate_wire
 from meterkit._settings import Settings
 from meterkit._spool import KIND_MEASUREMENT, iter_records
@@ -33,9 +42,24 @@ from .output import fail
 
 #: The environment variable holding the ledger's token: never an option, so never in argv.
 ENV_LEDGER_TOKEN = "METERKIT_LEDGER_TOKEN"  # noqa: S105 - the name of a variable, not a secret
-MAX_REASON_LENGTH = 2000
+#: The lock file in the spool directory around a correction's check and write.
+LOCK_NAME = ".correct.lock"
 #: Replacements followed at most from one uid: a longer chain is a ledger that loops.
 MAX_CHAIN = 1000
+
+
+def shown_url(url: str) -> str:
+    """``url`` as it may be printed: without a ``user:password@`` part."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "the --ledger URL"
+    if "@" not in parts.netloc:
+        return url
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class LedgerReader:
@@ -44,7 +68,7 @@ class LedgerReader:
     def __init__(self, url: str, org: str) -> None:
         import requests
 
-        self.url = url
+        self.url = shown_url(url)  # what messages print
         self._base = f"{url.rstrip('/')}/organizations/{quote(org, safe='')}/measurements"
         self._session = requests.Session()
         token = os.environ.get(ENV_LEDGER_TOKEN)
@@ -68,7 +92,11 @@ class LedgerReader:
             )
         if response.status_code != 200:
             raise fail(f"the ledger answered {response.status_code}: {answer_message(response)}", 1)
-        return response.json()
+        try:
+            return response.json()
+        except (ValueError, RecursionError):
+            kind = response.headers.get("Content-Type") or "no content type"
+            raise fail(f"the ledger at {self.url} answered something that is not JSON ({kind:.60})", 1) from None
 
     def get(self, uid: str) -> dict[str, Any] | None:
         """The stored measurement with its ``corrected`` state, or ``None`` if unknown."""
@@ -101,6 +129,9 @@ def split_state(doc: dict[str, Any], where: str) -> tuple[dict[str, Any], str | 
     if not isinstance(state, dict):
         raise fail(f"{where}: 'corrected' is not an object")
     reversed_by, replaced_by = state.get("reversed_by"), state.get("replaced_by")
+    for name, value in (("reversed_by", reversed_by), ("replaced_by", replaced_by)):
+        if value is not None and (type(value) is not str or not value):
+            raise fail(f"{where}: corrected.{name} is not a uid", 1)
     return measurement, reversed_by, replaced_by
 
 
@@ -123,11 +154,11 @@ def live_version(reader: LedgerReader, doc: dict[str, Any]) -> dict[str, Any] | 
 
 
 def check_correctable(measurement: dict[str, Any], where: str) -> None:
-    correction = measurement.get("correction")
-    if isinstance(correction, dict) and correction.get("kind") == "reversal":
+    """A reversal is never corrected (the ledger refuses it too): correct its original."""
+    if is_reversal(measurement):
+        of = (correction_of(measurement) or ("?", ""))[0]
         raise fail(
-            f"{where}: {measurement.get('uid')} is a reversal; correct the measurement it reverses, "
-            f"{correction.get('of')}, instead"
+            f"{where}: {measurement.get('uid')} is a reversal; correct the measurement it reverses, {of}, instead"
         )
 
 
@@ -157,26 +188,53 @@ def checked(record: dict[str, Any], catalog: meterkit.Catalog | None, option: st
         return validate_wire(record, catalog)
     except meterkit.MeasurementError as exc:
         p = exc.problem
-        kind = (record.get("correction") or {}).get("kind", "measurement")
-        where = f"{option}{p.field}" if p.field else f"the {kind} of {(record.get('correction') or {}).get('of')}"
+        of, kind = correction_of(record) or (record.get("uid"), "measurement")
+        where = f"{option}{p.field}" if p.field else f"the {kind} of {safe_repr(of):.60}"
         raise fail(f"{where}: {p.message} [{p.reason}]") from None
 
 
 def check_reason(reason: str) -> None:
-    """``--reason`` is required and goes into the audit journal: non-empty, one frame's worth."""
+    """``--reason`` is required and goes into the audit journal: it must say something, in
+    one frame's worth, with no control character (nor may who corrects: :func:`actor`)."""
     if not reason.strip():
         raise fail("--reason must say why (it goes into the audit journal)")
-    if len(reason) > MAX_REASON_LENGTH:
-        raise fail(f"--reason is {len(reason)} characters; at most {MAX_REASON_LENGTH}")
+    why = said_problem(reason, "--reason")
+    if why is not None:
+        raise fail(why)
+    actor()
 
 
 def actor() -> str:
-    """Who corrects: ``user@host``, as the control record and the journal name them."""
+    """Who corrects: ``user@host``, as the control record and the journal name them; a
+    name with a control character in it exits 2."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no user name in the environment or the password database
         user = f"uid{os.getuid()}"
-    return f"{user}@{socket.gethostname()}"
+    by = f"{user}@{socket.gethostname()}"
+    why = said_problem(by, "who corrects (user@host)")
+    if why is not None:
+        raise fail(why)
+    return by
+
+
+@contextlib.contextmanager
+def spool_lock(directory: Path, group: str | int | None = None) -> Iterator[None]:
+    """Hold an exclusive lock of the spool ``directory`` (made if need be, as the SDK makes
+    it) until the block ends: a correction's look for a pending one and its write happen
+    under it. The lock is released when the process ends, however it ends."""
+    from meterkit import _permissions
+
+    try:
+        _permissions.spool_dir(directory, group)
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except (OSError, KeyError) as exc:  # KeyError: an unknown spool group
+        raise fail(f"cannot use spool directory {directory}: {getattr(exc, 'strerror', None) or exc}", 1) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def chunks(pairs: list[tuple[str, list[dict[str, Any]]]]) -> Iterator[list[tuple[str, list[dict[str, Any]]]]]:
@@ -207,6 +265,8 @@ class CorrectionWriter:
         self.controls: list[dict[str, Any]] = []
 
     def write(self, pairs: list[tuple[str, list[dict[str, Any]]]], batch: str | None = None) -> None:
+        """Write every group, each with its control record; a refused write exits 1 saying
+        how many groups (and corrections) were written before it."""
         for group in chunks(pairs):
             records = [r for _, rs in group for r in rs]
             control = control_record(
@@ -221,7 +281,15 @@ class CorrectionWriter:
             try:
                 write_with_control(self.client, records, control)
             except meterkit.MeterkitError as exc:
-                raise fail(str(exc), 1) from None
+                if not self.controls:
+                    raise fail(str(exc), 1) from None
+                done = sum(len(c["uids"]) for c in self.controls)
+                raise fail(
+                    f"{len(self.controls)} group(s) of corrections ({done} measurements, with their control records)"
+                    f" were written; the next was refused: {exc}. Run the command again: it writes the rest, and"
+                    " the written ones again as duplicates",
+                    1,
+                ) from None
             self.controls.append(control)
 
     def close(self) -> None:

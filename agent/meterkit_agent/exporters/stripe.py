@@ -23,9 +23,17 @@ of U becomes that request, not a negated meter event:
 ================================  ==========================================
 
 When Stripe refuses it because the window has closed (:func:`cancel_window_closed`), the
-reversal alone is dead-lettered with reason ``stripe_cancel_window_closed``, naming both
-uids: Stripe still counts U, and the dead letter is where someone sees that a credit is
-owed. The exporter cannot tell the window from U's ``ts`` (it runs from when Stripe
+reversal is dead-lettered with reason ``stripe_cancel_window_closed``, naming both uids:
+Stripe still counts U, and the dead letter is where someone sees that a credit is owed.
+U's replacement P is then dead-lettered with the same reason, not sent: Stripe would
+count U and P. A replacement is held until its reversal's answer when both are in one
+batch (``meterkit correct`` writes them in one spool write, in one segment, one after
+the other, so they normally are), and the exporter remembers the last
+:data:`MAX_REMEMBERED` closed windows for a replacement that comes in a later batch (the
+agent cuts batches by frame count, so a cut can fall between the two). What it cannot
+know is a window that closed before the agent last started: that replacement is sent,
+and the reversal's dead letter names it, so whoever settles the credit sees both.
+The exporter cannot tell the window from U's ``ts`` (it runs from when Stripe
 received U, and U may have been delivered late), so Stripe's answer decides. Stripe
 processes adjustments asynchronously (an accepted one is ``pending``), so a refusal found
 after the answer can only come asynchronously (Stripe reports invalid asynchronous usage
@@ -40,12 +48,15 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import orjson
 import requests
 from pydantic import Field, SecretStr
 
+from meterkit._corrections import REPLACEMENT, correction_of, is_reversal, replacement_uid
+from meterkit._model import NUMERIC_CATEGORIES
 from meterkit._timefmt import wire_ts_ns
 
 from ..component import Factory, Misconfigured, Rejected, RetryLater, Settings
@@ -54,6 +65,8 @@ from .exporterhelper import RetryConfig, answer, classify, parse_retry_after, se
 STRIPE_MAX_AGE_SECONDS = 35 * 86_400
 #: The dead letter's reason for a reversal Stripe can no longer cancel.
 CANCEL_WINDOW_CLOSED = "stripe_cancel_window_closed"
+#: Originals whose cancel window was found closed, remembered for their replacements.
+MAX_REMEMBERED = 10_000
 
 
 class StripeMeterConfig(Settings):
@@ -86,6 +99,7 @@ class StripeMeterEventsExporter:
         self.last_answer = ""
         self._next_at = 0.0
         self._lock = threading.Lock()
+        self._closed: OrderedDict[str, str] = OrderedDict()  # of -> its reversal's uid
 
     def form(self, m: dict[str, Any]) -> dict[str, str] | Rejected:
         meter = self.cfg.meters.get(m["meter"])
@@ -95,7 +109,7 @@ class StripeMeterEventsExporter:
         value = (
             (m.get(category) or {}).get(code)
             if category
-            else next((m[c][code] for c in ("measure", "income", "cost") if code in (m.get(c) or {})), None)
+            else next((m[c][code] for c in NUMERIC_CATEGORIES if code in (m.get(c) or {})), None)
         )
         if value is None:
             return Rejected(m, "stripe:no_value", f"measurement has no {meter.value_field!r} to send as the value")
@@ -131,8 +145,12 @@ class StripeMeterEventsExporter:
 
     def export(self, records: list[dict[str, Any]]) -> list[Rejected]:
         rejected: list[Rejected] = []
-        for m in records:
-            cancel = _is_reversal(m)
+        for m in _reversals_first(records):
+            cancel = is_reversal(m)
+            held = None if cancel else self._held(m)
+            if held is not None:
+                rejected.append(held)
+                continue
             form = self.cancel_form(m) if cancel else self.form(m)
             if isinstance(form, Rejected):
                 rejected.append(form)
@@ -145,8 +163,29 @@ class StripeMeterEventsExporter:
             if outcome == "retry":
                 raise RetryLater(f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After")))
             if outcome == "isolate":
-                rejected.append(_refused(m, response, cancel))
+                refused = _refused(m, response, cancel)
+                if refused.reason == CANCEL_WINDOW_CLOSED:
+                    self._remember(m["correction"]["of"], m["uid"])
+                rejected.append(refused)
         return rejected
+
+    def _held(self, m: dict[str, Any]) -> Rejected | None:
+        """The dead letter of a replacement whose reversal Stripe could not apply."""
+        found = correction_of(m)
+        if found is None or found[1] != REPLACEMENT or found[0] not in self._closed:
+            return None
+        return Rejected(
+            m,
+            CANCEL_WINDOW_CLOSED,
+            f"replacement {m['uid']} of {found[0]} not sent: Stripe could not cancel {found[0]} (reversal"
+            f" {self._closed[found[0]]}, its 24-hour window has closed), and would count both",
+        )
+
+    def _remember(self, of: str, reversal_uid: str) -> None:
+        self._closed[of] = reversal_uid
+        self._closed.move_to_end(of)
+        while len(self._closed) > MAX_REMEMBERED:
+            self._closed.popitem(last=False)
 
     def _post(self, url: str, form: dict[str, str], key: str) -> requests.Response:
         self._pace()
@@ -163,9 +202,22 @@ class StripeMeterEventsExporter:
         self.session.close()
 
 
-def _is_reversal(m: dict[str, Any]) -> bool:
-    correction = m.get("correction")
-    return isinstance(correction, dict) and correction.get("kind") == "reversal"
+def _reversals_first(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` in order, but a replacement that comes before its reversal in the batch
+    moved to just after it: it is sent only once the reversal's answer is known."""
+    later = {f[0] for f in map(correction_of, records) if f is not None and f[1] != REPLACEMENT}
+    out: list[dict[str, Any]] = []
+    waiting: dict[str, list[dict[str, Any]]] = {}
+    for m in records:
+        found = correction_of(m)
+        if found is not None and found[1] == REPLACEMENT and found[0] in later:
+            waiting.setdefault(found[0], []).append(m)
+            continue
+        out.append(m)
+        if found is not None and found[1] != REPLACEMENT:
+            later.discard(found[0])
+            out.extend(waiting.pop(found[0], []))
+    return out + [m for ms in waiting.values() for m in ms]
 
 
 def _refused(m: dict[str, Any], response: requests.Response, cancel: bool) -> Rejected:
@@ -176,7 +228,8 @@ def _refused(m: dict[str, Any], response: requests.Response, cancel: bool) -> Re
             CANCEL_WINDOW_CLOSED,
             f"reversal {m['uid']} of {m['correction']['of']} not applied: Stripe cancels a meter event only"
             f" within 24 hours of receiving it, and that window has closed; Stripe still counts"
-            f" {m['correction']['of']}. {answer(response)}",
+            f" {m['correction']['of']} (and its replacement {replacement_uid(m['correction']['of'])} too, should"
+            f" it come after the agent restarts). {answer(response)}",
         )
     return Rejected(m, f"rejected_by_backend:{_stripe_code(response)}", answer(response))
 

@@ -19,10 +19,18 @@ and corrections are delivered.
 - A replacement counts like any measurement; ``corrections`` (org, uid) → (of_uid, kind)
   keeps every correction's lineage, which ``GET .../measurements/{uid}`` answers as
   ``corrected``. Amending twice chains (U → P1 → P2): each version is reversed once.
-- A reversal whose U is stored (or in the same batch) for another meter or account is
-  refused, named with both (reason ``bad_correction``); the rest of its batch is stored.
-  A U that arrives after its reversal for another series than the reversal's is stored and
-  counts (R stays void: it reverses nothing it matches).
+- A reversal voids U only if it is exactly U's reversal (:func:`meterkit._corrections.reversal`
+  of U as stored: every number negated, everything else equal), since it voids U whole.
+  One whose U is stored (or first in the same batch) and that is not is refused, naming
+  what differs (reason ``bad_correction``); so is any correction of a reversal (correct
+  the original instead); the rest of its batch is stored. A U that arrives after a
+  reversal that is not exactly its reversal is stored and counts; the reversal, which
+  never counts, voids nothing, and the mismatch is kept as a conflict of the reversal's
+  uid (``GET .../conflicts``: the stored reversal stands, the true one is the other
+  content) and logged. The true reversal has the same uid, so it can no longer be stored
+  (it is a conflicting re-send): U cannot be reversed at this ledger any more, which the
+  conflict is there to show an operator.
+  A correction stored before the reversal it corrects is voided when that reversal arrives.
 - ``batches`` (org, batch, uid) lists a backfill's measurements in uid order.
 
 Concurrency (PostgreSQL, several ledger processes). U and R may be ingested at once by two
@@ -41,20 +49,32 @@ with row locks. SQLite needs none of this: ``BEGIN IMMEDIATE`` serializes its wr
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from meterkit._corrections import KINDS, REPLACEMENT, REVERSAL
+import orjson
+
+from meterkit._corrections import REVERSAL, correction_of, is_reversal, reversal, reversal_mismatch
+from meterkit._errors import safe_repr
+from meterkit._model import content_hash
 
 from ..instants import HOUR_MS
 from . import rollups
-from .codec import Shape, numbers, uid_key, uid_text
+from .codec import WHOLE, WHOLE_SHAPE, Shape, decode, numbers, uid_key, uid_text
+from .lineage import batch_page as batch_page  # what the API answers: .lineage
+from .lineage import state as state
+
+logger = logging.getLogger("meterkit.ledger")
 
 #: PostgreSQL advisory lock class of an organisation's ingests (the two-key space; the
 #: organisation's hashed name is the second key)
 LOCK_CLASS = 0x6D6B_636F  # "mkco"
 _IN_CHUNK = 500
+#: Differences a refusal names at most (the rest are counted).
+_SHOWN = 4
 
 
 @dataclass(frozen=True)
@@ -72,13 +92,8 @@ class Refusal:
         return asdict(self)
 
 
-def correction_of(record: dict[str, Any]) -> tuple[str, str] | None:
-    """(of, kind) of a correction, or None for any other measurement."""
-    found = record.get("correction")
-    if type(found) is not dict:
-        return None
-    of, kind = found.get("of"), found.get("kind")
-    return (of, kind) if type(of) is str and kind in KINDS else None
+#: A stored measurement: (series, ts_ms, the measurement as stored)
+Stored = tuple[int, int, dict[str, Any]]
 
 
 def marked(rows: list[Any]) -> bool:
@@ -95,62 +110,92 @@ def lock(cur: Any, org: str, exclusive: bool) -> None:
     cur.execute(f"SELECT {kind}(%s, hashtext(%s))", (LOCK_CLASS, org))
 
 
-def locate(cur: Any, postgres: bool, org_id: int, uids: list[str]) -> dict[str, tuple[int, int]]:
-    """uid -> (series, ts_ms) of those stored (this transaction's rows included)."""
-    out: dict[str, tuple[int, int]] = {}
+def stored(cur: Any, postgres: bool, org_id: int, uids: list[str]) -> dict[str, Stored]:
+    """uid -> (series, ts_ms, measurement) of those stored (this transaction's rows
+    included), decoded as :mod:`.codec` stored them."""
+    found: list[tuple[Any, ...]] = []
     wanted = sorted(set(uids))
+    columns = "m.uid, m.series, m.ts_ms, s.meter, s.account, m.shape, m.nums, m.extra"
     for i in range(0, len(wanted), _IN_CHUNK):
         chunk = wanted[i : i + _IN_CHUNK]
         if postgres:
-            cur.execute("SELECT uid, series, ts_ms FROM uids WHERE org_id = %s AND uid = ANY(%s)", (org_id, chunk))
-        else:
-            marks = ", ".join("?" * len(chunk))
             cur.execute(
-                f"SELECT uid, series, ts_ms FROM measurements WHERE org_id = ? AND uid IN ({marks})",  # noqa: S608
+                f"SELECT {columns} FROM uids u"  # noqa: S608 - fixed names
+                " JOIN measurements m ON m.series = u.series AND m.ts_ms = u.ts_ms AND m.uid = u.uid"
+                " JOIN series s ON s.id = m.series WHERE u.org_id = %s AND u.uid = ANY(%s)",
+                (org_id, chunk),
+            )
+        else:
+            cur.execute(
+                f"SELECT {columns} FROM measurements m JOIN series s ON s.id = m.series"  # noqa: S608 - marks only
+                f" WHERE m.org_id = ? AND m.uid IN ({', '.join('?' * len(chunk))})",
                 (org_id, *(uid_key(u) for u in chunk)),
             )
-        for uid, series, ms in cur.fetchall():
-            out[uid_text(uid)] = (int(series), int(ms))
+        found += cur.fetchall()
+    shapes = _shapes(cur, "%s" if postgres else "?", {int(r[5]) for r in found})
+    out: dict[str, Stored] = {}
+    for uid, series, ms, meter, account, shape, nums, extra in found:
+        text = uid_text(uid)
+        out[text] = (int(series), int(ms), decode(text, meter, account, int(ms), shapes[int(shape)], nums, extra))
     return out
 
 
+def _shapes(cur: Any, mark: str, ids: set[int]) -> dict[int, Shape]:
+    out = {WHOLE: WHOLE_SHAPE}
+    wanted = sorted(ids - {WHOLE})
+    if wanted:
+        cur.execute(f"SELECT id, template FROM shapes WHERE id IN ({', '.join([mark] * len(wanted))})", wanted)  # noqa: S608
+        out.update({int(i): Shape.of(orjson.loads(t)) for i, t in cur.fetchall()})
+    return out
+
+
+def unfit(record: dict[str, Any], target: dict[str, Any]) -> str | None:
+    """Why the correction ``record`` cannot correct ``target``, the measurement its ``of``
+    names, or None: nothing corrects a reversal, and a reversal must be exactly
+    :func:`meterkit._corrections.reversal` of ``target`` (a reversal voids its original
+    whole, so it must say so in every number, at the original's time and place)."""
+    uid, (of, kind) = record["uid"], correction_of(record) or ("", "")
+    if is_reversal(target):
+        first = (correction_of(target) or ("?", ""))[0]
+        return f"{kind} {uid} corrects {of}, which is a reversal (of {first}); correct {first} instead"
+    if kind != REVERSAL:
+        return None
+    diff = reversal_mismatch(record, target)
+    if not diff:
+        return None
+    named = "; ".join(
+        f"{name} is {safe_repr(given):.60}, {of} negated has {safe_repr(expected):.60}"
+        for name, given, expected in diff[:_SHOWN]
+    )
+    more = f" (and {len(diff) - _SHOWN} more)" if len(diff) > _SHOWN else ""
+    return f"reversal {uid} is not {of} negated: {named}{more}"
+
+
 def refusals(cur: Any, postgres: bool, org_id: int, rows: list[Any], series: list[int]) -> list[Refusal]:
-    """The reversals of a batch whose original is stored, or first in the batch, for
-    another meter or account than theirs: every row of such a uid, by index."""
-    reversals: dict[str, tuple[int, str]] = {}
+    """The corrections of a batch that cannot correct what their ``of`` names, stored or
+    first in the batch (:func:`unfit`): every row of such a uid, by index. A correction
+    whose original is not known yet is not judged here (:func:`apply` judges it when the
+    original arrives)."""
+    del series  # the stored measurement says its meter and account
+    corrections: dict[str, int] = {}
     for i, row in enumerate(rows):
-        found = correction_of(row[8])
-        if found is not None and found[1] == REVERSAL:
-            reversals.setdefault(row[0], (i, found[0]))
-    if not reversals:
+        if correction_of(row[8]) is not None:
+            corrections.setdefault(row[0], i)
+    if not corrections:
         return []
     firsts: dict[str, int] = {}
     for i, row in enumerate(rows):
         firsts.setdefault(row[0], i)
-    stored = locate(cur, postgres, org_id, [of for _, of in reversals.values()])
-    names = _names(cur, postgres, {s for s, _ in stored.values()})
+    ofs = {uid: (correction_of(rows[i][8]) or ("", ""))[0] for uid, i in corrections.items()}
+    known = stored(cur, postgres, org_id, list(ofs.values()))
     bad: dict[str, str] = {}
-    for uid, (i, of) in reversals.items():
-        if of in stored:
-            where = names[stored[of][0]]
-        elif of in firsts:
-            where = rows[firsts[of]][1:3]
-        else:
-            continue
-        if tuple(where) != tuple(rows[i][1:3]):
-            bad[uid] = (
-                f"reversal {uid} of {of} is for meter {rows[i][1]!r}, account {rows[i][2]!r},"
-                f" but {of} is stored for meter {where[0]!r}, account {where[1]!r}"
-            )
+    for uid, i in corrections.items():
+        of = ofs[uid]
+        target = known[of][2] if of in known else rows[firsts[of]][8] if of in firsts else None
+        why = None if target is None else unfit(rows[i][8], target)
+        if why is not None:
+            bad[uid] = why
     return [Refusal(i, r[0], "bad_correction", "correction.of", bad[r[0]]) for i, r in enumerate(rows) if r[0] in bad]
-
-
-def _names(cur: Any, postgres: bool, ids: set[int]) -> dict[int, tuple[str, str]]:
-    if not ids:
-        return {}
-    mark = "%s" if postgres else "?"
-    cur.execute(f"SELECT id, meter, account FROM series WHERE id IN ({', '.join([mark] * len(ids))})", tuple(ids))  # noqa: S608
-    return {int(i): (m, a) for i, m, a in cur.fetchall()}
 
 
 def has_orphans(cur: Any, mark: str, org_id: int) -> bool:
@@ -168,8 +213,9 @@ def apply(
     shape_of: Callable[[Any, int], Shape],
 ) -> None:
     """Record what a batch's newly stored measurements (uid, series, ts_ms, record) correct
-    or belong to, void what their reversals reverse, and rebuild the usage rollups of the
-    hours that gained a void. ``orphans``: whether reversals wait for their original."""
+    or belong to, void what their reversals reverse (only when each is exactly the
+    reversal of its original), and rebuild the usage rollups of the hours that gained a
+    void. ``orphans``: whether reversals wait for their original."""
     mark = "%s" if postgres else "?"
     voids: set[tuple[int, int, str]] = set()
     lineage, batches, reversals = [], [], []
@@ -178,22 +224,27 @@ def apply(
         if found is not None:
             lineage.append((org_id, uid, *found))
             if found[1] == REVERSAL:
-                voids.add((series, ms // HOUR_MS, uid))
-                reversals.append((uid, series, found[0]))
+                voids.add((series, ms // HOUR_MS, uid))  # a reversal never counts
+                reversals.append((uid, series, found[0], record))
         batch = record.get("batch")
         if type(batch) is str:
             batches.append((org_id, batch, uid))
-    waiting = []
+    waiting, mismatched = [], []
     if reversals:
-        stored = locate(cur, postgres, org_id, [of for _, _, of in reversals])
-        for uid, series, of in reversals:
-            target = stored.get(of)
+        known = stored(cur, postgres, org_id, [of for _, _, of, _ in reversals])
+        for uid, series, of, record in reversals:
+            target = known.get(of)
             if target is None:
                 waiting.append((org_id, of, uid, series))
-            elif target[0] == series:
-                voids.add((series, target[1] // HOUR_MS, of))
+            elif unfit(record, target[2]) is None:
+                voids.add((target[0], target[1] // HOUR_MS, of))
+            elif not is_reversal(target[2]):  # stored by a concurrent ingest after the refusals looked
+                mismatched.append((record, target[2]))
+        voids |= _corrections_of(cur, postgres, org_id, [uid for uid, _, _, _ in reversals])
     if orphans:
-        voids |= _arrived(cur, mark, org_id, {uid: (series, ms) for uid, series, ms, _ in new})
+        arrived, bad = _arrived(cur, postgres, org_id, {uid: (series, ms, r) for uid, series, ms, r in new})
+        voids |= arrived
+        mismatched += bad
     for sql, params in (
         ("INSERT INTO corrections (org_id, uid, of_uid, kind) VALUES ({m}) ON CONFLICT DO NOTHING", lineage),
         ("INSERT INTO batches (org_id, batch, uid) VALUES ({m}) ON CONFLICT DO NOTHING", batches),
@@ -202,34 +253,92 @@ def apply(
     ):
         if params:
             cur.executemany(sql.format(m=", ".join([mark] * len(params[0]))), params)
+    if mismatched:
+        _mismatches(cur, mark, org_id, mismatched)
     if voids:
         rebuild(cur, postgres, sorted({(s, h) for s, h, _ in voids}), shape_of)
 
 
-def _arrived(cur: Any, mark: str, org_id: int, new: dict[str, tuple[int, int]]) -> set[tuple[int, int, str]]:
-    """The voids of newly stored measurements whose reversal was stored first; their
-    orphans are resolved (deleted), matched or not."""
+def _corrections_of(cur: Any, postgres: bool, org_id: int, reversals: list[str]) -> set[tuple[int, int, str]]:
+    """The voids of corrections stored before the reversal they correct (a reversal is
+    never corrected: such a correction never counts, once the ledger knows)."""
+    mark = "%s" if postgres else "?"
+    found: list[str] = []
+    for i in range(0, len(reversals), _IN_CHUNK):
+        chunk = reversals[i : i + _IN_CHUNK]
+        cur.execute(
+            f"SELECT uid FROM corrections WHERE org_id = {mark}"  # noqa: S608 - marks only
+            f" AND of_uid IN ({', '.join([mark] * len(chunk))})",
+            (org_id, *chunk),
+        )
+        found += [u for (u,) in cur.fetchall()]
+    out = set()
+    for uid, (series, ms, record) in stored(cur, postgres, org_id, found).items():
+        logger.warning("ledger: %s corrects %s, a reversal; it counts for nothing", uid, record["correction"]["of"])
+        out.add((series, ms // HOUR_MS, uid))
+    return out
+
+
+def _arrived(
+    cur: Any, postgres: bool, org_id: int, new: dict[str, tuple[int, int, dict[str, Any]]]
+) -> tuple[set[tuple[int, int, str]], list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """The voids of newly stored measurements whose reversal was stored first, when it is
+    exactly their reversal; and the (reversal, original) pairs that are not. Their orphans
+    are resolved (deleted), matched or not."""
+    mark = "%s" if postgres else "?"
     uids = sorted(new)
     found = []
     for i in range(0, len(uids), _IN_CHUNK):
         chunk = uids[i : i + _IN_CHUNK]
         cur.execute(
-            f"SELECT of_uid, uid, series FROM orphans WHERE org_id = {mark}"  # noqa: S608 - marks only
+            f"SELECT of_uid, uid FROM orphans WHERE org_id = {mark}"  # noqa: S608 - marks only
             f" AND of_uid IN ({', '.join([mark] * len(chunk))})",
             (org_id, *chunk),
         )
         found += cur.fetchall()
-    if found:
-        cur.executemany(
-            f"DELETE FROM orphans WHERE org_id = {mark} AND of_uid = {mark} AND uid = {mark}",  # noqa: S608 - marks
-            [(org_id, of, uid) for of, uid, _ in found],
+    if not found:
+        return set(), []
+    cur.executemany(
+        f"DELETE FROM orphans WHERE org_id = {mark} AND of_uid = {mark} AND uid = {mark}",  # noqa: S608 - marks
+        [(org_id, of, uid) for of, uid in found],
+    )
+    reversals = stored(cur, postgres, org_id, [uid for _, uid in found])
+    voids, bad = set(), []
+    for of, uid in found:
+        series, ms, original = new[of]
+        record = reversals[uid][2]
+        if unfit(record, original) is None:
+            voids.add((series, ms // HOUR_MS, of))
+        elif not is_reversal(original):  # a reversal of a reversal voids itself only: nothing to report
+            bad.append((record, original))
+    return voids, bad
+
+
+def _mismatches(cur: Any, mark: str, org_id: int, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """Keep each stored reversal that is not exactly the reversal of its original (which
+    then counts) where ``GET .../conflicts`` and reconciliation show it: a conflict of the
+    reversal's uid, the stored reversal standing, the true reversal as the other content."""
+    cur.execute(f"SELECT org FROM orgs WHERE id = {mark}", (org_id,))  # noqa: S608 - a mark
+    org = cur.fetchone()[0]
+    seen = time.time_ns() // 1_000_000
+    params = []
+    for record, original in pairs:
+        expected = reversal(original)
+        logger.warning(
+            "ledger: %s, stored before %s arrived, %s; %s counts, the reversal voids nothing (GET conflicts?uid=%s)",
+            record["uid"],
+            original["uid"],
+            unfit(record, original),
+            original["uid"],
+            record["uid"],
         )
-    out = set()
-    for of, _uid, series in found:
-        at_series, ms = new[of]
-        if at_series == series:
-            out.add((series, ms // HOUR_MS, of))
-    return out
+        body = orjson.dumps(expected).decode()
+        params.append((org, record["uid"], content_hash(expected), content_hash(record), body, seen))
+    cur.executemany(
+        "INSERT INTO conflicts (org, uid, other_hash, first_hash, other_body, seen_at_ms)"  # noqa: S608 - marks
+        f" VALUES ({', '.join([mark] * 6)}) ON CONFLICT (org, uid, other_hash) DO NOTHING",
+        params,
+    )
 
 
 def rebuild(cur: Any, postgres: bool, hours: list[tuple[int, int]], shape_of: Callable[[Any, int], Shape]) -> None:
@@ -268,44 +377,3 @@ def voided(cur: Any, mark: str, series: list[int], first_hour: int, end_hour: in
         (*series, first_hour, end_hour),
     )
     return {u for (u,) in cur.fetchall()}
-
-
-def state(ledger: Any, org: str, uid: str) -> dict[str, Any] | None:
-    """The measurement a :class:`.store.Ledger` stores for a uid, plus ``corrected``: the
-    uids of its stored reversal and replacement (``reversed_by``, ``replaced_by``; None for
-    neither). None if it is not stored."""
-    conn = ledger.connection()
-    try:
-        cur, mark = conn.cursor(), ledger.mark
-        org_id = ledger.org_id(cur, org)
-        found = None if org_id is None else ledger.writer.decoded(cur, org_id, [uid]).get(uid)
-        if found is None:
-            return None
-        cur.execute(f"SELECT kind, uid FROM corrections WHERE org_id = {mark} AND of_uid = {mark}", (org_id, uid))  # noqa: S608
-        by = dict(cur.fetchall())
-        corrected = {"reversed_by": by.get(REVERSAL), "replaced_by": by.get(REPLACEMENT)}
-        out: dict[str, Any] = {**found, "corrected": corrected}
-        return out
-    finally:
-        conn.close()
-
-
-def batch_page(ledger: Any, org: str, batch: str, after: str = "", limit: int = 1000) -> list[dict[str, Any]]:
-    """A backfill batch's measurements a :class:`.store.Ledger` stores, after uid ``after``
-    in uid order (code points), at most ``limit``."""
-    conn = ledger.connection()
-    try:
-        cur, mark = conn.cursor(), ledger.mark
-        org_id = ledger.org_id(cur, org)
-        if org_id is None:
-            return []
-        cur.execute(
-            f"SELECT uid FROM batches WHERE org_id = {mark} AND batch = {mark} AND uid > {mark}"  # noqa: S608 - marks only
-            f" ORDER BY uid LIMIT {int(limit)}",
-            (org_id, batch, after),
-        )
-        uids = [u for (u,) in cur.fetchall()]
-        found = ledger.writer.decoded(cur, org_id, uids)
-        return [found[u] for u in uids if u in found]
-    finally:
-        conn.close()

@@ -8,8 +8,11 @@ reported, and never allowed to stop delivery.
 
 A ``correction`` record says who corrected which measurements, when and why (``meterkit
 correct``, ``meterkit backfill revert``): the audit journal keeps it as the auditor's
-answer to "who changed this bill", so it is believed only with a reason, an author, an
-instant and uids that obey the uid rules. Its ``of`` holds at most
+answer to "who changed this bill", so it is believed only with a reason and an author
+that say something and hold no control character (a line feed would forge a line where a
+person reads the journal), an instant, uids that obey the SDK's uid rules and a batch id
+that obeys its batch rules (:mod:`meterkit._corrections`, :mod:`meterkit._model`: the
+checks the writer passed, not a second copy of them). Its ``of`` holds at most
 :data:`MAX_CORRECTED_PER_RECORD` uids (the writer splits beyond); ``uids``, what it
 writes, at most two per corrected measurement (a reversal and a replacement).
 """
@@ -30,13 +33,14 @@ from pydantic import (
     ValidationError,
 )
 
-from meterkit._corrections import MAX_BATCH_LENGTH
-from meterkit._limits import MAX_UID_LENGTH, identifier_ok
+from meterkit._corrections import MAX_UIDS_PER_CONTROL, check_batch, said_problem
+from meterkit._errors import MeasurementError
+from meterkit._model import uid_problem
 from meterkit._timefmt import parse_ts
 
 Count = Annotated[StrictInt, Field(ge=0)]
 #: uids a correction record may correct (contract: the writer splits a longer list)
-MAX_CORRECTED_PER_RECORD = 5_000
+MAX_CORRECTED_PER_RECORD = MAX_UIDS_PER_CONTROL
 
 
 class _Record(BaseModel):
@@ -70,20 +74,24 @@ class Losses(_Record):
 
 
 def _uid(value: str) -> str:
-    if not value or not identifier_ok(value, MAX_UID_LENGTH):
-        raise ValueError(f"not a uid (1 to {MAX_UID_LENGTH} printable characters, no space at either end)")
+    found = uid_problem(value, None)
+    if found is not None:
+        raise ValueError(f"not a uid: {found.problem.message}")
     return value
 
 
 def _batch(value: str) -> str:
-    if not value or not identifier_ok(value, MAX_BATCH_LENGTH):
-        raise ValueError(f"not a batch id (1 to {MAX_BATCH_LENGTH} printable characters, no space at either end)")
+    try:
+        check_batch(value)
+    except MeasurementError as exc:
+        raise ValueError(exc.problem.message) from None
     return value
 
 
 def _said(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must say something (not empty, not only spaces)")
+    why = said_problem(value, "it")
+    if why is not None:
+        raise ValueError(why)
     return value
 
 

@@ -22,9 +22,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 import requests
 
+import meterkit
 from meterkit._corrections import replacement, replacement_uid, reversal, reversal_uid
 from meterkit._spool import segments
-from tests.agent.conftest import TOKEN, LedgerServer, cli_cmd, start_ledger
+from tests.agent.conftest import TOKEN, LedgerServer, cli_cmd, start_ledger, wait_for
 from tests.agent.ledger.conftest import AUTH
 from tests.conftest import CATALOG
 from tests.sdk.helpers import controls, spooled
@@ -387,3 +388,195 @@ def test_revert_splits_control_records_at_5000(tmp_path: Path) -> None:
         assert len(spooled(spool)) == 5001
     finally:
         fake.close()
+
+
+# -- bad input and backends, in process (fast): named errors, never a traceback -------------
+
+
+def invoke(monkeypatch: pytest.MonkeyPatch, *args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from meterkit_agent.cli import app
+
+    for name in [k for k in os.environ if k.startswith("METERKIT_")]:
+        monkeypatch.delenv(name)
+    return CliRunner().invoke(app, list(args))
+
+
+def downloads(uid: str = "d-1", **extra: Any) -> dict[str, Any]:
+    m = {"uid": uid, "meter": "data_downloaded", "account": "acme", "ts": "2026-01-05T10:00:00.000Z"}
+    return {**m, "who": {"user": "ann"}, "measure": {"bytes": 1048576, "mib": 1}, **extra}
+
+
+@pytest.mark.parametrize(
+    ("case", "named"),
+    [
+        ("huge", "5000 digits: out of range for a number"),
+        ("deep", "nested too deeply"),
+        ("junk", "bad_correction"),
+        ("empty-uid", "--uid: "),
+        ("newline", "--reason holds the control character U+000A"),
+        ("escape", "--reason holds the control character U+001B"),
+        ("derived", "--set measure.mib: a derived field, computed from the data fields (Math.round("),
+    ],
+)
+def test_bad_input_is_named_with_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: str, named: str) -> None:
+    source, spool = tmp_path / "m.json", tmp_path / "spool"
+    doc: Any = original("u-1")
+    args = ["--set", "measure.calls=2"]
+    reason, uid = "r", "u-1"
+    if case == "huge":
+        args = ["--set", "measure.calls=" + "9" * 5000]
+    elif case == "deep":
+        doc = None
+        source.write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)
+    elif case == "junk":
+        doc = original("u-1", correction="junk")
+    elif case == "empty-uid":
+        uid = ""
+    elif case in ("newline", "escape"):
+        reason = "double counted\nINFO approved" if case == "newline" else "ok\x1b[2K"
+    elif case == "derived":
+        doc, uid, args = downloads(), "d-1", ["--set", "measure.mib=3"]
+    if doc is not None:
+        source.write_text(json.dumps(doc))
+    base = ["correct", "--uid", uid, "--reason", reason, "--original", str(source), "--catalog", str(CATALOG)]
+    done = invoke(monkeypatch, *base, *args, "--spool-dir", str(spool))
+    assert done.exit_code == 2, done.output
+    assert named in done.stderr, done.stderr  # exit 2 is the command's own: a traceback exits 1
+    assert not spool.exists()
+
+
+def test_an_empty_uid_is_refused_before_any_request(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = FakeLedger([original("u-1")])
+    try:
+        args = ("correct", "--uid", "", "--cancel", "--reason", "r", "--ledger", fake.url)
+        done = invoke(monkeypatch, *args, "--spool-dir", str(tmp_path / "s"))
+        assert done.exit_code == 2 and "--uid" in done.stderr and fake.asked == []
+    finally:
+        fake.close()
+
+
+def test_an_amendment_carries_the_derived_fields_the_agent_would_compute(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    source, spool = tmp_path / "m.json", tmp_path / "spool"
+    source.write_text(json.dumps(downloads()))
+    args = ("correct", "--uid", "d-1", "--set", "measure.bytes=3145728", "--reason", "r", "--original", str(source))
+    done = invoke(monkeypatch, *args, "--catalog", str(CATALOG), "--spool-dir", str(spool))
+    assert done.exit_code == 0, done.output
+    fixed = replacement(downloads(), {"measure.bytes": 3145728, "measure.mib": 3})
+    assert spooled(spool) == [reversal(downloads()), fixed]
+
+
+class HtmlServer:
+    """A server that answers every request 200 with an HTML page (a proxy's login page)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                body = b"<html><body>Sign in</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_ledger_that_answers_html_exits_1_and_its_password_is_never_printed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    html = HtmlServer()
+    try:
+        url = f"http://ann:hunter2-secret@127.0.0.1:{html.port}"
+        for command in (
+            ("correct", "--uid", "u-1", "--cancel", "--reason", "r", "--ledger", url),
+            ("backfill", "revert", "bf-1", "--reason", "r", "--ledger", url),
+        ):
+            done = invoke(monkeypatch, *command, "--spool-dir", str(tmp_path / "s"))
+            assert done.exit_code == 1, done.output
+            assert f"http://127.0.0.1:{html.port} answered something that is not JSON (text/html)" in done.stderr
+            assert "hunter2" not in done.output + done.stderr
+    finally:
+        html.close()
+    closed = invoke(monkeypatch, "correct", "--uid", "u-1", "--cancel", "--reason", "r", "--ledger", url)
+    assert closed.exit_code == 1 and "cannot reach" in closed.stderr and "hunter2" not in closed.stderr
+
+
+def test_a_write_refused_part_way_says_how_much_was_written(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typer
+
+    from meterkit._spool import spool_bytes
+    from meterkit_agent.cli import correcting
+
+    monkeypatch.setattr(correcting, "MAX_UIDS_PER_CONTROL", 2)  # a group per two reversals: small writes
+    pairs = [(f"b-{i}", [reversal(original(f"b-{i}"))]) for i in range(6)]
+    probe = correcting.CorrectionWriter(tmp_path / "probe", None, "revert", "r")
+    probe.write(pairs[:2])
+    probe.close()
+    one_group = spool_bytes(tmp_path / "probe")
+    monkeypatch.setenv("METERKIT_MAX_SPOOL_BYTES", str(one_group * 3 // 2 + 100))  # room for one group, not two
+    writer = correcting.CorrectionWriter(tmp_path / "spool", None, "revert", "r")
+    try:
+        with pytest.raises(typer.Exit) as stopped:
+            writer.write(pairs)
+    finally:
+        writer.close()
+    assert stopped.value.exit_code == 1
+    assert len(controls(tmp_path / "spool", "correction")) == 1 == len(writer.controls)
+    said = capsys.readouterr().err
+    assert "1 group(s) of corrections (2 measurements, with their control records) were written" in said
+    assert "nothing was written" not in said.split("the next was refused")[0]
+
+
+def test_two_amends_at_once_cannot_both_write(tmp_path: Path) -> None:
+    """The command looks for a pending correction and writes under the spool's lock: one
+    held here while another correction is written makes the command find it, and refuse."""
+    import fcntl
+
+    from meterkit._client import write_with_control
+    from meterkit._corrections import control_record
+    from meterkit_agent.cli.correcting import LOCK_NAME
+
+    spool, source = tmp_path / "spool", tmp_path / "u-1.json"
+    spool.mkdir(mode=0o700)
+    source.write_text(json.dumps(original("u-1")))
+    fd = os.open(spool / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    args = ("correct", "--uid", "u-1", "--set", "measure.calls=2", "--reason", "r", "--original", str(source))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERKIT_")}
+    proc = subprocess.Popen(
+        cli_cmd(*args, "--spool-dir", str(spool)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        inode = os.fstat(fd).st_ino
+        wait_for(
+            lambda: any(f":{inode} " in line and "->" in line for line in Path("/proc/locks").read_text().splitlines()),
+            what="the command waiting for the lock",
+        )
+        other = [reversal(original("u-1")), replacement(original("u-1"), {"measure.calls": 5})]
+        client = meterkit.Client(None, spool, mode="production")
+        write_with_control(
+            client,
+            other,
+            control_record("amend", "first", "t@h", "2026-01-06T00:00:00.000Z", ["u-1"], [m["uid"] for m in other]),
+        )
+        client.shutdown()
+    finally:
+        os.close(fd)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "another correction of u-1 is in the spool" in err, out + err
+    assert spooled(spool) == other

@@ -112,6 +112,32 @@ def test_a_closed_cancel_window_dead_letters_that_reversal_alone() -> None:
 
 
 @responses.activate
+@pytest.mark.parametrize("replacement_first", [False, True])
+def test_the_replacement_of_a_reversal_past_the_window_is_not_sent(replacement_first: bool) -> None:
+    """Stripe would count the original and the replacement: both dead-lettered, with the
+    reversal's reason, whatever their order in the batch."""
+    old = event("sent-two-days-ago")
+    late, fixed = reversal(old), replacement(old, {"measure.calls": 1})
+    responses.post(ADJUSTMENTS_URL, status=400, json=WINDOW_CLOSED)
+    events = responses.post(EVENTS_URL, json={})
+    exporter = stripe()
+    batch = [fixed, event("next"), late] if replacement_first else [late, event("next"), fixed]
+    rejected = exporter.export(batch)
+    assert [(r.measurement["uid"], r.reason) for r in rejected] == [
+        (late["uid"], CANCEL_WINDOW_CLOSED),
+        (fixed["uid"], CANCEL_WINDOW_CLOSED),
+    ]
+    assert "sent-two-days-ago" in rejected[1].detail and late["uid"] in rejected[1].detail
+    assert fixed["uid"] in rejected[0].detail  # the reversal's dead letter names the replacement
+    assert [form_of(c)["identifier"] for c in events.calls] == ["next"]
+    # the replacement in a later batch of the same agent: held all the same
+    [again] = exporter.export([fixed])
+    assert again.reason == CANCEL_WINDOW_CLOSED and len(events.calls) == 1
+    # an agent started since cannot know (the documented limit): it is sent
+    assert stripe().export([fixed]) == [] and len(events.calls) == 2
+
+
+@responses.activate
 def test_other_cancel_refusals_follow_the_meter_event_rules() -> None:
     responses.post(
         ADJUSTMENTS_URL,

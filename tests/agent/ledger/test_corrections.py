@@ -220,9 +220,21 @@ def test_a_batch_is_listed_in_uid_order_page_by_page(shared_ledger: Ledger, shar
         if after is None:
             break
     assert [len(p) for p in pages] == [10, 10, 5]
-    assert [x for p in pages for x in p] == sorted(backfill, key=lambda x: x["uid"])  # full wire records
+    untouched = {"reversed_by": None, "replaced_by": None}
+    listed = sorted(backfill, key=lambda x: x["uid"])
+    assert [x for p in pages for x in p] == [{**x, "corrected": untouched} for x in listed]  # full wire records
+    # each listed measurement says how it was corrected: no request per measurement to know
+    cancelled, amended = listed[3], listed[17]
+    fixed = replacement(amended, {"measure.bytes": 1000})
+    assert shared_ledger.ingest(org, [reversal(cancelled), reversal(amended), fixed]) == Ingested(3, 0)
+    page = shared_api.get(f"/organizations/{org}/measurements", params={"batch": "bf-1"}, headers=AUTH).json()
+    assert {x["uid"]: x["corrected"] for x in page["measurements"]} == {
+        **{x["uid"]: untouched for x in listed},
+        cancelled["uid"]: {"reversed_by": reversal_uid(cancelled["uid"]), "replaced_by": None},
+        amended["uid"]: {"reversed_by": reversal_uid(amended["uid"]), "replaced_by": fixed["uid"]},
+    }
     one = shared_api.get(f"/organizations/{org}/measurements", params={"batch": "bf-2"}, headers=AUTH).json()
-    assert one == {"measurements": others[:1], "next": None}
+    assert one == {"measurements": [{**others[0], "corrected": untouched}], "next": None}
     assert shared_api.get(f"/organizations/{org}/measurements", params={"batch": "bf-9"}, headers=AUTH).json() == {
         "measurements": [],
         "next": None,
@@ -233,7 +245,8 @@ def test_a_batch_is_listed_in_uid_order_page_by_page(shared_ledger: Ledger, shar
     assert too_many.status_code == 422
     assert shared_api.get(f"/organizations/{org}/measurements", params={"batch": "bf-1"}).status_code == 401
     # stored compactly, not whole: their meter's queries are still answered from the rollups
-    assert usage(shared_ledger, org, target="bytes", account="acme")[0]["value"] == sum(range(25)) + 3
+    expected = sum(range(25)) + 3 - cancelled["measure"]["bytes"] - amended["measure"]["bytes"] + 1000
+    assert usage(shared_ledger, org, target="bytes", account="acme")[0]["value"] == expected
 
 
 def test_a_reversal_for_another_account_is_refused_by_itself(shared_ledger: Ledger, shared_api: TestClient) -> None:
@@ -270,6 +283,77 @@ def test_a_reversal_for_another_account_is_refused_by_itself(shared_ledger: Ledg
     assert (both.accepted, [x.index for x in both.refused]) == (1, [1])
 
 
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"measure": {"bytes": -1}}, "measure.bytes is -1, "),  # would void all 100 of it
+        ({"measure": {"bytes": -100.0}}, "measure.bytes is -100.0, "),  # another type, another digest
+        ({"ts": "2026-01-01T11:15:00.000Z"}, "ts is '2026-01-01T11:15:00.000Z'"),
+        ({"who": {"user": "bob"}}, "who.user is 'bob'"),
+        ({"ets": "2026-01-01T10:15:01.000Z"}, "ets is '2026-01-01T10:15:01.000Z'"),
+    ],
+)
+def test_a_reversal_that_is_not_exactly_the_originals_is_refused(
+    shared_ledger: Ledger, change: dict[str, Any], named: str
+) -> None:
+    original = m("2026-01-01T10:15:00.000Z", 100, "ann")
+    bad = {**reversal(original), **change}
+    for batches in ([[original], [bad]], [[original, bad]]):  # stored before, or first in the same batch
+        org = fresh_org()
+        outcomes = [shared_ledger.ingest(org, batch) for batch in batches]
+        [refused] = outcomes[-1].refused
+        assert (refused.uid, refused.reason, refused.field) == (bad["uid"], "bad_correction", "correction.of")
+        assert named in refused.message and original["uid"] in refused.message, refused.message
+        assert usage(shared_ledger, org, target="bytes")[0]["value"] == 100  # the original counts, whole
+        assert shared_ledger.ingest(org, [reversal(original)]) == Ingested(1, 0)  # the true one is not blocked
+        assert usage(shared_ledger, org, target="bytes") in (
+            [],
+            [{"meter": "downloads", "account": "acme", "value": 0}],
+        )
+
+
+def test_nothing_corrects_a_reversal(shared_ledger: Ledger) -> None:
+    org = fresh_org()
+    original, kept = m("2026-01-01T10:15:00.000Z", 100, "ann"), m("2026-01-01T10:16:00.000Z", 5, "bob")
+    cancel = reversal(original)
+    shared_ledger.ingest(org, [original, kept, cancel])
+    for bad in (replacement(cancel, {"measure.bytes": 7}), reversal(cancel)):
+        [refused] = shared_ledger.ingest(org, [bad]).refused
+        assert refused.reason == "bad_correction" and f"correct {original['uid']} instead" in refused.message
+        # in the same batch as the reversal it corrects: the same
+        other = fresh_org()
+        outcome = shared_ledger.ingest(other, [original, cancel, bad])
+        assert (outcome.accepted, [r.index for r in outcome.refused]) == (2, [2])
+    assert usage(shared_ledger, org, target="bytes")[0]["value"] == 5
+    # a correction of a reversal that arrives before the reversal counts until the reversal does
+    late = fresh_org()
+    amend = replacement(cancel, {"measure.bytes": 7})
+    shared_ledger.ingest(late, [original, kept, amend])
+    assert usage(shared_ledger, late, target="bytes")[0]["value"] == 112
+    shared_ledger.ingest(late, [cancel])
+    assert usage(shared_ledger, late, target="bytes")[0]["value"] == 5
+
+
+def test_a_reversal_before_an_original_it_does_not_match_voids_nothing(
+    shared_ledger: Ledger, shared_api: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stored first (its original unknown), a reversal cannot be judged; when the original
+    arrives and the reversal is not exactly its reversal, the original counts, the reversal
+    still does not, and the mismatch is listed as a conflict of the reversal's uid."""
+    org = fresh_org()
+    original = m("2026-01-01T10:15:00.000Z", 100, "ann")
+    bad = {**reversal(original), "measure": {"bytes": -1}}
+    assert shared_ledger.ingest(org, [bad]) == Ingested(1, 0)
+    with caplog.at_level("WARNING", logger="meterkit.ledger"):
+        assert shared_ledger.ingest(org, [original]) == Ingested(1, 0)
+    assert usage(shared_ledger, org, target="bytes")[0]["value"] == 100
+    assert usage(shared_ledger, org, aggregation="COUNT")[0]["value"] == 1
+    [conflict] = shared_api.get(f"/organizations/{org}/conflicts", headers=AUTH).json()["conflicts"]
+    assert conflict["uid"] == bad["uid"] and conflict["other"] == reversal(original)
+    assert (conflict["firstHash"], conflict["otherHash"]) == (content_hash(bad), content_hash(reversal(original)))
+    assert any(bad["uid"] in r.getMessage() and "measure.bytes is -1" in r.getMessage() for r in caplog.records)
+
+
 def _open_write(ledger: Ledger, org: str, records: list[dict[str, Any]]) -> Any:
     """Write ``records`` as an ingest does, in a transaction left open: the connection."""
     conn = ledger.connection()
@@ -298,8 +382,7 @@ def test_an_original_and_its_reversal_ingested_at_once_void_it(shared_ledger: Le
     sees the other's rows until a commit; the original is voided all the same."""
     org = fresh_org()
     original = m("2026-03-01T10:15:00.000Z", 100, "ann")
-    later = {**reversal(original), "ts": "2026-03-01T12:15:00.000Z"}  # an hour apart: no rollup row shared
-    held, sent = (original, later) if first == "original" else (later, original)
+    held, sent = (original, reversal(original)) if first == "original" else (reversal(original), original)
     second = Ledger(shared_ledger.url)
     outcome: list[Any] = []
     try:

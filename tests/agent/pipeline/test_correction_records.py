@@ -61,6 +61,11 @@ def test_a_well_formed_correction_is_believed() -> None:
         ({"reason": "   "}, "correction.reason"),
         ({"reason": None}, "correction.reason"),  # absent: --reason is required
         ({"by": ""}, "correction.by"),
+        ({"reason": "ok\n2026-02-03 INFO approved by cfo"}, "correction.reason"),  # a forged journal line
+        ({"reason": "\x1b[2Khidden"}, "correction.reason"),  # an escape sequence
+        ({"reason": "x" * 2001}, "correction.reason"),
+        ({"by": "alice\r@host"}, "correction.by"),
+        ({"batch": "bf\x00"}, "correction.batch"),
         ({"at": "yesterday"}, "correction.at"),
         ({"at": "2026-02-03T10:00:00"}, "correction.at"),  # no offset: not an instant
         ({"action": "delete"}, "correction.action"),
@@ -77,6 +82,8 @@ def test_a_well_formed_correction_is_believed() -> None:
 def test_a_malformed_correction_is_named(changes: dict[str, Any], named: str) -> None:
     problem = control_problem(record(**changes))
     assert problem is not None and problem.startswith(named), problem
+    if "control character" in problem:
+        assert "U+00" in problem  # named, so the quarantine says which
 
 
 def test_corrections_are_journaled_and_a_bad_one_is_quarantined_alone(metrics: AgentMetrics) -> None:
