@@ -211,10 +211,56 @@ SECTIONS = [
 def targets_section(figures: dict[str, Any]) -> list[str]:
     judged = judge(figures)
     width = max(len(text) for _, text, _ in judged)
-    lines = ["targets (issue 11), judged from this run's figures"]
+    lines = ["targets (issues 11 and 13), judged from this run's figures"]
     for number_, text, outcome in judged:
         verdict = outcome if isinstance(outcome, str) else f"{outcome[0]}  →  {'met' if outcome[1] else 'NOT MET'}"
         lines.append(f"  {number_}. {text.ljust(width)}  {verdict}")
+    return lines
+
+
+DECISION_COLUMNS = ["decision", "wall µs, median (runs)", "process CPU µs, median (runs)", "CPU x meterkit"]
+
+
+def decisions_section(figures: dict[str, Any], ranges: Ranges) -> list[str]:
+    """bench/decisions.py: meterkit.allow() beside `limits` and pyrate-limiter, every
+    decision allowed; per decision, the median and range of this run's runs, then in
+    brackets the range of the median over the runs kept."""
+    found = figures.get("decisions")
+    title = "limit decisions: meterkit.allow() beside limits and pyrate-limiter (per decision)"
+    if not isinstance(found, dict) or "not_available" in found:
+        reason = found.get("not_available") if isinstance(found, dict) else "no figures"
+        return [f"{title}: not available: {reason}"]
+    rows = []
+    for name, r in found["rows"].items():
+        path = ("decisions", "rows", name)
+        wall = with_range(r["wall_us"], ranges, (*path, "wall_us"))
+        cpu = with_range(r["cpu_us"], ranges, (*path, "cpu_us"))
+        ratio = with_range(r["cpu_x_meterkit"], ranges, (*path, "cpu_x_meterkit"), "x") if "cpu_x_meterkit" in r else ""
+        rows.append(
+            [
+                name,
+                f"{wall} ({number(r['wall_us_min'])}–{number(r['wall_us_max'])})",
+                f"{cpu} ({number(r['cpu_us_min'])}–{number(r['cpu_us_max'])})",
+                ratio,
+            ]
+        )
+    lines = [title, *(f"  {line}" for line in table(rows, DECISION_COLUMNS))]
+    trip = found.get("redis")
+    if isinstance(trip, dict):
+        x = with_range(trip["decision_x_ping"], ranges, ("decisions", "redis", "decision_x_ping"), "x")
+        lines.append(
+            f"  a global decision: {trip['round_trips_per_decision']:g} round trip(s) each (requests sent);"
+            f" {number(trip['decision_wall_us'])} µs wall = {x} a bare PING's {number(trip['ping_wall_us'])} µs"
+            f" from the same kind of client ({trip['decision_x_ping_min']:.2f}–{trip['decision_x_ping_max']:.2f}x"
+            " over the runs)"
+        )
+    elif trip is not None:
+        lines.append(f"  {trip}")
+    lines += [
+        f"  {found['runs']} runs of {found['decisions_per_run']:,} decisions (Redis rows: a twentieth), one account,"
+        " a limit that allows every one; process CPU counts every thread;",
+        "  CPU x meterkit: a peer's CPU over meterkit's doing the same kind of work (memory: process; Redis: global).",
+    ]
     return lines
 
 
@@ -238,6 +284,7 @@ def render(run: dict[str, Any], runs: list[dict[str, Any]]) -> str:
         lambda: peers_section(figures, ranges, run["quick"]),
         lambda: sdk_section(figures, ranges),
         *(partial(other_section, title, key, figures, ranges) for title, key in SECTIONS),
+        lambda: decisions_section(figures, ranges),
         lambda: targets_section(figures),
     ]
     return "\n\n".join("\n".join(_printed(part)) for part in parts)

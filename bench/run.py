@@ -6,14 +6,15 @@ runs them. What each figure means is printed with it (bench/report.py); how the 
 driven is in bench/peers.py; the targets are judged from the figures (bench/targets.py).
 
 The sections other than the peer table come from modules with owners of their own
-(bench/e2e.py, ledger.py, postgres.py, reconcile.py), each with ``run() -> dict``. Each runs
+(bench/e2e.py, ledger.py, postgres.py, reconcile.py, decisions.py), each with ``run() -> dict``. Each runs
 in a child process of its own, with a time limit, so that one that fails, hangs or leaves
 threads behind costs only its own section, printed as "not available: <reason>".
 
 ``BENCH_QUICK=1`` makes a short run (smaller samples; such runs are ranged only with each
 other): a section runs with ``run(quick=True)``, and is skipped if its ``run`` takes no
 ``quick``. ``BENCH_PEERS=meterkit,segment`` runs only those peers, ``BENCH_SECTIONS=e2e``
-only those sections (``none`` for none).
+only those sections (``none`` for none): ``BENCH_PEERS=none BENCH_SECTIONS=decisions``
+runs the limit decisions alone.
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ import history  # noqa: E402 - the bench's own modules, found beside this file
 import report  # noqa: E402
 
 #: figures key -> module
-SECTIONS = {"end_to_end": "e2e", "ledger": "ledger", "postgres": "postgres", "reconcile": "reconcile"}
+SECTIONS = {
+    "end_to_end": "e2e",
+    "ledger": "ledger",
+    "postgres": "postgres",
+    "reconcile": "reconcile",
+    "decisions": "decisions",
+}
 SECTION_TIMEOUT_S = 1_200
 
 

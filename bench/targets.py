@@ -235,6 +235,32 @@ def reconcile_month(f: Figures) -> Outcome:
     return _missing(f, "reconcile")
 
 
+def _decision_cpu(row: str, limit: float) -> Callable[[Figures], Outcome]:
+    """A decision's process CPU (median of the runs) from the decisions section."""
+
+    def check(f: Figures) -> Outcome:
+        value = at(f, "decisions", "rows", row, "cpu_us")
+        return _at_most(value if _number(value) else None, limit, "µs CPU (median)", _missing(f, "decisions"))
+
+    return check
+
+
+def redis_round_trip(f: Figures) -> Outcome:
+    """Counted, not inferred from time: the requests the client sent per decision; the wall
+    time beside a bare PING says what that round trip costs."""
+    trip = at(f, "decisions", "redis")
+    if isinstance(trip, str):
+        return f"no figure: {trip}"
+    if not isinstance(trip, dict) or not _number(trip.get("round_trips_per_decision")):
+        return _missing(f, "decisions")
+    trips = trip["round_trips_per_decision"]
+    return (
+        f"{trips:g} round trip(s) per decision; {trip['decision_x_ping']:.2f}x a bare PING"
+        f" ({trip['decision_wall_us']:.0f} vs {trip['ping_wall_us']:.0f} µs wall)",
+        trips == 1,
+    )
+
+
 TARGETS: list[tuple[str, str, Callable[[Figures], Outcome]]] = [
     ("1", "app: total process CPU per measurement, all threads ≤ 1.5 µs", sdk_cpu),
     ("1", "app: ≥ 3.5x cheaper than OTel counter.add, same run", sdk_vs_counter),
@@ -253,6 +279,10 @@ TARGETS: list[tuple[str, str, Callable[[Figures], Outcome]]] = [
     ("6", "PostgreSQL ingest throughput measured", postgres_ingest),
     ("7", "reconcile one day of 1,000,000 ≤ 2 s", reconcile_day),
     ("7", "reconcile one month of 10,000,000 ≤ 30 s", reconcile_month),
+    ("13", "limits: in-process rate decision ≤ 1.5 µs", _decision_cpu("meterkit process", 1.5)),
+    ("13", "limits: host-shared rate decision ≤ 5 µs", _decision_cpu("meterkit host", 5.0)),
+    ("13", "limits: cap decision ≤ 5 µs", _decision_cpu("meterkit capped", 5.0)),
+    ("13", "limits: a Redis (global) decision is one round trip", redis_round_trip),
 ]
 
 
