@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -85,6 +85,7 @@ class _FieldModel(BaseModel):
     name: str
     category: Category
     unit: str | None = None
+    privacy: Literal["pseudonymize", "drop", "keep"] | None = None
 
     @field_validator("code")
     @classmethod
@@ -120,6 +121,10 @@ class _FieldModel(BaseModel):
     def _unit_needs_number(self) -> _FieldModel:
         if self.unit is not None and not self.category.numeric:
             raise ValueError(f"a unit only applies to MEASURE, INCOME or COST fields, not {self.category.name}")
+        if self.privacy is not None and isinstance(self, _DerivedModel):
+            raise ValueError("privacy applies to data fields; a derived field is computed in the agent from them")
+        if self.privacy == "pseudonymize" and self.category.numeric:
+            raise ValueError(f"privacy: pseudonymize applies to text fields, not {self.category.name}")
         return self
 
 
@@ -137,6 +142,8 @@ class _MeterModel(BaseModel):
     data_fields: list[Any] = []
     derived_fields: list[Any] = []
     custom_fields: dict[str, str | int | float] = {}
+    #: the PII guard's policy for this meter's text values (``_privacy``; unset: redact)
+    pii: Literal["reject", "redact", "pseudonymize", "allow"] | None = None
 
     @field_validator("code")
     @classmethod
@@ -175,6 +182,7 @@ class DataField:
     name: str
     category: Category
     unit: str | None = None
+    privacy: str | None = None  # pseudonymize, drop, keep; None: not said (kept)
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,7 @@ class Meter:
     field_categories: Mapping[str, str] = field(repr=False, default_factory=dict)
     #: the same, plus derived fields: what a measurement may carry after derivation
     wire_categories: Mapping[str, str] = field(repr=False, default_factory=dict)
+    pii: str | None = None  # the PII guard's policy; None: not said (redact)
 
     @property
     def is_global(self) -> bool:
@@ -367,7 +376,8 @@ def _check_meter(
     custom_names = org_names | (
         {k for k in meter_custom if isinstance(k, str)} if isinstance(meter_custom, dict) else set()
     )
-    allowed = {code_of(item) for item, _ in data} | custom_names | TIMESTAMP_FIELDS
+    dropped = {code_of(i) for i, m in data if m is not None and m.privacy == "drop"}
+    allowed = {code_of(item) for item, _ in data} - dropped | custom_names | TIMESTAMP_FIELDS
     derived_codes = {code_of(item) for item, _ in derived}
     for item, _ in derived:
         calculation = item.get("calculation") if isinstance(item, dict) else None
@@ -381,6 +391,7 @@ def _check_meter(
             continue
         for name in sorted(expr.names - allowed):
             hint = " (derived fields cannot read other derived fields)" if name in derived_codes else ""
+            hint = " (it is privacy: drop, so it never reaches the agent)" if name in dropped else hint
             report(
                 "unknown_reference",
                 f"calculation reads {name!r}, which is not a data field, custom field or timestamp of this meter{hint}",
@@ -397,9 +408,12 @@ def _check_meter(
         code=head.code,
         name=head.name,
         product=head.product,
-        data_fields=tuple(DataField(f.code, f.name, f.category, f.unit) for f in data_models),
-        derived_fields=tuple(DerivedField(f.code, f.name, f.category, f.unit, f.calculation) for f in derived_models),
+        data_fields=tuple(DataField(f.code, f.name, f.category, f.unit, f.privacy) for f in data_models),
+        derived_fields=tuple(
+            DerivedField(f.code, f.name, f.category, f.unit, calculation=f.calculation) for f in derived_models
+        ),
         custom_fields={**org_custom, **head.custom_fields},
         field_categories={f.code: f.category.value for f in data_models},
         wire_categories={f.code: f.category.value for f in (*data_models, *derived_models)},
+        pii=head.pii,
     )

@@ -14,7 +14,9 @@ Either way the write carries the batch's tally and any loss counts not yet writt
 is held while the sink is unavailable. A measurement refused here goes to the
 rejected-measurements file, counted under its reason. Strict mode, sync durability and
 records made after shutdown validate on the caller's thread instead
-(:meth:`Flusher.record_checked`, :meth:`Flusher.record_late`).
+(:meth:`Flusher.record_checked`, :meth:`Flusher.record_late`). Every path applies the
+catalog's privacy rules (``_privacy``) before a value is written, the rejected-measurements
+file and corrections included.
 
 Loss counts leave memory only when a write that carries them succeeds. While the spool
 refuses writes they go first, on their own, at every retry: they are small, and the sink
@@ -31,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import _guard
 from ._batch import BatchWorker
-from ._errors import MeasurementError
-from ._framer import Write, frames_write, tally_controls, wire_write
+from ._errors import MeasurementError, Problem
+from ._framer import Write, frames_write, private_item, tally_controls, wire_write
 from ._frames import ROW_SIZE
 from ._losses import Losses, losses_records, meter_name
 from ._model import UidSource, tally
+from ._privacy import Privacy
 from ._rows import PADDING, meter_and_account, raw, to_wire
 from ._sinks import Sink, SinkUnavailable
 from ._timefmt import iso_ms
@@ -56,6 +59,7 @@ class Flusher:
     def __init__(self, settings: Settings, sink: Sink, catalog: Catalog | None, uids: UidSource) -> None:
         self.sink = sink
         self.catalog = catalog
+        self.privacy = Privacy.for_catalog(catalog)  # setup: ConfigError for a key it lacks
         self._uids = uids
         self.strict = settings.mode == "strict"
         self.sync = settings.durability == "sync"
@@ -78,6 +82,8 @@ class Flusher:
         self.trouble: str | None = None
         self.written = 0
         self.losses = Losses()
+        if self.privacy is not None:
+            self.privacy.counts.clear()
 
     def after_fork(self) -> None:
         """In a forked child: the parent's queue, held batch and counts are the parent's to
@@ -90,8 +96,9 @@ class Flusher:
     def stats(self) -> dict[str, Any]:
         """``Client.stats``. ``held``: taken from the queue for a write the sink refused, kept
         until it takes them. ``lost_unreported``: lost, not yet in a loss record in the spool.
-        ``spool_refuses``: why the sink refuses writes, or ``None``. Once the flusher is idle,
-        ``written + queued + held + sum(lost)`` is every measurement recorded."""
+        ``spool_refuses``: why the sink refuses writes, or ``None``. ``privacy``: values changed
+        by the catalog's privacy rules, by what (``redacted:email``, ...). Once the flusher is
+        idle, ``written + queued + held + sum(lost)`` is every measurement recorded."""
         pending = self._pending
         return {
             "written": self.written,
@@ -100,6 +107,7 @@ class Flusher:
             "lost": self.losses.totals(),
             "lost_unreported": self.losses.unwritten(),
             "spool_refuses": self.trouble,
+            "privacy": self.privacy.stats() if self.privacy is not None else {},
         }
 
     # -- on the flusher thread -------------------------------------------------------------
@@ -129,11 +137,12 @@ class Flusher:
     def _prepare(self, batch: list[Any]) -> Write:
         """One write for a batch of queued rows (``ROW_SIZE`` slots each)."""
         make = wire_write if self._write_batch is None else frames_write
-        return make(batch, self.catalog, self._uids, self.reject)
+        return make(batch, self.catalog, self._uids, self.reject, self.privacy)
 
     def write(self, w: Write) -> str | None:
         """Write ``w`` with the loss counts not yet written. Returns ``None``, or the loss
         reason if the sink refused; the loss counts then stay for the next write."""
+        _private(self.privacy, w)
         taken = self.losses.take()
         controls = [*w.tallies, *losses_records(taken)] if taken else w.tallies
         done = False
@@ -169,7 +178,7 @@ class Flusher:
     def record_checked(self, item: tuple[Any, ...]) -> None:
         """Strict mode and sync durability: validate (and in sync mode, write) right here."""
         try:
-            wire = to_wire(item, self.catalog, self._uids.format(self._uids.next()))
+            wire = _to_wire(self, item)
         except MeasurementError as exc:
             if self.strict:
                 raise
@@ -188,7 +197,7 @@ class Flusher:
     def record_late(self, item: tuple[Any, ...]) -> None:
         """Recorded after shutdown (another atexit hook, say): write it straight through."""
         try:
-            wire = to_wire(item, self.catalog, self._uids.format(self._uids.next()))
+            wire = _to_wire(self, item)
         except MeasurementError as exc:
             self.reject(item, exc)
             return
@@ -233,6 +242,7 @@ class Flusher:
 
     def reject_raw(self, record: dict[str, Any], exc: MeasurementError) -> None:
         """Count, log once per (meter, reason), and keep the measurement in ``rejected/``."""
+        record = self.privacy.scrub(record) if self.privacy is not None else record  # as it may be written
         p = exc.problem
         meter = meter_name(p.meter or record.get("meter"))
         self.losses.count(f"rejected:{p.reason}", meter, record.get("account"))
@@ -242,16 +252,8 @@ class Flusher:
             "meterkit: measurement rejected (%s); further ones for this meter and reason are counted, not logged",
             p,
         )
-        entry = {
-            "at": iso_ms(_time_ns()),
-            "reason": p.reason,
-            "message": p.message,
-            "meter": meter,
-            "field": p.field,
-            "record": record,
-        }
         try:
-            self.sink.reject(entry)
+            self.sink.reject(_rejected_entry(p, meter, record))
         except Exception as exc2:  # a full disk, or a value no encoder takes: counted above
             _guard.background_error("rejected-measurements file", exc2)
 
@@ -260,5 +262,24 @@ class Flusher:
         self.losses.count(reason, *meter_and_account(item))
 
 
+def _rejected_entry(p: Problem, meter: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A line of the rejected-measurements file."""
+    at = iso_ms(_time_ns())
+    return {"at": at, "reason": p.reason, "message": p.message, "meter": meter, "field": p.field, "record": record}
+
+
+def _to_wire(f: Flusher, item: tuple[Any, ...]) -> Measurement:
+    """``item`` validated on the caller's thread, the privacy rules applied before."""
+    return to_wire(private_item(item, f.privacy, f.catalog), f.catalog, f._uids.format(f._uids.next()))
+
+
+def _private(privacy: Privacy | None, w: Write) -> None:
+    """Apply the privacy rules to records this flusher did not make (corrections), once,
+    leniently: a value the guard would refuse is redacted, so no correction is lost."""
+    if not w.private and w.records and privacy is not None:
+        w.records = [privacy.wire(r, lenient=True) for r in w.records]
+    w.private = True
+
+
 def _one(wire: Measurement) -> Write:
-    return Write([], [wire], tally_controls(tally([wire])), 1)
+    return Write([], [wire], tally_controls(tally([wire])), 1, private=True)

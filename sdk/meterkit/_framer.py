@@ -20,6 +20,9 @@ loop over the batch (catalog validation and derivation are the agent's, DESIGN.m
   as ``build`` drops it.
 - **Size.** A payload over the frame limit is split in two, and again; a single row over
   it is refused (``too_large``).
+- **Privacy** (``_privacy``), with a catalog: fields it does not declare are dropped, its
+  pseudonyms made, its PII guard applied, before anything is written; a batch with nothing
+  to change costs a few column-wise checks.
 
 Everything else a measurement may get wrong (unknown fields, types, lengths) reaches the
 agent in the frame, and the agent refuses that measurement alone, with its reason.
@@ -27,6 +30,7 @@ agent in the frame, and the agent refuses that measurement alone, with its reaso
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -49,13 +53,15 @@ from ._frames import (
     encode_batch,
     tally_rows,
 )
-from ._limits import problem
+from ._limits import check_ts, problem
 from ._model import CATEGORIES, UidSource, account_ok, build, key_problem, meter_ok, tally
-from ._rows import Rare, frame_row, to_wire
+from ._rows import Rare, account_and_fields, frame_row, to_wire
+from ._scope import EMPTY
 from ._spool import FRAME_HEADER_SIZE, MAX_FRAME_BYTES
 
 if TYPE_CHECKING:
     from ._catalog import Catalog
+    from ._privacy import Privacy
 
 Row = Sequence[Any]  # one measurement's values, ``width`` of them
 Reject = Callable[[Row, MeasurementError], None]
@@ -79,6 +85,7 @@ class Write:
     records: list[Measurement] = field(default_factory=list)
     tallies: list[Measurement] = field(default_factory=list)
     count: int = 0  # measurements in it
+    private: bool = False  # the catalog's privacy rules are applied to ``records`` already
 
 
 def tally_controls(entries: list[Measurement]) -> list[Measurement]:
@@ -87,29 +94,68 @@ def tally_controls(entries: list[Measurement]) -> list[Measurement]:
     return [{"type": "tally", "entries": entries}] if entries else []
 
 
-def wire_write(batch: list[Any], catalog: Catalog | None, uids: UidSource, reject: Reject) -> Write:
+def private_item(item: Sequence[Any], privacy: Privacy | None, catalog: Catalog | None) -> Sequence[Any]:
+    """A queued row (or a wire measurement's) with the catalog's privacy rules applied to
+    its fields, inherited ones included, for ``to_wire``: a ``Rare`` head keeps the caller's
+    times and uid but no longer inherits (what it inherited is in the fields already).
+    Fields the meter lacks are left for validation to refuse. Raises ``MeasurementError``."""
+    if privacy is None:
+        return item
+    head = item[ROW_TS]
+    if isinstance(head, dict):
+        return (privacy.wire(head), *item[1:])
+    account, values = account_and_fields(item, catalog)
+    ts = head if type(head) is int else None
+    if isinstance(head, Rare):
+        ts = head.now
+        if head.ts is not None and privacy.keyring is not None and not privacy.keyring.single:
+            with contextlib.suppress(MeasurementError):  # a bad one: validation refuses it
+                ts = check_ts(None, "ts", head.ts, head.now)  # the key follows the measurement's time
+        head = Rare(head.now, head.ts, head.ets, head.uid, EMPTY, None)
+    return (head, item[ROW_METER], account, *privacy.fields(item[ROW_METER], values, ts, undeclared=False))
+
+
+def wire_write(
+    batch: list[Any], catalog: Catalog | None, uids: UidSource, reject: Reject, privacy: Privacy | None = None
+) -> Write:
     """A write of validated wire measurements (a sink that keeps them, strict mode)."""
     records = []
     for i in range(0, len(batch), ROW_SIZE):
         row = batch[i : i + ROW_SIZE]
         try:
-            records.append(to_wire(row, catalog, uids.format(uids.next())))
+            records.append(to_wire(private_item(row, privacy, catalog), catalog, uids.format(uids.next())))
         except MeasurementError as exc:
             reject(row, exc)
-    return Write([], records, tally_controls(tally(records)), len(records))
+    return Write([], records, tally_controls(tally(records)), len(records), private=True)
 
 
-def frames_write(batch: list[Any], catalog: Catalog | None, uids: UidSource, reject: Reject) -> Write:
+def frames_write(
+    batch: list[Any], catalog: Catalog | None, uids: UidSource, reject: Reject, privacy: Privacy | None = None
+) -> Write:
     """A write of batch frames (production mode into the spool), with the tally of what
     they hold, computed from the rows (``tally_rows``) unless the shortcut declines."""
     flat, width, records = split(batch, catalog, reject)
+    if privacy is not None:
+        flat = privacy.rows(flat, width, reject) if flat else flat
+        records = _private_records(records, privacy, reject)
     framed = _framed(flat, width, catalog, uids, reject) if flat else []
     payloads = [payload for payload, _ in framed]
     rows = framed[0][1] if len(framed) == 1 else [value for _, part in framed for value in part]
     entries = tally_rows(rows, width) if not records else None
     if entries is None:  # a mixed batch, or rows the shortcut leaves to the exact tally
         entries = tally([*(m for p in payloads for m in batch_records(p)), *records])
-    return Write(payloads, records, tally_controls(entries), len(rows) // width + len(records))
+    return Write(payloads, records, tally_controls(entries), len(rows) // width + len(records), private=True)
+
+
+def _private_records(records: list[Measurement], privacy: Privacy, reject: Reject) -> list[Measurement]:
+    """Validated wire measurements (backfill, strict mode's) with the privacy rules applied."""
+    out = []
+    for m in records:
+        try:
+            out.append(privacy.wire(m))
+        except MeasurementError as exc:
+            reject((m,), exc)  # a wire head: raw() keeps it whole
+    return out
 
 
 def _framed(

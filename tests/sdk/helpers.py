@@ -6,7 +6,7 @@ from typing import Any
 
 from meterkit import MeasurementError
 from meterkit._frames import batch_records
-from meterkit._model import validate_wire
+from meterkit._model import NUMERIC_CATEGORIES, validate_wire
 from meterkit._spool import KIND_BATCH, KIND_CONTROL, KIND_MEASUREMENT, Frame, iter_records
 
 
@@ -52,6 +52,10 @@ def refused_by_sdk(kwargs: dict[str, Any], reason: str, field: str | None) -> bo
         return True
     if reason == "unknown_meter":
         return False  # the catalog is the agent's
+    if reason in ("unknown_field", "wrong_category") and field is not None:
+        # only what the catalog declares leaves the application: an undeclared number is
+        # refused (dropping it would change the bill), an undeclared string dropped
+        return field.partition(".")[0] in NUMERIC_CATEGORIES
     if field in SDK_CHECKED_FIELDS:
         return True
     category, _, code = (field or "").partition(".")

@@ -14,7 +14,7 @@ import pytest
 
 import meterkit
 from meterkit import MeasurementError, load_catalog
-from meterkit._model import UidSource, build
+from meterkit._model import STRING_CATEGORIES, UidSource, build
 from tests.conftest import CATALOG
 from tests.sdk.helpers import agent_verdict, losses, refused_by_sdk, spooled
 
@@ -92,7 +92,14 @@ def test_strict_mode_raises_at_the_call_site(case: dict[str, Any], reason: str, 
 
 
 SDK_REFUSES = [(c, r, f) for c, r, f in BAD if refused_by_sdk(c, r, f)]
-AGENT_REFUSES = [(c, r, f) for c, r, f in BAD if not refused_by_sdk(c, r, f)]
+#: an undeclared string field is dropped in the SDK (only what the catalog declares leaves
+#: the application): neither refused there nor left for the agent
+SDK_DROPS = [
+    (c, r, f)
+    for c, r, f in BAD
+    if r in ("unknown_field", "wrong_category") and f is not None and f.partition(".")[0] in STRING_CATEGORIES
+]
+AGENT_REFUSES = [(c, r, f) for c, r, f in BAD if not refused_by_sdk(c, r, f) and (c, r, f) not in SDK_DROPS]
 
 
 @pytest.mark.parametrize(("case", "reason", "field"), SDK_REFUSES)
@@ -142,6 +149,22 @@ def test_production_mode_spools_what_the_agent_validates_and_the_agent_names_it(
     assert meterkit.stats()["lost"] == {} and losses(spool) == {}
     assert agent_verdict(bad, load_catalog(CATALOG)) == (reason, field)
     assert agent_verdict(good, load_catalog(CATALOG)) is None
+
+
+@pytest.mark.parametrize(("case", "reason", "field"), SDK_DROPS)
+def test_production_mode_drops_an_undeclared_string_field_and_counts_it(
+    case: dict[str, Any], reason: str, field: str, spool: Path
+) -> None:
+    meterkit.configure(catalog=CATALOG, spool_dir=spool)
+    kwargs = record_kwargs(case)
+    meter = kwargs.pop("meter")
+    meterkit.record(meter, **kwargs)
+    assert meterkit.flush(5)
+    (written,) = spooled(spool)
+    category, _, code = field.partition(".")
+    assert code not in written.get(category, {})
+    assert meterkit.stats()["privacy"] == {"dropped:undeclared_field": 1}
+    assert agent_verdict(written, load_catalog(CATALOG)) is None  # what remains is valid
 
 
 def test_without_a_catalog_any_meter_is_accepted_but_types_are_checked() -> None:

@@ -50,16 +50,21 @@ def test_strict_mode_raises_for_an_explicit_field_the_meter_lacks() -> None:
     assert captured.measurements == []
 
 
-def test_production_spools_an_explicit_field_the_meter_lacks_for_the_agent_to_refuse(spool: Path) -> None:
+def test_production_drops_an_explicit_string_field_the_meter_lacks_and_counts_it(spool: Path) -> None:
+    """Only what the catalog declares leaves the application: an undeclared string is
+    dropped (counted), the measurement and its numbers kept."""
     meterkit.configure(catalog=CATALOG, spool_dir=spool)
     with meterkit.context(account="acme", where={"region": "eu"}):
         meterkit.record("api_calls", measure={"calls": 1}, who={"user": "u42"})
+    assert meterkit.flush(5)
+    stats = meterkit.stats()
     assert meterkit.shutdown(5)
     (written,) = spooled(spool)
-    assert written["who"] == {"user": "u42"} and written["account"] == "acme"  # the scope's account
+    assert "who" not in written and written["account"] == "acme"  # the scope's account
     assert "where" not in written  # api_calls does not declare region: the scope's field is left out
-    assert agent_verdict(written, meterkit.load_catalog(CATALOG)) == ("unknown_field", "who.user")
-    assert losses(spool) == {}
+    assert written["measure"] == {"calls": 1}
+    assert agent_verdict(written, meterkit.load_catalog(CATALOG)) is None
+    assert stats["privacy"] == {"dropped:undeclared_field": 1} and losses(spool) == {}
 
 
 def test_production_refuses_a_bad_account_from_the_scope_and_keeps_it_in_the_rejected_file(spool: Path) -> None:

@@ -24,4 +24,19 @@ def meters_validate(file: Annotated[Path, typer.Argument(help="the meters.yaml t
         typer.echo(f"{len(exc.problems)} problem(s) in {file}", err=True)
         raise typer.Exit(1) from None
     derived = sum(len(m.derived_fields) for m in catalog.meters.values())
-    typer.echo(f"{file}: ok, {len(catalog.meters)} meter(s), {derived} derived field(s)")
+    warnings = privacy_warnings(catalog)
+    for warning in warnings:
+        typer.echo(f"{file}: warning: {warning}", err=True)
+    typer.echo(f"{file}: ok, {len(catalog.meters)} meter(s), {derived} derived field(s), {len(warnings)} warning(s)")
+
+
+def privacy_warnings(catalog: meterkit.Catalog) -> list[str]:
+    """A WHO field names a person or an organisation: the catalog should say what leaves
+    the application (docs/privacy.md). One warning per WHO field that does not."""
+    return [
+        f"meter {meter.code!r}, field {f.code!r}: a WHO field should say privacy: pseudonymize, drop or keep"
+        " (unset, its value is kept as given)"
+        for meter in catalog.meters.values()
+        for f in meter.data_fields
+        if f.category.value == "who" and f.privacy is None
+    ]

@@ -7,6 +7,12 @@ Listens on 127.0.0.1 unless configured otherwise; a bearer token, if set, is com
 constant time. A body over ``max_request_bytes``, as sent or once decompressed, is a 413 as
 soon as it passes the limit, chunked or not; ``Content-Encoding`` may be gzip, deflate or
 identity, anything else is a 415 (``httpserver.read_body``).
+
+Before anything is validated or spooled, the catalog's privacy rules (``meterkit._privacy``,
+``docs/privacy.md``) are applied: pseudonyms made, ``privacy: drop`` fields removed, the
+PII guard's policy applied; a measurement the guard refuses (``pii: reject``) is named
+like any bad one (reason ``pii_detected``, its value not shown), so no raw value of a
+protected field reaches the spool, the journal or a backend.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import Field, SecretStr
 
-from meterkit import Catalog
+from meterkit import Catalog, MeasurementError
 from meterkit._model import validation_token
+from meterkit._privacy import Privacy
 from meterkit._sinks import SpoolSink
 
 from ..component import Factory, HostPort, ReceiverHost, Settings
@@ -45,6 +52,7 @@ AppFactory = Callable[[Any, SpoolSink, Catalog | None], FastAPI]
 def create_receiver_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Catalog | None) -> FastAPI:
     app = FastAPI(title="meterkit agent HTTP receiver", version="1")
     token = cfg.token.get_secret_value().encode() if cfg.token else None
+    privacy = Privacy.for_catalog(catalog)  # setup: a catalog asking for pseudonyms needs a key
 
     @app.get("/health")
     def health() -> Response:
@@ -61,7 +69,9 @@ def create_receiver_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Catal
         items, problem = _parse(body, request.headers.get("content-type", ""))
         if problem:
             return json_response({"message": problem}, 400)
+        items, refused, kept_at = private_items(items, privacy)
         good, errors = validate_items(items, catalog)
+        errors = sorted(refused + [{**e, "index": kept_at[e["index"]]} for e in errors], key=lambda e: e["index"])
         if errors:
             return json_response(
                 {
@@ -77,6 +87,24 @@ def create_receiver_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Catal
         return json_response({"accepted": len(good)})
 
     return app
+
+
+def private_items(items: list[Any], privacy: Privacy | None) -> tuple[list[Any], list[dict[str, Any]], list[int]]:
+    """``items`` with the privacy rules applied, less those the PII guard refuses; an error
+    for each refused one (index, uid, reason, field, message: never the value); and the
+    index in ``items`` of each one kept."""
+    if privacy is None:
+        return items, [], list(range(len(items)))
+    kept, refused, kept_at = [], [], []
+    for index, item in enumerate(items):
+        try:
+            kept.append(privacy.wire(item) if isinstance(item, dict) else item)
+            kept_at.append(index)
+        except MeasurementError as exc:
+            p = exc.problem
+            uid = item.get("uid")
+            refused.append({"index": index, "uid": uid, "reason": p.reason, "field": p.field, "message": p.message})
+    return kept, refused, kept_at
 
 
 def _parse(body: bytes, content_type: str) -> tuple[list[Any], str | None]:

@@ -32,6 +32,13 @@ new measurement at each resend, and its content alone would merge it with every 
 record sent later. (A record with a ``meterkit.uid`` but no time is stamped with the time
 it is received; its uid keeps resends idempotent.)
 
+The catalog's privacy rules (``docs/privacy.md``) are applied to each measurement before
+it is validated and spooled, as the HTTP receiver does; a record the PII guard refuses
+(``pii: reject``) is a rejected record with reason ``pii_detected``, its value not shown.
+The uid derived from a record without ``meterkit.uid`` is a SHA-256 of the whole record,
+time included: not a keyed pseudonym, but no dictionary of identifiers reverses it without
+the record's other attributes and its nanosecond time.
+
 Records that are not measurements, or not valid ones, are answered with OTLP's partial
 success: ``rejected_log_records`` counts every one, and ``error_message`` names the first
 few by their position in the request, with the reason.
@@ -62,6 +69,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from meterkit import Catalog, MeasurementError
 from meterkit._model import CATEGORIES, validate_wire
+from meterkit._privacy import Privacy
 from meterkit._sinks import SpoolSink
 from meterkit._timefmt import iso_ms
 
@@ -163,6 +171,7 @@ def create_otlp_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Catalog |
     app = FastAPI(title="meterkit agent OTLP/HTTP logs receiver", version="1")
     token = cfg.token.get_secret_value().encode() if cfg.token else None
     max_bytes = cfg.max_request_bytes
+    privacy = Privacy.for_catalog(catalog)  # setup: a catalog asking for pseudonyms needs a key
 
     def answer(response: ExportLogsServiceResponse, as_json: bool, status: int = 200) -> Response:
         if as_json:
@@ -198,7 +207,7 @@ def create_otlp_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Catalog |
                 )
             else:
                 try:
-                    good.append(validate_wire(m, catalog, now))
+                    good.append(validate_wire(privacy.wire(m) if privacy is not None else m, catalog, now))
                 except MeasurementError as exc:
                     problems.append(f"record {number} (uid {m['uid']}): {exc}")
         if good:
