@@ -114,6 +114,10 @@ class LimitExceeded(MeterkitError):
         self.retry_after: float = decision.retry_after
         super().__init__(f"limit exceeded: {decision.reason} ({decision.limit}); retry after {self.retry_after:.3f} s")
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # rebuilt from its decision, so a task queue (Celery) that pickles it keeps the type
+        return (type(self), (self.decision,))
+
 
 def safe_repr(value: object) -> str:
     """``repr(value)``, or its type's name when its ``__repr__`` raises: a message about a

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
+from . import _guard
 from ._model import STRING_CATEGORIES
 
 #: The string categories: what a scope (and baggage) may fill.
@@ -80,18 +82,22 @@ class context:
             "other": other,
             "metadata": metadata,
         }
-        self._tokens: list[Token[Scope]] = []
+        self._tokens: list[tuple[Token[Scope], Scope]] = []
 
     def _copy(self) -> context:
         return context(self._account, **self._values)
 
     def __enter__(self) -> Scope:
         scope = current_scope.get().merged(self._account, self._values)
-        self._tokens.append(current_scope.set(scope))
+        self._tokens.append((current_scope.set(scope), scope))
         return scope
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        current_scope.reset(self._tokens.pop())
+        token, scope = self._tokens.pop()
+        try:
+            current_scope.reset(token)
+        except ValueError:
+            _exit_elsewhere(token, scope)
 
     async def __aenter__(self) -> Scope:
         return self.__enter__()
@@ -103,6 +109,27 @@ class context:
 
     def __call__(self, fn: F) -> F:
         return decorate(fn, self._copy)
+
+
+def _exit_elsewhere(token: Token[Scope], scope: Scope) -> None:
+    """Leave a scope from a ``contextvars.Context`` other than the one it was entered in.
+
+    A framework that runs ``__enter__`` and ``__exit__`` in two worker threads, each in a
+    fresh copy of the caller's context (FastAPI's sync ``yield`` dependencies), makes
+    ``ContextVar.reset`` raise ``ValueError``; raising it into the application would break
+    the request for a bookkeeping detail. The scope was set in a context that is gone, so
+    the only thing left to undo is this context's value, if it is still ours.
+    ``meterkit.integrations.fastapi`` keeps such dependencies in one context instead.
+    """
+    if current_scope.get() is scope:
+        old = token.old_value
+        current_scope.set(EMPTY if old is Token.MISSING else old)
+    _guard.log_once(
+        "context_exited_elsewhere",
+        logging.WARNING,
+        "meterkit: a meterkit.context(...) was left in another thread's context than it was entered in; "
+        "measurements between the two did not see it (docs/integrations.md)",
+    )
 
 
 def decorate(fn: F, manager: Callable[[], Any]) -> F:
