@@ -71,7 +71,10 @@ class PricingLine:
 class Plan:
     """A plan: what it charges (``pricing``, standing charge, minimum spend) and what it
     allows (``limits``: rate limits and caps, and the ``thresholds`` of each cap that
-    notify), the latter read by the SDK's own rules (:mod:`meterkit._planlimits`)."""
+    notify), the latter read by the SDK's own rules (:mod:`meterkit._planlimits`).
+    ``spend_thresholds``: amounts of a bill period's ``period_total`` that notify, rising,
+    each above the standing charge and the minimum spend (a level at or below them would
+    be reached by every period as it starts)."""
 
     code: str
     bill_period: str
@@ -79,6 +82,7 @@ class Plan:
     minimum_spend: Decimal
     pricing: tuple[PricingLine, ...]
     limits: PlanLimits = field(default_factory=lambda: PlanLimits(""))
+    spend_thresholds: tuple[Decimal, ...] = ()
 
     @property
     def caps(self) -> tuple[Cap, ...]:

@@ -29,7 +29,16 @@ MIN_PER_UNIT, MAX_PER_UNIT = Decimal("1e-9"), Decimal("1e18")
 MAX_BANDS = 100
 # limits and thresholds are checked by the SDK's rules (meterkit._planlimits), the ones
 # the application decides by: one reading of a limit, not two
-_PLAN_KEYS = ("code", "bill_period", "standing_charge", "minimum_spend", "pricing", "limits", "thresholds")
+_PLAN_KEYS = (
+    "code",
+    "bill_period",
+    "standing_charge",
+    "minimum_spend",
+    "pricing",
+    "limits",
+    "thresholds",
+    "spend_thresholds",
+)
 _LINE_KEYS = ("aggregation", "quantity_per_unit", "rounding", "cumulative", "tiers_span_plan", "bands", "description")
 _BAND_KEYS = ("lower_limit", "unit_price", "fixed_price")
 
@@ -126,13 +135,47 @@ def check_plan(raw: Any, index: int, c: Checker) -> Plan | None:
     limits = check_plan_limits(
         raw, label, lambda reason, text, line, field: error_at(line, field)(reason, text), c.catalog
     )
+    spend = _check_spend(
+        raw.get("spend_thresholds"), c, at, error_at, max(standing or Decimal(0), minimum or Decimal(0))
+    )
     if len(c.problems) > before or standing is None or minimum is None:
         return None
     assert isinstance(code, str) and isinstance(bill_period, str)
-    return Plan(code, bill_period, standing, minimum, tuple(p for p in pricing if p is not None), limits)
+    return Plan(code, bill_period, standing, minimum, tuple(p for p in pricing if p is not None), limits, spend)
 
 
 ErrorAt = Callable[[int | None, str | None], Error]
+
+
+def _check_spend(raw: Any, c: Checker, at: int | None, error_at: ErrorAt, floor: Decimal) -> tuple[Decimal, ...]:
+    """``spend_thresholds``: amounts of the bill period's total, exact, rising, each above
+    ``floor`` (the standing charge and the minimum spend, which every period's bill
+    reaches as it starts: a level at or below them would notify every period, always)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        error_at(_line(raw, at), "spend_thresholds")(
+            "bad_shape", 'spend_thresholds must be a list of amounts, such as ["500.00", "1000.00"]'
+        )
+        return ()
+    out: list[Decimal] = []
+    for k, value in enumerate(raw):
+        error = error_at(at, f"spend_thresholds[{k}]")
+        amount = c.money(value, error, positive=True)
+        if amount is None:
+            return ()
+        if amount <= floor:
+            error(
+                "bad_value",
+                f"{value} is not above the plan's standing charge and minimum spend ({floor}):"
+                " every bill period would reach it as it starts",
+            )
+            return ()
+        if out and amount <= out[-1]:
+            error("bad_value", f"spend_thresholds must rise: {value} follows {out[-1]}")
+            return ()
+        out.append(amount)
+    return tuple(out)
 
 
 def _check_line(raw: Any, n: int, c: Checker, error_at: ErrorAt) -> PricingLine | None:

@@ -3,8 +3,12 @@ app (the ASGI lifespan: each ``--workers`` process runs its own).
 
 - With a plans file whose plans have cap thresholds or banded prices: :class:`.thresholds.Thresholds`
   evaluates each stored batch right after its commit (set as the ledger's ``watch``).
+- With plans that have ``spend_thresholds``: :class:`.spendwatch.SpendWatch` marks the
+  accounts each batch touched and evaluates their bills at most once per
+  ``every_millis`` each; this process's loop wakes that often to evaluate the accounts
+  left pending.
 - A sweep thread: every ``sweep_interval_millis`` it evaluates every account's cap
-  thresholds again (so a process that died between storing and evaluating loses no
+  thresholds and spend levels again (so a process that died between storing and evaluating loses no
   notification), and, with ``--signals``, judges the trend buckets closed since it last
   looked (:mod:`.trendwatch`).
 - With ``--signals`` and webhook endpoints: a :class:`~..signals.WebhookSender`.
@@ -20,6 +24,7 @@ agent's file, which the ledger never writes.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,6 +33,8 @@ from meterkit._guard import background_error
 
 from ..billing import Plans
 from ..signals import SignalsSettings, WebhookSender
+from .ingest import Row
+from .spendwatch import SpendWatch
 from .store import Ledger
 from .thresholds import Thresholds
 from .trendwatch import TrendWatch
@@ -45,17 +52,26 @@ class SignalsRuntime:
         endpoints = settings.webhooks.endpoints if settings is not None else []
         thresholds = Thresholds(ledger, plans, endpoints) if plans is not None else None
         self.thresholds = thresholds if thresholds is not None and thresholds.meters else None
+        spend = SpendWatch(ledger, plans, endpoints) if plans is not None else None
+        self.spend = spend if spend is not None and spend.codes else None
         self.trends = TrendWatch(ledger, settings.trends, endpoints) if settings is not None else None
         self.interval_millis = settings.sweep_interval_millis if settings is not None else DEFAULT_SWEEP_MILLIS
         self.sender: WebhookSender | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if self.thresholds is not None:
-            ledger.watch = self.thresholds.after_ingest
+        self._watches = [w.after_ingest for w in (self.thresholds, self.spend) if w is not None]
+        if len(self._watches) == 1:
+            ledger.watch = self._watches[0]
+        elif self._watches:
+            ledger.watch = self._watch_all
+
+    def _watch_all(self, org: str, rows: list[Row]) -> None:
+        for watch in self._watches:
+            watch(org, rows)  # each reports its own errors: one cannot stop the other
 
     @property
     def active(self) -> bool:
-        return self.thresholds is not None or self.settings is not None
+        return self.thresholds is not None or self.spend is not None or self.settings is not None
 
     def start(self) -> None:
         """Start the sender and the sweep (idempotent; nothing to start: nothing runs)."""
@@ -79,22 +95,33 @@ class SignalsRuntime:
             self.sender = None
 
     def _run(self) -> None:
+        """A sweep every ``interval_millis``; between sweeps, with spend levels, the
+        pending accounts every ``spend.every_millis``."""
+        nap = self.interval_millis if self.spend is None else min(self.interval_millis, self.spend.every_millis)
+        next_sweep = 0.0
         while not self._stop.is_set():
             try:
-                self.tick()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.interval_millis / 1000
+                    self.tick()
+                elif self.spend is not None:
+                    self.spend.run_due()
             except Exception as exc:  # the database away, say: the next tick tries again
                 background_error("ledger signals sweep", exc)
-            self._stop.wait(self.interval_millis / 1000)
+            self._stop.wait(nap / 1000)
 
     def tick(self) -> int:
-        """One sweep: every organisation's cap thresholds, and trends if a bucket closed.
-        How many events were new."""
+        """One sweep: every organisation's cap thresholds and spend levels, and trends if
+        a bucket closed. How many events were new."""
         new = 0
-        if self.thresholds is not None:
+        if self.thresholds is not None or self.spend is not None:
             for org in self.ledger.orgs():
                 if self._stop.is_set():
                     return new
-                new += self.thresholds.sweep(org)
+                if self.thresholds is not None:
+                    new += self.thresholds.sweep(org)
+                if self.spend is not None:
+                    new += self.spend.sweep(org)
         if self.trends is not None and self.trends.due():
             new += self.trends.run()
         return new

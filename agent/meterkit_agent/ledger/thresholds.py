@@ -26,8 +26,9 @@ per (account, cap or pricing line, period) touched, or one for all accounts when
 are touched (:data:`MANY`).
 
 Bands: a pricing line whose tiers span the plan (``tiers_span_plan``) is not announced
-(its period is the attachment's, which may have no end); spend levels have no key in the
-plans file yet.
+(its period is the attachment's, which may have no end). Spend levels
+(``spend_thresholds``) are :mod:`.spendwatch`'s: they need a whole bill, so they are
+evaluated at most once per interval per account, not after every batch.
 """
 
 from __future__ import annotations
@@ -96,9 +97,7 @@ class Thresholds:
             [cap.meter for p in plans.plans.values() if p.thresholds for cap in p.caps]
             + [line.aggregation.meter for p in plans.plans.values() for line in _banded(p.pricing)]
         )
-        self._known: set[tuple[str, str]] = set()
-        #: events recorded by this process
-        self.recorded = 0
+        self._record = Recorder(ledger, endpoints)
 
     # -- what to ask ------------------------------------------------------------------------
 
@@ -195,6 +194,11 @@ class Thresholds:
                 events += cap_events(where, signal_cap(ask.subject, plan.thresholds), 0, value)
         return self._record(org, events)
 
+    @property
+    def recorded(self) -> int:
+        """Events recorded by this process."""
+        return self._record.recorded
+
     def _usage(self, org: str, asks: list[Ask]) -> dict[tuple[str, str, str | None, Span, str], Decimal | int]:
         """(meter, function, field, span, account) -> the exact aggregate: one query per
         account, or one for all when many accounts ask the same."""
@@ -215,7 +219,21 @@ class Thresholds:
                     out[(meter, function, field, span, account)] = value
         return out
 
-    def _record(self, org: str, events: list[Event]) -> int:
+
+class Recorder:
+    """Records events in the outbox with a delivery to ``endpoints``, remembering the ids
+    it recorded so a threshold already notified costs no write (shared by the cap, band
+    and spend evaluations)."""
+
+    def __init__(self, ledger: Ledger, endpoints: Sequence[Endpoint] = ()) -> None:
+        self.ledger = ledger
+        self.endpoints = endpoints
+        self._known: set[tuple[str, str]] = set()
+        #: events recorded by this process
+        self.recorded = 0
+
+    def __call__(self, org: str, events: list[Event]) -> int:
+        """Record ``events``; how many were new to the outbox."""
         fresh = [e for e in events if (org, e.id) not in self._known]
         if not fresh:
             return 0
