@@ -29,7 +29,7 @@ __all__ = ["GcraOutcome", "ProcessGcra", "Rate", "gcra"]
 
 #: (allowed, new TAT in ticks, units still allowed now, ticks to wait when refused)
 GcraOutcome = tuple[bool, int, int, int]
-#: Accounts a process limit remembers before it drops those whose bucket is full again.
+#: Accounts a process limit remembers before it first drops those whose bucket is full again.
 PRUNE_AT = 100_000
 
 
@@ -65,33 +65,44 @@ def gcra(rate: Rate, tat: int, now: int, quantity: int) -> GcraOutcome:
 
 
 class ProcessGcra:
-    """One rate limit's state in this process: a TAT per account, under a lock (two
-    threads reading the same TAT would both be allowed). ``time.monotonic_ns`` is the
-    clock: it never goes back when the wall clock is set."""
+    """One rate limit's state in this process: a TAT per account (``tats``), read and
+    written under ``lock`` (two threads reading the same TAT would both be allowed).
+    ``time.monotonic_ns`` is the clock: it never goes back when the wall clock is set.
 
-    __slots__ = ("_lock", "_tat", "rate")
+    :meth:`decide` is the plain form; the engine decides with an inlined copy of it over
+    the same ``tats`` and ``lock`` (``_decide.process_decider``), which is why
+    ``tats`` is only ever changed in place."""
+
+    __slots__ = ("lock", "prune_at", "rate", "tats")
 
     def __init__(self, rate: Rate) -> None:
         self.rate = rate
-        self._tat: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self.tats: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.prune_at = PRUNE_AT  # the size at which a new account first prunes
 
     def decide(self, account: str, quantity: int) -> tuple[bool, int, int]:
         """(allowed, remaining, retry_after_ns)."""
         rate = self.rate
         now = monotonic_ns() * rate.denom
-        with self._lock:
-            tat = self._tat.get(account, now)
+        with self.lock:
+            tat = self.tats.get(account, now)
             allowed, new, remaining, excess = gcra(rate, tat, now, quantity)
             if allowed:
-                self._tat[account] = new
-                if len(self._tat) > PRUNE_AT:
-                    self._prune(now)
+                if account not in self.tats and len(self.tats) >= self.prune_at:
+                    self.prune(now)
+                self.tats[account] = new
         return allowed, remaining, rate.retry_units(excess) if excess else 0
 
-    def _prune(self, now: int) -> None:
-        """Forget accounts whose bucket is full again: no state means the same."""
-        self._tat = {account: tat for account, tat in self._tat.items() if tat > now}
+    def prune(self, now: int) -> None:
+        """Forget accounts whose bucket is full again (no state means the same). Call
+        under ``lock``; changes ``tats`` in place. The others must be kept (forgetting a
+        TAT would refill its bucket), so the next prune waits until the table has doubled:
+        pruning stays linear in the accounts added, however many are busy."""
+        for account in [account for account, tat in self.tats.items() if tat <= now]:
+            del self.tats[account]
+        self.prune_at = max(PRUNE_AT, 2 * len(self.tats))
 
     def reset_after_fork(self) -> None:
-        self._lock = threading.Lock()
+        """A new lock: a thread of the parent may have held the old one at the fork."""
+        self.lock = threading.Lock()

@@ -4,14 +4,28 @@ LimitExceeded, and never raising in production mode."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import meterkit
 from meterkit import _allow
+from meterkit import _hostshare as hostshare
 
 from .limits_helpers import write_plans
+
+
+@pytest.fixture(autouse=True)
+def forget_host_lock() -> Iterator[None]:
+    """Unlink the host table's named semaphore after each test: it outlives the test's
+    directory (and its process)."""
+    yield
+    table = _allow.engine._host if _allow.engine is not None else None
+    if table is not None:
+        table.sem.unlink()
 
 
 def configure(tmp_path: Path, limits: str, **settings: object) -> None:
@@ -80,13 +94,46 @@ def test_production_mode_never_raises(tmp_path: Path, monkeypatch: pytest.Monkey
     def broken(*args: object) -> None:
         raise RuntimeError("a bug inside meterkit")
 
-    monkeypatch.setattr(engine, "allow", broken)
+    monkeypatch.setattr(engine, "route", broken)  # no route yet: allow() makes one first
     decision = meterkit.allow("api_calls", account="acme")
     assert decision.allowed and decision.fallback and decision.reason == "internal error (RuntimeError); fail_open"
     monkeypatch.undo()
     for bad in ({"quantity": "many"}, {"quantity": None}, {"amounts": 5}):
         assert isinstance(meterkit.allow("api_calls", account="acme", **bad), meterkit.Decision)  # type: ignore[arg-type]
     assert isinstance(meterkit.allow(object(), account=object()), meterkit.Decision)  # type: ignore[arg-type]
+
+
+class Units(int):
+    """An int subclass, as an IntEnum member is: decided as the int it is."""
+
+
+@pytest.mark.parametrize("scope", ["process", "host"])
+def test_a_quantity_that_is_no_whole_number_of_units_changes_nothing(tmp_path: Path, scope: str) -> None:
+    """Production mode: the fallback policy decides a quantity below 1 (it would hand units
+    back), a fraction (it would make the state inexact) or a bool, and the bucket is left
+    as it was; an int subclass is its int."""
+    configure(tmp_path, f"{{meter: api_calls, rate: 1, per: hour, burst: 3, scope: {scope}}}")
+    for bad in (0, -5, 1.5, True):
+        decision = meterkit.allow("api_calls", account="acme", quantity=bad)  # type: ignore[arg-type]
+        assert decision.fallback and decision.reason == "bad quantity; fail_open", (bad, decision)
+    assert meterkit.allow("api_calls", account="acme", quantity=Units(2)).remaining == 1
+    assert meterkit.allow("api_calls", account="acme", quantity=4).reason == "quantity above burst"
+    assert [meterkit.allow("api_calls", account="acme").allowed for _ in range(2)] == [True, False]
+    assert meterkit.stats()["limits"]["bad quantity"] == 4
+
+
+def test_stats_count_host_lock_take_overs(tmp_path: Path) -> None:
+    configure(tmp_path, "{meter: api_calls, rate: 10, per: second, burst: 10}")
+    assert meterkit.allow("api_calls", account="acme").allowed
+    assert meterkit.stats()["limits"]["host_lock_recovered"] == 0
+    table = _allow.engine._host if _allow.engine is not None else None
+    assert table is not None
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert gone.wait() == 0  # exited and waited for: its pid names no process now
+    table.sem.acquire()  # held, and named for a process that is gone, as if it died inside
+    hostshare.NAME_WORD.pack_into(table.mm, hostshare.NAME_AT, gone.pid)
+    assert meterkit.allow("api_calls", account="acme").allowed  # takes the lock over, then decides
+    assert meterkit.stats()["limits"]["host_lock_recovered"] == 1
 
 
 def test_strict_mode_raises_for_misuse(tmp_path: Path) -> None:
@@ -107,3 +154,15 @@ def test_plans_from_the_environment_and_a_bad_one_falls_back(tmp_path: Path, mon
     _allow.engine = None
     assert meterkit.allow("api_calls", account="acme").reason == "allowed"
     _allow.engine = None
+
+
+def test_limit_exceeded_survives_pickling_as_itself() -> None:
+    """A task queue (Celery) pickles a task's exception: it must come back as LimitExceeded."""
+    import pickle
+
+    from meterkit._decide import Decision
+
+    refused = Decision(False, 0, 1.5, "rate limited", False, "growth: api_calls 1 per second, burst 1 (process)")
+    again = pickle.loads(pickle.dumps(meterkit.LimitExceeded(refused)))  # noqa: S301 - our own bytes
+    assert type(again) is meterkit.LimitExceeded
+    assert again.retry_after == 1.5 and again.decision == refused

@@ -1,15 +1,25 @@
-"""GCRA (``meterkit._gcra``) against a reference token bucket in exact fractions: the
-same allow/deny, remaining and retry_after for any sequence of (time, quantity)."""
+"""GCRA (``meterkit._gcra``, and the engine's inlined copy of it) against a reference token
+bucket in exact fractions: the same allow/deny, remaining and retry_after for any sequence
+of (time, quantity); and the in-process state under threads and pruning."""
 
 from __future__ import annotations
 
+import sys
+import threading
 from fractions import Fraction
 from math import ceil
+from unittest.mock import patch
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meterkit import _decide, _gcra
+from meterkit._allow import Engine
+from meterkit._decide import process_decider
 from meterkit._gcra import ProcessGcra, Rate, gcra
+from meterkit._plans import LimitPlans
+from meterkit._settings import resolve_limits
 
 SECOND = 1_000_000_000
 
@@ -94,3 +104,80 @@ def test_process_limit_keeps_one_state_per_account() -> None:
     assert limiter.decide("b", 1)[0]
     refused = limiter.decide("a", 1)
     assert refused[2] > 0 and refused[1] == 0
+
+
+# -- the engine's inlined decider (``_decide.process_decider``) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return Engine(LimitPlans({}, {}), resolve_limits(tmp_path_factory.mktemp("spool"), "production"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rate=st.integers(1, 1000),
+    per=st.sampled_from([SECOND, 60 * SECOND, 7, 3 * SECOND]),
+    burst=st.integers(1, 20),
+    data=st.data(),
+)
+def test_the_engines_process_decider_matches_a_token_bucket(
+    engine: Engine, rate: int, per: int, burst: int, data: st.DataObject
+) -> None:
+    """Every field of every decision, for one unit (decided inline) and for more (decided
+    by ``ProcessGcra.decide``), on a clock the test moves."""
+    gaps = data.draw(st.lists(st.integers(0, 2 * per // rate + 2), min_size=1, max_size=40))
+    one_or_more = st.one_of(st.just(1), st.integers(1, burst))  # one unit, the usual request, half the time
+    quantities = data.draw(st.lists(one_or_more, min_size=len(gaps), max_size=len(gaps)))
+    clock = [10**12]
+    decide = process_decider(engine, ProcessGcra(Rate(rate, per, burst)), "the limit")
+    bucket = Bucket(rate, per, burst)
+    with (
+        patch.object(_decide, "_monotonic_ns", lambda: clock[0]),
+        patch.object(_gcra, "monotonic_ns", lambda: clock[0]),
+    ):
+        for gap, quantity in zip(gaps, quantities, strict=True):
+            clock[0] += gap
+            allowed, remaining, retry = bucket.decide(clock[0], quantity)
+            reason = "allowed" if allowed else "rate limited"
+            assert decide("acme", quantity, None) == (allowed, remaining, retry / 1e9, reason, False, "the limit")
+
+
+def test_threads_deciding_at_once_are_never_allowed_past_the_burst(engine: Engine) -> None:
+    """A bucket that does not refill within the test: exactly ``burst`` allowed in all,
+    with the interpreter switching threads as often as it can."""
+    decide = process_decider(engine, ProcessGcra(Rate(1, 3600 * SECOND, 2000)), "the limit")
+    allowed = []
+
+    def hammer() -> None:
+        allowed.append(sum(decide("acme", 1, None).allowed for _ in range(1000)))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=hammer) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert sum(allowed) == 2000  # without the lock, more in about one run of two
+
+
+def test_pruning_forgets_only_full_buckets_and_waits_for_the_table_to_double(engine: Engine) -> None:
+    limiter = ProcessGcra(Rate(1, 3600 * SECOND, 1))
+    decide = process_decider(engine, limiter, "the limit")
+    clock = [10**12]
+    with patch.object(_gcra, "PRUNE_AT", 4), patch.object(_decide, "_monotonic_ns", lambda: clock[0]):
+        limiter.prune_at = 4
+        for account in "abcd":
+            assert decide(account, 1, None).allowed
+        clock[0] += 3600 * SECOND  # a, b, c and d are full again
+        assert decide("a", 1, None).allowed and decide("b", 1, None).allowed  # busy again
+        assert decide("e", 1, None).allowed  # the fifth account: c and d forgotten
+        assert sorted(limiter.tats) == ["a", "b", "e"] and limiter.prune_at == 4
+        for account in "fg":
+            assert decide(account, 1, None).allowed
+        assert not decide("a", 1, None).allowed  # its bucket was kept, not refilled
+        assert limiter.prune_at == 4 * 2  # four busy at the last prune: the next at twice that
