@@ -17,13 +17,13 @@ from ._api import allow, configure, flush, get_client, record, shutdown, stats
 from ._backfill import BatchResult
 from ._catalog import (
     Catalog,
-    Category,
     DataField,
     DerivedField,
     Meter,
     catalog_from_dict,
     load_catalog,
 )
+from ._catalogmodel import Category
 from ._client import Client
 from ._decide import Decision
 from ._errors import (

@@ -29,26 +29,21 @@ else. A catalog cannot hang or exhaust the process that loads it: the file is at
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
 
+from ._catalogmodel import Category, _custom_error, _DerivedModel, _FieldModel, _MeterModel
 from ._errors import CatalogError, Problem
-from ._expr import ExpressionError, NumberOutOfRange, bounded, parse
+from ._expr import ExpressionError, parse
 from ._model import (
-    FIELD_CODE_RE,
     MAX_DATA_FIELDS,
     MAX_DERIVED_FIELDS,
-    METER_CODE_RE,
-    NUMERIC_CATEGORIES,
 )
-from ._units import unit_error
 from ._yaml import LINE_KEY, load_yaml
 
 #: Variables a calculation may read besides fields and custom fields.
@@ -59,122 +54,6 @@ MAX_CATALOG_BYTES = 1024 * 1024
 
 _M = TypeVar("_M", bound=BaseModel)
 
-# "GB" is valid UCUM, but it means gigabel: nobody bills in bels, everybody means bytes.
-_BEL_NOT_BYTE = re.compile(r"(?:[kKMGTPE]i?)?B(?:[./].*)?\Z")
-
-
-class Category(str, Enum):
-    WHO = "who"
-    WHAT = "what"
-    WHERE = "where"
-    OTHER = "other"
-    METADATA = "metadata"
-    MEASURE = "measure"
-    INCOME = "income"
-    COST = "cost"
-
-    @property
-    def numeric(self) -> bool:
-        return self.value in NUMERIC_CATEGORIES
-
-
-class _FieldModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    code: str
-    name: str
-    category: Category
-    unit: str | None = None
-    privacy: Literal["pseudonymize", "drop", "keep"] | None = None
-
-    @field_validator("code")
-    @classmethod
-    def _code(cls, v: str) -> str:
-        if not FIELD_CODE_RE.match(v):
-            raise ValueError("a code is 1-80 letters, digits, _ or $, not starting with a digit")
-        return v
-
-    @field_validator("category", mode="before")
-    @classmethod
-    def _category(cls, v: object) -> object:
-        if isinstance(v, str):
-            lowered = v.strip().lower()
-            if lowered not in {c.value for c in Category}:
-                known = ", ".join(c.name for c in Category)
-                raise ValueError(f"unknown category {v!r}; one of {known}")
-            return lowered
-        return v
-
-    @field_validator("unit")
-    @classmethod
-    def _unit(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        if _BEL_NOT_BYTE.match(v):
-            raise ValueError(f"{v!r} is UCUM for bels; bytes are 'By' (KiBy, MBy, GiBy, ...)")
-        error = unit_error(v)
-        if error:
-            raise ValueError(error)
-        return v
-
-    @model_validator(mode="after")
-    def _unit_needs_number(self) -> _FieldModel:
-        if self.unit is not None and not self.category.numeric:
-            raise ValueError(f"a unit only applies to MEASURE, INCOME or COST fields, not {self.category.name}")
-        if self.privacy is not None and isinstance(self, _DerivedModel):
-            raise ValueError("privacy applies to data fields; a derived field is computed in the agent from them")
-        if self.privacy == "pseudonymize" and self.category.numeric:
-            raise ValueError(f"privacy: pseudonymize applies to text fields, not {self.category.name}")
-        return self
-
-
-class _DerivedModel(_FieldModel):
-    calculation: str
-
-
-class _MeterModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    code: str
-    name: str
-    product: str | None = None
-    # each field is validated on its own (_check_meter): one bad field hides nothing else
-    data_fields: list[Any] = []
-    derived_fields: list[Any] = []
-    custom_fields: dict[str, str | int | float] = {}
-    #: the PII guard's policy for this meter's text values (``_privacy``; unset: redact)
-    pii: Literal["reject", "redact", "pseudonymize", "allow"] | None = None
-
-    @field_validator("code")
-    @classmethod
-    def _code(cls, v: str) -> str:
-        if not METER_CODE_RE.match(v):
-            raise ValueError("a meter code is 1-80 letters, digits or _$.:- characters")
-        return v
-
-    @field_validator("custom_fields", mode="before")
-    @classmethod
-    def _custom(cls, v: object) -> object:
-        error = _custom_error(v)
-        if error:
-            raise ValueError(error)
-        return v
-
-
-def _custom_error(values: object) -> str | None:
-    """Why ``values`` is not a custom-fields mapping (names to strings, or numbers a backend
-    holds exactly), or None."""
-    if not isinstance(values, dict):
-        return "custom_fields must map names to strings or numbers"
-    for name, value in values.items():
-        if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, str | int | float):
-            return f"custom field {name!r:.40} must map a name to a string or a number"
-        try:
-            bounded(value, f"custom field {name!r}")
-        except NumberOutOfRange as exc:
-            return str(exc)
-    return None
-
 
 @dataclass(frozen=True)
 class DataField:
@@ -183,6 +62,7 @@ class DataField:
     category: Category
     unit: str | None = None
     privacy: str | None = None  # pseudonymize, drop, keep; None: not said (kept)
+    description: str | None = None  # why it is collected (the privacy report)
 
 
 @dataclass(frozen=True)
@@ -205,6 +85,7 @@ class Meter:
     #: the same, plus derived fields: what a measurement may carry after derivation
     wire_categories: Mapping[str, str] = field(repr=False, default_factory=dict)
     pii: str | None = None  # the PII guard's policy; None: not said (redact)
+    description: str | None = None  # what the meter is for (the privacy report)
 
     @property
     def is_global(self) -> bool:
@@ -408,12 +289,14 @@ def _check_meter(
         code=head.code,
         name=head.name,
         product=head.product,
-        data_fields=tuple(DataField(f.code, f.name, f.category, f.unit, f.privacy) for f in data_models),
+        data_fields=tuple(DataField(f.code, f.name, f.category, f.unit, f.privacy, f.description) for f in data_models),
         derived_fields=tuple(
-            DerivedField(f.code, f.name, f.category, f.unit, calculation=f.calculation) for f in derived_models
+            DerivedField(f.code, f.name, f.category, f.unit, description=f.description, calculation=f.calculation)
+            for f in derived_models
         ),
         custom_fields={**org_custom, **head.custom_fields},
         field_categories={f.code: f.category.value for f in data_models},
         wire_categories={f.code: f.category.value for f in (*data_models, *derived_models)},
         pii=head.pii,
+        description=head.description,
     )

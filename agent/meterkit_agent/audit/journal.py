@@ -15,6 +15,12 @@ previous entry's hash), ``hash``, ``type`` and ``at``, plus what the type record
 - ``correction``: who corrected which measurements, when and why (a correction control
   record, :mod:`..pipeline.control`); a delivery that carried the corrections themselves
   lists their uids under ``corrections`` (:mod:`.corrections`).
+- ``erasure``: a person erased from the ledger's per-person detail (``meterkit
+  privacy erase``): its ``id``, ``reason``, ``by``, ``at``, the subject as a pseudonym
+  (``subject_hash``, never the raw value) and the ``uids`` rewritten, at most 5,000 an
+  entry (docs/privacy.md).
+- ``retention``: a retention pass (``meterkit privacy retain``): its settings, cutoff
+  and how many measurements it aged.
 - ``replay`` / ``repair``: dead letters re-delivered, missing measurements re-sent.
 - ``keyed``: the point from which entries are keyed (below).
 

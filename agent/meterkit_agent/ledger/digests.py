@@ -9,7 +9,9 @@ with their content hashes, stored measurements by uid, and the audit journal anc
   differs from its rollup's (a row inserted or deleted by anything but the ledger), or
   that a trigger marked ``dirty`` (a stored row changed or deleted), is recomputed from its
   rows, decoded and hashed. So a rollup that says what was ingested never hides an edit
-  to what is held.
+  to what is held. A row an erasure or retention pass rewrote (:mod:`.erasure`) counts
+  with the content hash it was ingested with (``erased``): its personal values are gone,
+  what it says about usage is what was delivered.
 - **Uid listings** (``POST .../reconcile/uids``): ``[uid, meter, account, hour,
   content_hash]`` for the buckets a drill-down names, hashed from the stored rows.
 - **Lookup** (``POST .../reconcile/lookup``): stored measurements by uid, wherever they
@@ -66,6 +68,7 @@ _HEAD = re.compile(r"([1-9][0-9]{0,17}):([0-9a-f]{64})\Z")
 _INGEST_PATH = re.compile(r"/organizations/([^/]+)/measurements\Z")
 MAX_BODY_BYTES = 4_000_000
 MAX_LOOKUP = 5_000
+_IN_CHUNK = 500  # uids per IN (...) list
 
 
 @functools.lru_cache(maxsize=8192)
@@ -112,6 +115,7 @@ class Digests:
             series = ledger.series(cur, org, meter, account)
             if not series:
                 return []
+            org_id = ledger.org_id(cur, org)
             first, last = -(-start_ms // HOUR_MS), -(-end_ms // HOUR_MS)
             marks = ", ".join([mark] * len(series))
             cur.execute(
@@ -130,7 +134,7 @@ class Digests:
             for s, h in sorted(held.keys() | counted.keys()):
                 n, content, check, dirty = held.get((s, h), (0, 0, 0, 1))
                 if dirty or int(n) != counted.get((s, h), 0):
-                    digest = self._rehash(cur, s, series[s], h)
+                    digest = self._rehash(cur, org_id, s, series[s], h)
                 else:
                     total = int(content) if self.postgres else int(content, 16)
                     digest = Digest(int(n), total, unsigned64(int(check)))
@@ -144,19 +148,34 @@ class Digests:
         finally:
             conn.close()
 
-    def _rehash(self, cur: Any, series: int, pair: tuple[str, str], hour: int) -> Digest:
+    def _rehash(self, cur: Any, org_id: int | None, series: int, pair: tuple[str, str], hour: int) -> Digest:
         """An hour's digest from its rows (the rollup cannot be trusted for it)."""
         digest = Digest()
-        for _uid, _hour, h in self._rows(cur, {series: pair}, hour * HOUR_MS, (hour + 1) * HOUR_MS):
+        for _uid, _hour, h in self._rows(cur, org_id, {series: pair}, hour * HOUR_MS, (hour + 1) * HOUR_MS):
             digest.add(h)
         return digest
 
-    def _rows(self, cur: Any, series: dict[int, tuple[str, str]], lo: int, hi: int) -> Iterator[tuple[str, int, str]]:
-        """(uid, hour start ms, content hash) of each stored row, decoded and hashed."""
+    def _rows(
+        self, cur: Any, org_id: int | None, series: dict[int, tuple[str, str]], lo: int, hi: int
+    ) -> Iterator[tuple[str, int, str]]:
+        """(uid, hour start ms, content hash) of each stored row, decoded and hashed; a row an
+        erasure or a retention pass rewrote (:mod:`.erasure`) with the hash it was ingested
+        with, which is what was delivered."""
         shape_of = self.ledger.writer.shape
-        for uid, ms, _, (m, a, shape, nums, extra) in self.ledger.raw(cur, series, lo, hi):
-            body = decode(uid, m, a, ms, shape_of(cur, shape), nums, extra)
-            yield uid, ms // HOUR_MS * HOUR_MS, content_hash(body)
+        rows = self.ledger.raw(cur, series, lo, hi)
+        if not has_erased(cur, self.ledger.mark, org_id):
+            for uid, ms, _, (m, a, shape, nums, extra) in rows:
+                body = decode(uid, m, a, ms, shape_of(cur, shape), nums, extra)
+                yield uid, ms // HOUR_MS * HOUR_MS, content_hash(body)
+            return
+        assert org_id is not None
+        found = list(rows)  # read whole before the kept hashes are looked up on the same cursor
+        kept = kept_hashes(cur, self.ledger.mark, org_id, [r[0] for r in found])
+        for uid, ms, _, (m, a, shape, nums, extra) in found:
+            held = kept.get(uid)
+            if held is None:
+                held = content_hash(decode(uid, m, a, ms, shape_of(cur, shape), nums, extra))
+            yield uid, ms // HOUR_MS * HOUR_MS, held
 
     def listing(self, org: str, buckets: Iterable[tuple[str, str, str]]) -> list[list[str]]:
         """``[uid, meter, account, hour, content_hash]`` for every row of the buckets."""
@@ -169,8 +188,9 @@ class Digests:
             cur = conn.cursor()
             for (meter, account), wanted in sorted(hours.items()):
                 series = self.ledger.series(cur, org, meter, account)
+                org_id = self.ledger.org_id(cur, org)
                 for start in sorted(wanted):
-                    for uid, _, h in self._rows(cur, series, start, start + HOUR_MS):
+                    for uid, _, h in self._rows(cur, org_id, series, start, start + HOUR_MS):
                         out.append([uid, meter, account, hour_text(start), h])
         finally:
             conn.close()
@@ -180,12 +200,13 @@ class Digests:
         """Stored measurements by uid (``measurements``: uid, meter, account, hour,
         content_hash, body) and the conflicting re-sends refused for them (``conflicts``)."""
         found: list[dict[str, Any]] = []
-        for uid, body in sorted(self.ledger.get_many(org, uids).items()):
+        held = self.ledger.get_many(org, uids)
+        kept = self._kept(org, list(held))
+        for uid, body in sorted(held.items()):
             ms = self.ledger.writer.codec.instant(body["ts"])[0]
             entry = {"uid": uid, "meter": body["meter"], "account": body["account"]}
-            found.append(
-                {**entry, "hour": hour_text(ms // HOUR_MS * HOUR_MS), "content_hash": content_hash(body), "body": body}
-            )
+            digest = kept.get(uid) or content_hash(body)  # an erased row: the hash it was delivered with
+            found.append({**entry, "hour": hour_text(ms // HOUR_MS * HOUR_MS), "content_hash": digest, "body": body})
         refused: list[dict[str, Any]] = []
         mark = self.ledger.mark
         for i in range(0, len(uids), 500):
@@ -197,6 +218,18 @@ class Digests:
             ):
                 refused.append({"uid": uid, "content_hash": other_hash, "body": _loads(other_body)})
         return {"measurements": found, "conflicts": refused}
+
+    def _kept(self, org: str, uids: list[str]) -> dict[str, str]:
+        conn = self.ledger.connection()
+        try:
+            cur = conn.cursor()
+            org_id = self.ledger.org_id(cur, org)
+            if not has_erased(cur, self.ledger.mark, org_id):
+                return {}
+            assert org_id is not None
+            return kept_hashes(cur, self.ledger.mark, org_id, uids)
+        finally:
+            conn.close()
 
     # -- anchors --------------------------------------------------------------------------
 
@@ -239,6 +272,30 @@ class Digests:
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(a.journal)).all()
         return [{"journal": j, "seq": s, "hash": h, "at": iso(at), "regressed": r or ""} for j, s, h, at, r in rows]
+
+
+def kept_hashes(cur: Any, mark: str, org_id: int, uids: Iterable[str]) -> dict[str, str]:
+    """uid -> the content hash an erased row had when it was ingested, for those of ``uids``
+    that were erased or aged."""
+    wanted = list(uids)
+    out: dict[str, str] = {}
+    for i in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[i : i + _IN_CHUNK]
+        cur.execute(
+            f"SELECT uid, content_hash FROM erased WHERE org_id = {mark}"  # noqa: S608 - marks only
+            f" AND uid IN ({', '.join([mark] * len(chunk))})",
+            (org_id, *chunk),
+        )
+        out.update(dict(cur.fetchall()))
+    return out
+
+
+def has_erased(cur: Any, mark: str, org_id: int | None) -> bool:
+    """Whether any row of the organisation was erased or aged (one index probe)."""
+    if org_id is None:
+        return False
+    cur.execute(f"SELECT 1 FROM erased WHERE org_id = {mark} LIMIT 1", (org_id,))  # noqa: S608 - a mark
+    return cur.fetchone() is not None
 
 
 def _loads(body: str | None) -> Any:

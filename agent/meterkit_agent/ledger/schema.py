@@ -27,6 +27,9 @@ Measurements are stored compactly (:mod:`.codec`), with hourly rollups kept at i
   stored reversal voids, itself included, which usage answers leave out; ``orphans``: a
   reversal stored before the measurement it reverses; ``batches`` (org_id, batch, uid): a
   backfill batch's measurements.
+- Privacy (:mod:`.erasure`, :mod:`.retention`): ``erased`` (org_id, uid) → the content hash
+  a row had when it was ingested, before an erasure or a retention pass rewrote its
+  personal values (its numbers never change), and which erasure or pass did it.
 
 A database written by the ledger before this layout (``measurements`` with a JSON
 ``body``) is migrated when opened: its rows are moved into the new layout a page at a time
@@ -87,6 +90,11 @@ _COMMON = [
     " uid TEXT {collate} NOT NULL, series INTEGER NOT NULL, PRIMARY KEY (org_id, of_uid, uid))",
     "CREATE TABLE IF NOT EXISTS batches (org_id INTEGER NOT NULL, batch TEXT {collate} NOT NULL,"
     " uid TEXT {collate} NOT NULL, PRIMARY KEY (org_id, batch, uid))",
+    # Erasure and retention (.erasure, .retention): the content hash a rewritten row had
+    # when it was ingested, which reconciliation uses for it.
+    "CREATE TABLE IF NOT EXISTS erased (org_id INTEGER NOT NULL, uid TEXT {collate} NOT NULL,"
+    " content_hash VARCHAR(64) NOT NULL, erasure_id VARCHAR(80) NOT NULL, at_ms BIGINT NOT NULL,"
+    " PRIMARY KEY (org_id, uid))",
 ]
 
 _SQLITE = [

@@ -15,10 +15,17 @@ that obeys its batch rules (:mod:`meterkit._corrections`, :mod:`meterkit._model`
 checks the writer passed, not a second copy of them). Its ``of`` holds at most
 :data:`MAX_CORRECTED_PER_RECORD` uids (the writer splits beyond); ``uids``, what it
 writes, at most two per corrected measurement (a reversal and a replacement).
+
+An ``erasure`` record (``meterkit privacy erase``) says who erased a person, when and why,
+and which measurements were rewritten; the person is named by a pseudonym only (a record
+whose ``subject_hash`` is not one is quarantined, so a raw value cannot be journaled by
+mistake). A ``retention`` record says a retention pass ran, with its settings and what it
+aged. Both are journaled as they arrive (docs/audit-journal.md, docs/privacy.md).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -118,8 +125,48 @@ class Correction(_Record):
     batch: Annotated[StrictStr, AfterValidator(_batch)] | None = None
 
 
-_CONTROL: TypeAdapter[Tally | Losses | Correction] = TypeAdapter(
-    Annotated[Tally | Losses | Correction, Field(discriminator="type")]
+def _pseudonym(value: str) -> str:
+    if not _PSEUDONYM.match(value):
+        raise ValueError("not a pseudonym (<key id>:<64 hex digits>); the raw value is never journaled")
+    return value
+
+
+_PSEUDONYM = re.compile(r"[A-Za-z][A-Za-z0-9]{0,15}:[0-9a-f]{64}\Z")
+Ident = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Instant = Annotated[StrictStr, AfterValidator(_instant)]
+
+
+class Erasure(_Record):
+    """A person erased from the ledger's per-person detail (``meterkit privacy erase``):
+    named by a pseudonym under the newest key, never by the raw value; ``uids`` the
+    measurements rewritten (at most :data:`MAX_CORRECTED_PER_RECORD` a record: a longer
+    erasure writes several records with one ``id``)."""
+
+    type: Literal["erasure"]
+    id: Ident
+    reason: Said
+    by: Said
+    at: Instant
+    subject_hash: Annotated[StrictStr, AfterValidator(_pseudonym)]
+    uids: list[Uid] = Field(max_length=MAX_CORRECTED_PER_RECORD)
+
+
+class Retention(_Record):
+    """A retention pass (``meterkit privacy retain``): its settings and what it aged."""
+
+    type: Literal["retention"]
+    id: Ident
+    by: Said
+    at: Instant
+    per_person_days: Count
+    billing_years: Annotated[StrictInt, Field(ge=1)]
+    cutoff: Instant
+    rows: Count
+    beyond_billing_years: Count = 0
+
+
+_CONTROL: TypeAdapter[Tally | Losses | Correction | Erasure | Retention] = TypeAdapter(
+    Annotated[Tally | Losses | Correction | Erasure | Retention, Field(discriminator="type")]
 )
 
 

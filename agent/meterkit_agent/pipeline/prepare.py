@@ -184,13 +184,22 @@ def journal_entry(body: dict[str, Any]) -> dict[str, Any]:
     """The journal entry for a control record :func:`.control.control_problem` accepted.
 
     A tally or losses record is kept as it arrived, as ``sdk_tally`` / ``sdk_losses``. A
-    correction becomes a ``correction`` entry: its instant as ``made_at`` (the entry's
-    own ``at`` stays the time it was journaled), ``of`` and ``uids`` compressed as the
-    journal keeps uids everywhere (docs/audit-journal.md)."""
-    if body["type"] != "correction":
+    correction, an erasure or a retention pass becomes an entry of its own type: its
+    instant as ``made_at`` (the entry's own ``at`` stays the time it was journaled), its
+    uid lists compressed as the journal keeps uids everywhere (docs/audit-journal.md)."""
+    if body["type"] not in _ACTIONS:
         return {**body, "type": f"sdk_{body['type']}"}
     entry = {k: v for k, v in body.items() if k != "at"}
-    return entry | {"made_at": body["at"], "of": compress_uids(body["of"]), "uids": compress_uids(body["uids"])}
+    if "at" in body:
+        entry["made_at"] = body["at"]
+    for key in ("of", "uids"):
+        if isinstance(body.get(key), list):
+            entry[key] = compress_uids(body[key])
+    return entry
+
+
+#: control records that are someone's action on stored usage, journaled as such
+_ACTIONS = frozenset({"correction", "erasure", "retention"})
 
 
 def _locate(p: Prepared) -> None:
