@@ -24,6 +24,7 @@ What is measured, and how it is kept honest:
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -60,9 +61,9 @@ class _Stack:
         cli = [sys.executable, "-m", "meterkit_agent.cli"]
         db = f"sqlite:///{work / 'ledger.db'}"
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        self.ledger = subprocess.Popen(
-            [*cli, "ledger", "serve", "--db", db, "--port", str(port), "--token", TOKEN], **quiet
-        )  # type: ignore[call-overload]
+        # The token in the environment: on the command line every user would see it in `ps`.
+        env = {**os.environ, "METERKIT_LEDGER_TOKEN": TOKEN}
+        self.ledger = subprocess.Popen([*cli, "ledger", "serve", "--db", db, "--port", str(port)], env=env, **quiet)  # type: ignore[call-overload]
         if not wait_until(self._up, 60):
             self.ledger.kill()
             raise RuntimeError("the ledger did not start")
@@ -85,19 +86,21 @@ class _Stack:
         except requests.RequestException:
             return False
 
-    def _usage(self, account: str, **params: str) -> Decimal:
+    def _usage(self, account: str | None, **params: str) -> Decimal:
         headers = {"Authorization": f"Bearer {TOKEN}"}
+        accounts = {"account": account} if account is not None else {}
         rows = requests.get(
             f"{self.url}/organizations/bench/usage",
-            params={"meter": "api_calls", "account": account, **params},
+            params={"meter": "api_calls", **accounts, **params},
             headers=headers,
             timeout=120,
         ).json()["data"]
         return sum((Decimal(str(r["value"])) for r in rows), Decimal(0))
 
     def stored(self) -> int:
-        """How many measurements the ledger holds in all (cheap enough to poll)."""
-        return int(requests.get(f"{self.url}/health", timeout=10).json()["measurements"])
+        """How many measurements the ledger holds in all, every account's (cheap enough to
+        poll: the ledger counts from its hourly rollups)."""
+        return int(self._usage(None, aggregation="COUNT"))
 
     def count(self, account: str) -> int:
         return int(self._usage(account, aggregation="COUNT"))

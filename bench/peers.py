@@ -128,9 +128,12 @@ class Services:
         self.db = f"sqlite:///{work / 'ledger.db'}"
         port = free_port()
         self.ledger_url = f"http://127.0.0.1:{port}"
-        ledger_args = ["--db", self.db, "--port", str(port), "--token", TOKEN, "--catalog", str(self.catalog)]
+        ledger_args = ["--db", self.db, "--port", str(port), "--catalog", str(self.catalog), "--client-id", CLIENT_ID]
+        # The secrets in the environment: on the command line every user would see them in `ps`.
+        env = {**os.environ, "METERKIT_LEDGER_TOKEN": TOKEN, "METERKIT_LEDGER_CLIENT_SECRET": CLIENT_SECRET}
         self.ledger = subprocess.Popen(
-            [*CLI, "ledger", "serve", *ledger_args, "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET],
+            [*CLI, "ledger", "serve", *ledger_args],
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

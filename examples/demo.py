@@ -35,6 +35,10 @@ ACCOUNTS = ["acme", "globex", "initech", "umbrella"]
 REQUESTS = 3_000
 TOKEN = "demo-token"  # noqa: S105 - a local demo's made-up token
 ORG = "demo"
+#: The token reaches the ledger, the agent and `meterkit usage` in their environment: on a
+#: command line (`--token`) every user of the machine would see it in `ps`.
+ENV = {**os.environ, "METERKIT_LEDGER_TOKEN": TOKEN, "METERKIT_AGENT_TOKEN": TOKEN}
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def free_port() -> int:
@@ -45,7 +49,8 @@ def free_port() -> int:
 
 def meterkit_cli(*args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
     out = log.open("wb") if log else None
-    return subprocess.Popen([sys.executable, "-m", "meterkit_agent.cli", *args], stdout=out, stderr=subprocess.STDOUT)
+    command = [sys.executable, "-m", "meterkit_agent.cli", *args]
+    return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=ENV)
 
 
 def wait_for(condition: object, timeout: float, what: str) -> None:
@@ -72,15 +77,13 @@ def main() -> None:
         f"sqlite:///{WORK / 'ledger.db'}",
         "--port",
         str(port),
-        "--token",
-        TOKEN,
         "--catalog",
         str(app.CATALOG),
         log=WORK / "ledger.log",
     )
     agent = meterkit_cli(
         "agent", "run", "--spool-dir", str(spool), "--catalog", str(app.CATALOG), "--to", ledger_url,
-        "--org", ORG, "--token", TOKEN, "--state-dir", str(state), "-v", log=WORK / "agent.log",
+        "--org", ORG, "--state-dir", str(state), "-v", log=WORK / "agent.log",
     )  # fmt: skip
     try:
 
@@ -124,9 +127,10 @@ def main() -> None:
         expected = statuses.count(200) * 2 + statuses.count(404)  # an API call each, plus the endpoint's own meter
         print(f"3. waiting for the agent to deliver {expected:,} measurements")
 
-        def delivered() -> int:
-            r = requests.get(f"{ledger_url}/health", timeout=5)
-            return int(r.json()["measurements"])
+        def delivered() -> int:  # `/health` says only that the ledger is alive
+            r = requests.get(f"{ledger_url}/organizations/{ORG}/uids", headers=AUTH, timeout=5)
+            r.raise_for_status()
+            return len(r.json()["uids"])
 
         wait_for(lambda: delivered() >= expected, 60, "delivery (dead letters: .demo/agent/deadletter.db)")
         wait_for(lambda: not list(spool.glob("*.mks")), 30, "the agent to retire delivered segments")
@@ -154,12 +158,10 @@ def main() -> None:
                     ledger_url,
                     "--org",
                     ORG,
-                    "--token",
-                    TOKEN,
                     *args,
                 ],
                 check=True,
-                env={**os.environ},
+                env=ENV,
             )
             print()
     finally:

@@ -21,6 +21,10 @@ Collector configures what is not a pipeline component::
       balances: {ledger_url: "http://127.0.0.1:8765", org_id: acme, token: "${LEDGER_TOKEN}"}
     service:
       extensions: [balances]
+
+An ``https://`` ledger's certificate is verified as the exporters verify theirs
+(``exporterhelper.TlsConfig``): ``tls: {ca_file: ...}`` for a private CA, ``cert_file`` and
+``key_file`` for mutual TLS.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from meterkit._permissions import is_shared
 from meterkit._spool import MAGIC, segments
 
 from .component import Settings
-from .exporters.exporterhelper import session
+from .exporters.exporterhelper import TlsConfig, session
 from .instants import InstantError, iso, parse_instant
 
 logger = logging.getLogger("meterkit.agent")
@@ -76,6 +80,7 @@ class BalancesConfig(Settings):
     #: how long an SDK may hold a measurement before its spool has it
     flush_margin_millis: int = Field(2_000, ge=0)
     request_timeout_millis: int = Field(10_000, gt=0)
+    tls: TlsConfig = TlsConfig()
 
     @field_validator("ledger_url")
     @classmethod
@@ -230,7 +235,7 @@ class BalancesKeeper:
         self.status_path = state_dir / STATUS_NAME
         self.on_refresh = on_refresh
         self.url = f"{cfg.ledger_url}/organizations/{quote(cfg.org_id, safe='')}/balances"
-        self.session = session(Accept="application/json")
+        self.session = session(cfg.tls, Accept="application/json")
         if cfg.token is not None:
             self.session.headers["Authorization"] = f"Bearer {cfg.token.get_secret_value()}"
         # Never before a snapshot already written: what it included is still delivered (one

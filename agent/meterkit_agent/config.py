@@ -29,12 +29,20 @@ the agent's as a whole: ``service``, the pipeline, telemetry, and the parsing th
 collects every problem of a file in one pass. ``${VAR}`` (or
 ``${VAR:-default}``) is replaced from the environment before parsing, so secrets stay out
 of the file; an unset variable without a default is an error that names it.
+
+Every secret setting (a ``SecretStr``: ``token``, ``client_secret``, ``api_key``; and the
+ledger exporter's ``db`` URL) may instead be read from a file: ``<setting>_file: PATH``
+(``token_file``, ``client_secret_file``, ``db_file``), a file other users may not read (:mod:`.credentials`), as
+Prometheus' ``bearer_token_file`` and Docker's and Kubernetes' mounted secrets work. Its
+content is never printed: :func:`redacted` shows what a configuration resolved to with
+every secret as ``***``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,6 +53,7 @@ from meterkit._yaml import LINE_KEY, load_yaml
 
 from .balances import BalancesConfig
 from .component import HostPort, Settings, factory, type_of
+from .credentials import MASK, SecretFileError, read_secret_file, without_url_passwords
 from .exporters import EXPORTERS
 from .paths import default_state_dir
 from .processors import PROCESSORS
@@ -54,6 +63,11 @@ from .receivers import RECEIVERS
 EXTENSIONS: dict[str, type[Settings]] = {"balances": BalancesConfig}
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: Settings that may hold a password without being typed a secret: a database URL (the
+#: ledger exporter's ``db``, ``postgresql://user:password@host/db``) may be ``db_file``.
+_SECRET_URLS = frozenset({"db"})
+#: The m3ter exporter's token when ``agent run --to`` is given none (a ledger without auth).
+NO_TOKEN = "none"  # noqa: S105 - a placeholder that authenticates nothing, not a secret
 
 
 class ConfigFileError(Exception):
@@ -187,7 +201,10 @@ def parse_config(doc: Any, source: str = "config") -> AgentConfig:
                 )
                 continue
             try:
+                settings = secret_files(found.config, settings, f"{source}: {kind}.{cid}")
                 built[str(cid)] = found.config.model_validate(settings or {})
+            except SecretFileError as exc:
+                problems.append(str(exc))
             except ValidationError as exc:
                 for err in exc.errors():
                     where = ".".join(str(p) for p in err["loc"])
@@ -239,13 +256,73 @@ def _extensions(raw: Any, source: str, problems: list[str]) -> dict[str, Any]:
             problems.append(f"{source}: extensions.{cid}: unknown type {type_of(str(cid))!r}; known: balances")
             continue
         try:
-            built[str(cid)] = model.model_validate(settings or {})
+            built[str(cid)] = model.model_validate(secret_files(model, settings, f"{source}: extensions.{cid}"))
+        except SecretFileError as exc:
+            problems.append(str(exc))
         except ValidationError as exc:
             for err in exc.errors():
                 where = ".".join(str(p) for p in err["loc"])
                 message = str(err["msg"]).removeprefix("Value error, ")
                 problems.append(f"{source}: extensions.{cid}{'.' + where if where else ''}: {message}")
     return built
+
+
+def secret_files(model: type[BaseModel], settings: Any, where: str) -> Any:
+    """``settings`` with each ``<name>_file: PATH`` of a secret field ``<name>`` replaced by
+    ``<name>:`` the file's content. Raises :class:`SecretFileError` naming the setting: the
+    file cannot be read or others may read it, or both ``<name>`` and ``<name>_file`` are given."""
+    if not isinstance(settings, dict):
+        return settings
+    out = dict(settings)
+    for key, path in settings.items():
+        name = str(key).removesuffix("_file")
+        field = model.model_fields.get(name)
+        if name == key or key in model.model_fields or field is None:
+            continue
+        if not _secret(field.annotation) and name not in _SECRET_URLS:
+            continue
+        if out.get(name) is not None:
+            raise SecretFileError(f"{where}: give {name} or {key}, not both")
+        del out[key]
+        if path is not None:  # `${VAR}` of an unset optional setting
+            out[name] = read_secret_file(str(path), f"{where}.{key}")
+    return out
+
+
+def _secret(annotation: Any) -> bool:
+    return annotation is SecretStr or SecretStr in typing.get_args(annotation)
+
+
+def redacted(cfg: AgentConfig) -> dict[str, Any]:
+    """What ``cfg`` resolved to, as plain data, each secret (and each URL's password) shown
+    as ``***``: safe to print (``meterkit agent validate-config``)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, SecretStr):
+            return MASK
+        return without_url_passwords(value) if isinstance(value, str) else value
+
+    doc: dict[str, Any] = {}
+    for kind in ("receivers", "processors", "exporters", "extensions"):
+        section = getattr(cfg, kind)
+        if section:
+            doc[kind] = {cid: clean(model.model_dump(mode="python")) for cid, model in section.items()}
+    doc["service"] = clean(cfg.service.model_dump(mode="python"))
+    plain: dict[str, Any] = _plain(doc)
+    return plain
+
+
+def _plain(value: Any) -> Any:
+    """Paths and other objects as their text, for printing."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value if value is None or isinstance(value, str | int | float | bool) else str(value)
 
 
 def _check_extensions(doc: dict[str, Any], service: ServiceConfig, built: dict[str, Any], source: str) -> list[str]:
@@ -324,7 +401,7 @@ def simple_config(
         doc["processors"]["derive"] = {"catalog": str(catalog)}
         doc["service"]["pipelines"]["usage"]["processors"] = ["validate", "derive", "batch"]
     if to:
-        doc["exporters"]["m3ter"] = {"base_url": to, "org_id": org, "token": token or "none"}
+        doc["exporters"]["m3ter"] = {"base_url": to, "org_id": org, "token": token or NO_TOKEN}
         doc["service"]["pipelines"]["usage"]["exporters"] = ["m3ter"]
     else:
         doc["exporters"]["ledger"] = {"org_id": org, **({"db": ledger_db} if ledger_db else {})}

@@ -1,7 +1,18 @@
 """What every HTTP endpoint of the agent and the ledger does the same way: a bearer token
 compared in constant time, a request body read within a size limit, and its measurements
 validated, or, from a sender trusted to have validated them, checked to be exactly in the
-shape validation gives (:func:`canonical`).
+shape validation gives (:func:`canonical`); and the same rules for who may be served.
+
+Secure by default. A listener on loopback (127.0.0.0/8, ::1, ``localhost``) is reached
+from this machine only; anything else with no token would serve every host that can reach
+it, so it is refused (:func:`open_listener_problem`) unless asked for by name
+(``--insecure-no-auth``, ``insecure_no_auth: true``), and then said loudly at start.
+``/health`` answers that the process is alive and nothing more, without a token (a
+liveness probe has none). The API's description needs the token when one is set
+(:func:`api_docs`): ``/openapi.json`` is served behind the same bearer check as the API,
+and the browser pages ``/docs`` and ``/redoc`` are not served at all, since a browser
+cannot send a bearer header with them (fetch ``/openapi.json`` with the token and open it
+in any OpenAPI viewer instead).
 
 The limit holds as the body arrives, whatever its framing: a declared ``Content-Length``
 over it is refused before a byte is read, and a chunked body (no length) is refused as
@@ -24,15 +35,17 @@ past it. Content codings (RFC 9110 §8.4.1):
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import math
 import re
 import time
 import zlib
+from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
 import orjson
-from fastapi import Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
@@ -82,6 +95,62 @@ def bearer_ok(request: Request, expected: bytes | None) -> bool:
         return True
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), expected)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, a bracketed IPv6 address or a name) is reached from this
+    machine only: 127.0.0.0/8, ::1 or ``localhost``. Any other name may resolve anywhere."""
+    host = host.strip().removeprefix("[").removesuffix("]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_listener_problem(host: str, authenticated: bool, insecure: bool, remedy: str) -> str | None:
+    """Why listening on ``host`` is refused, or None: a host beyond loopback needs
+    authentication, unless ``insecure`` says to serve without it. ``remedy`` says how to
+    give a token here (an option, a configuration key)."""
+    if authenticated or insecure or is_loopback(host):
+        return None
+    return (
+        f"refusing to listen on {host} without a token: every host that can reach it could send and read usage."
+        f" {remedy}, or listen on 127.0.0.1"
+    )
+
+
+def insecure_warning(what: str, host: str) -> str:
+    """The warning logged when a listener beyond loopback serves without authentication."""
+    return (
+        f"WARNING: {what} listens on {host} WITHOUT AUTHENTICATION (insecure_no_auth): every host that can"
+        " reach it can send and read usage; give it a token unless a network boundary you trust stands in front"
+    )
+
+
+def api_docs(protected: bool) -> dict[str, Any]:
+    """``FastAPI(...)`` keyword arguments for the API's description: the defaults when no
+    token is set; else none of the three routes, :func:`serve_openapi` adds a protected one."""
+    return {"openapi_url": None, "docs_url": None, "redoc_url": None} if protected else {}
+
+
+def serve_openapi(app: FastAPI, dependencies: Sequence[Any]) -> None:
+    """Serve ``GET /openapi.json`` behind ``dependencies`` (the API's bearer check)."""
+
+    @app.get("/openapi.json", dependencies=list(dependencies), include_in_schema=False)
+    def openapi() -> Response:
+        return json_response(app.openapi())  # made once, then kept by FastAPI
+
+
+def bearer_dependency(expected: bytes | None) -> list[Any]:
+    """A route dependency that refuses a request without the bearer token (401)."""
+
+    async def check(request: Request) -> None:
+        if not bearer_ok(request, expected):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    return [Depends(check)]
 
 
 def content_coding(header: str) -> str:

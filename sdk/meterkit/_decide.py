@@ -136,7 +136,9 @@ class CapCheck:
         used = engine.local.total(key)
         if snapshot.as_of_ms > start:  # a snapshot from an earlier period holds nothing of this one
             used += snapshot.balances.get(key, 0)
-        amount: Any = quantity if cap.field is None else (fields or {}).get(cap.field, 0)
+        amount: Any = quantity if cap.field is None else counted_amount((fields or {}).get(cap.field, 0))
+        if amount is None:  # a negative amount would hand units back; NaN or text would pass any cap
+            return engine.fallback("bad amount", self.text), key, 0
         limit = self.limit
         over = used + amount > limit if amount else used >= limit
         if over and self.hard:
@@ -285,3 +287,17 @@ def _tighter(current: Decision | None, new: Decision) -> Decision:
     if new.remaining is None:
         return current
     return new if current.remaining is None or new.remaining < current.remaining else current
+
+
+def counted_amount(value: Any) -> int | Decimal | None:
+    """A field amount as a cap counts it: a whole number or a finite decimal, at least 0 (a
+    float as the decimal it was written as), or None when it cannot be counted."""
+    if type(value) is int:
+        return value if value >= 0 else None
+    if isinstance(value, float) and math.isfinite(value) and value >= 0:
+        return Decimal(repr(value))
+    if isinstance(value, Decimal) and value.is_finite() and value >= 0:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    return None

@@ -86,6 +86,7 @@ class LedgerServer:
     url: str
     db: str
     proc: Proc
+    _engine: Any = None
 
     def get(self, path: str, **params: Any) -> Any:
         r = requests.get(f"{self.url}{path}", params=params, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
@@ -93,7 +94,14 @@ class LedgerServer:
         return r.json()
 
     def count(self) -> int:
-        return int(self.get("/health")["measurements"])
+        """How many measurements the ledger stores, every organisation's (``Ledger.count``'s
+        query), read from its database: ``/health`` says only that the ledger is alive."""
+        if self._engine is None:
+            from meterkit_agent.ledger.schema import make_engine
+
+            self._engine = make_engine(self.db)
+        with self._engine.connect() as conn:
+            return int(conn.exec_driver_sql("SELECT coalesce(sum(count), 0) FROM hours").scalar_one())
 
     def restart(self) -> None:
         self.proc.kill(signal.SIGKILL)
@@ -107,11 +115,23 @@ class LedgerServer:
             return False
 
 
+def token_file(directory: Path, token: str = TOKEN) -> Path:
+    """``token`` in a file only its owner may read, as ``--token-file`` wants it: a token on
+    the command line would be visible to every user in ``ps``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "ledger-token"
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return path
+
+
 def start_ledger(tmp_path: Path, db: str | None = None, extra: tuple[str, ...] = ()) -> LedgerServer:
     port = free_port()
     db = db or f"sqlite:///{tmp_path / 'ledger.db'}"
+    tokens = token_file(tmp_path)
     proc = Proc(
-        cli_cmd("ledger", "serve", "--db", db, "--port", str(port), "--token", TOKEN, *extra), tmp_path / "ledger.log"
+        cli_cmd("ledger", "serve", "--db", db, "--port", str(port), "--token-file", str(tokens), *extra),
+        tmp_path / "ledger.log",
     ).start()
     server = LedgerServer(f"http://127.0.0.1:{port}", db, proc)
     wait_for(server.healthy, what="ledger start")

@@ -21,13 +21,13 @@ import meterkit
 from meterkit._spool import KIND_CONTROL, KIND_MEASUREMENT, SegmentWriter, encode_frame
 from tests.agent.conftest import (
     POISON_CATALOG,
-    TOKEN,
     FaultProxy,
     LedgerServer,
     Proc,
     cli_cmd,
     start_agent,
     start_ledger,
+    token_file,
     wait_for,
     write_agent_config,
 )
@@ -137,8 +137,8 @@ def test_sigkills_poison_401_and_a_full_disk_together(tmp_path: Path, small_disk
                 ledger.url,
                 "--org",
                 "test-org",
-                "--token",
-                TOKEN,
+                "--token-file",
+                str(token_file(tmp_path)),
                 "--state-dir",
                 str(state),
                 *PERIOD,

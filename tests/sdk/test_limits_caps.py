@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
@@ -118,3 +119,23 @@ def test_decorated_call_counts_the_field_it_recorded(tmp_path: Path) -> None:
     with pytest.raises(meterkit.LimitExceeded) as raised:
         download()
     assert raised.value.decision.reason == "hard cap reached"
+
+
+@pytest.mark.parametrize("bad", [-1_000_000, float("nan"), Decimal("-Infinity"), "5", True])
+def test_an_amount_a_cap_cannot_count_is_a_counted_fallback_and_never_hands_units_back(
+    tmp_path: Path, bad: object
+) -> None:
+    write_snapshot(tmp_path / "balances.json", {("data_downloaded", "bytes"): "1000"})
+    configure(tmp_path, "{meter: data_downloaded, field: bytes, cap: 1000, period: month, mode: hard}")
+    odd = meterkit.allow("data_downloaded", account="acme", amounts={"bytes": bad})
+    assert odd.fallback and odd.reason == "bad amount; fail_open"
+    after = meterkit.allow("data_downloaded", account="acme", amounts={"bytes": 500_000})
+    assert not after.allowed and after.reason == "hard cap reached"  # nothing was handed back
+    assert meterkit.stats()["limits"]["bad amount"] == 1
+
+
+def test_a_float_amount_counts_as_the_decimal_it_was_written_as(tmp_path: Path) -> None:
+    write_snapshot(tmp_path / "balances.json", {("data_downloaded", "bytes"): "999.5"})
+    configure(tmp_path, "{meter: data_downloaded, field: bytes, cap: 1000, period: month, mode: hard}")
+    assert meterkit.allow("data_downloaded", account="acme", amounts={"bytes": 0.5}).allowed
+    assert not meterkit.allow("data_downloaded", account="acme", amounts={"bytes": 0.1}).allowed

@@ -15,6 +15,7 @@ from .dlq import dlq_app
 from .ledger import ledger_app, usage
 from .meters import meters_app
 from .notifications import notifications_app
+from .privacy import privacy_app
 from .reconcile import reconcile_cmd
 from .spool import spool_app
 
@@ -37,6 +38,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(dlq_app, name="dlq")
 app.command("reconcile")(reconcile_cmd)
 app.add_typer(notifications_app, name="notifications")
+app.add_typer(privacy_app, name="privacy")
 
 
 def main() -> None:

@@ -1,4 +1,10 @@
-"""``meterkit agent``: run and inspect the sidecar agent."""
+"""``meterkit agent``: run and inspect the sidecar agent.
+
+No secret is printed: ``validate-config`` shows what the configuration resolved to with
+every secret as ``***``, and ``run`` keeps every secret of its configuration out of every
+log line (:func:`..credentials.redact_logs`). ``run --token`` warns that the command line
+is visible to every user; ``--token-file`` or ``METERKIT_AGENT_TOKEN`` are not.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import typer
 
 import meterkit
 
+from .ledger import secret_option
 from .output import configure_logging, fail, print_json, print_problems, state_dir_or_default
 
 agent_app = typer.Typer(help="Run and inspect the sidecar agent.", no_args_is_help=True)
@@ -52,6 +59,7 @@ def _agent_config(
 
 @agent_app.command("run")
 def agent_run(
+    ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", help="agent.yaml (Collector shape)")] = None,
     spool_dir: Annotated[Path | None, typer.Option("--spool-dir", help="spool to deliver (no --config)")] = None,
     catalog: Annotated[Path | None, typer.Option("--catalog", help="meters.yaml to validate and derive with")] = None,
@@ -60,7 +68,12 @@ def agent_run(
     ] = None,
     org: Annotated[str, typer.Option("--org", help="organisation id")] = "default",
     token: Annotated[
-        str | None, typer.Option("--token", envvar="METERKIT_AGENT_TOKEN", help="bearer token for --to")
+        str | None,
+        typer.Option("--token", envvar="METERKIT_AGENT_TOKEN", help="bearer token for --to (prefer --token-file)"),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", envvar="METERKIT_AGENT_TOKEN_FILE", help="bearer token for --to, in a file (600)"),
     ] = None,
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="checkpoint, dead letters, status")] = None,
     ledger_db: Annotated[str | None, typer.Option("--ledger-db", help="database URL of the embedded ledger")] = None,
@@ -71,22 +84,32 @@ def agent_run(
 ) -> None:
     """Deliver spooled measurements until SIGTERM, then drain and exit."""
     from ..agent import Agent, stop_on_signals
+    from ..config import NO_TOKEN
+    from ..credentials import redact_logs, secret_values
 
+    token = secret_option(ctx, "--token", token, "--token-file", token_file, "METERKIT_AGENT_TOKEN")
     done = stop_on_signals()
     configure_logging(verbose)
     cfg = _agent_config(config, spool_dir, catalog, to, org, token, state_dir, ledger_db, balances)
+    redact_logs(secret for secret in secret_values(cfg) if secret != NO_TOKEN)
     raise typer.Exit(Agent(cfg).run_forever(done))
 
 
 @agent_app.command("validate-config")
 def agent_validate_config(file: Annotated[Path, typer.Argument(help="agent.yaml")]) -> None:
-    """Check an agent configuration; print every problem."""
+    """Check an agent configuration; print every problem, or what it resolved to (secrets
+    from the environment and from files included, each shown as ***)."""
+    import yaml
+
+    from ..config import redacted
+
     cfg = _agent_config(file, None, None, None, "default", None, None, None)
     pipe = cfg.pipeline
     typer.echo(
         f"{file}: ok; pipeline {', '.join(pipe.receivers)} -> {', '.join(pipe.processors) or '(none)'}"
         f" -> {', '.join(pipe.exporters)}"
     )
+    typer.echo(yaml.safe_dump(redacted(cfg), sort_keys=False, default_flow_style=False).rstrip())
 
 
 @agent_app.command("status")

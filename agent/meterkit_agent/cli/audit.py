@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .ledger import secret_option
 from .output import StateDir, fail, print_json, state_dir_or_default
 
 audit_app = typer.Typer(
@@ -18,6 +19,7 @@ audit_app = typer.Typer(
 
 @audit_app.command("verify")
 def audit_verify(
+    ctx: typer.Context,
     state_dir: StateDir = None,
     head: Annotated[
         str | None, typer.Option("--head", help="a previously exported head hash the chain must end at")
@@ -28,7 +30,13 @@ def audit_verify(
     backend_url: Annotated[str | None, typer.Option("--backend", help="ledger base URL holding the anchor")] = None,
     ledger_db: Annotated[str | None, typer.Option("--ledger-db", help="ledger database holding the anchor")] = None,
     org: Annotated[str, typer.Option("--org")] = "default",
-    token: Annotated[str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN")] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="prefer --token-file")
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", envvar="METERKIT_LEDGER_TOKEN_FILE", help="the ledger's bearer token (mode 600)"),
+    ] = None,
 ) -> None:
     """Walk the chain (keyed entries with journal.key) and check it against the anchor the
     backend keeps: names the first edited, removed or reordered entry, a cut end, a rewrite."""
@@ -37,6 +45,7 @@ def audit_verify(
     from ..audit.journal import JournalError, journal_id, read_key
     from .reconcile import backend_for
 
+    token = secret_option(ctx, "--token", token, "--token-file", token_file, "METERKIT_LEDGER_TOKEN")
     backend: Any = None
     try:
         if head is None and (config or backend_url or ledger_db or _default_ledger_exists()):

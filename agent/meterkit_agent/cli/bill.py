@@ -17,12 +17,13 @@ before the subcommand).
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
 
-from .ledger import answer_message
+from .ledger import answer_message, secret_option
 from .output import fail
 
 #: the columns of a bill's table, and which of them hold numbers (aligned right)
@@ -33,6 +34,7 @@ _ACTIONS = ("close",)
 
 
 def bill_cmd(
+    ctx: typer.Context,
     action: Annotated[
         str | None,
         typer.Argument(metavar="close", help="close: close the bill period --period (it must have ended)"),
@@ -50,7 +52,13 @@ def bill_cmd(
         str, typer.Option("--url", "--ledger", help="ledger base URL (started with --plans)")
     ] = "http://127.0.0.1:8765",
     org: Annotated[str, typer.Option("--org")] = "default",
-    token: Annotated[str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN")] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="prefer --token-file")
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", envvar="METERKIT_LEDGER_TOKEN_FILE", help="the ledger's bearer token (mode 600)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the ledger's answer: amounts as decimal strings")] = False,
 ) -> None:
     """Show the bills of an account for every bill period that intersects [--from, --to)
@@ -61,6 +69,7 @@ def bill_cmd(
         raise fail(f"unknown action {action!r:.40}: meterkit bill [close] --account ...")
     if not account:
         raise fail("--account is required")
+    token = secret_option(ctx, "--token", token, "--token-file", token_file, "METERKIT_LEDGER_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if action == "close":
         _close(account, closing, start, end, f"{url.rstrip('/')}/organizations/{org}/bills/close", headers, as_json)

@@ -19,6 +19,13 @@ queries.
 The workers are started by uvicorn as fresh interpreters (``spawn``) that build the app from
 :func:`worker_app`; the options reach them in one environment variable, never in argv,
 since they may hold the token and the database password.
+
+Secure by default (:mod:`..httpserver`). The token comes from ``--token-file`` (a file
+only its owner may read) or ``METERKIT_LEDGER_TOKEN``; ``--token`` still works and warns
+that every user sees it in ``ps``. A ``--host`` beyond loopback with neither a token nor
+client credentials is refused unless ``--insecure-no-auth`` says so, and then warned
+about at start. The token and the client secret never appear in a log line
+(:func:`..credentials.redact_logs`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import typer
 
 import meterkit
 
+from ..credentials import SecretFileError, command_line_warning, read_secret_file, redact_logs, secret_values
 from .output import fail, print_table
 
 #: How ``ledger serve`` hands its options to its worker processes (inherited environment).
@@ -46,18 +54,36 @@ ledger_app = typer.Typer(help="The embedded m3ter-compatible backend.", no_args_
 
 @ledger_app.command("serve")
 def ledger_serve(
+    ctx: typer.Context,
     db: Annotated[str | None, typer.Option("--db", help="sqlite:///path or postgresql://...")] = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8765,
     token: Annotated[
-        str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="require this bearer token")
+        str | None,
+        typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="require this bearer token (prefer --token-file)"),
     ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            envvar="METERKIT_LEDGER_TOKEN_FILE",
+            help="require the bearer token in this file (mode 600)",
+        ),
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option("--insecure-no-auth", help="serve a --host beyond loopback without any token (not advised)"),
+    ] = False,
     catalog: Annotated[
         Path | None, typer.Option("--catalog", help="refuse measurements the catalog does not allow")
     ] = None,
     client_id: Annotated[str | None, typer.Option("--client-id", help="enable m3ter's /oauth/token exchange")] = None,
     client_secret: Annotated[
         str | None, typer.Option("--client-secret", envvar="METERKIT_LEDGER_CLIENT_SECRET")
+    ] = None,
+    client_secret_file: Annotated[
+        Path | None,
+        typer.Option("--client-secret-file", envvar="METERKIT_LEDGER_CLIENT_SECRET_FILE", help="mode 600"),
     ] = None,
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="serve the address from this many processes (PostgreSQL)")
@@ -74,13 +100,28 @@ def ledger_serve(
     """Serve the ledger's m3ter-compatible ingest API, usage queries and, with --plans,
     bill previews, cap balances and threshold notifications; with --signals, webhooks and
     drops and spikes (docs/notifications.md). A plans or signals file with any problem
-    stops the command (exit 1) naming each."""
+    stops the command (exit 1) naming each. A --host beyond loopback needs a token (or
+    client credentials), or --insecure-no-auth."""
     import uvicorn
 
+    from ..httpserver import open_listener_problem
     from ..paths import default_ledger_url
 
+    token = secret_option(ctx, "--token", token, "--token-file", token_file, "METERKIT_LEDGER_TOKEN")
+    client_secret = secret_option(
+        ctx,
+        "--client-secret",
+        client_secret,
+        "--client-secret-file",
+        client_secret_file,
+        "METERKIT_LEDGER_CLIENT_SECRET",
+    )
     if (client_id is None) != (client_secret is None):
-        raise fail("give both --client-id and --client-secret, or neither")
+        raise fail("give both --client-id and --client-secret (or --client-secret-file), or neither")
+    remedy = "Give --token-file PATH (or METERKIT_LEDGER_TOKEN), or --insecure-no-auth to serve without one"
+    problem = open_listener_problem(host, bool(token) or client_secret is not None, insecure_no_auth, remedy)
+    if problem is not None:
+        raise fail(problem)
     url = db or default_ledger_url()
     options = {
         "db": url,
@@ -99,6 +140,11 @@ def ledger_serve(
     dialect = ledger.engine.dialect.name
     processes = f", {workers} processes" if workers > 1 else ""
     typer.echo(f"ledger on http://{host}:{port} ({dialect}{processes})", err=True)
+    if insecure_no_auth and not token and client_secret is None:
+        from ..httpserver import insecure_warning, is_loopback
+
+        if not is_loopback(host):
+            typer.echo(insecure_warning("the ledger", host).replace("insecure_no_auth", "--insecure-no-auth"), err=True)
     if workers > 1 and dialect == "sqlite":
         typer.echo("note: SQLite takes one writer at a time; several processes help on PostgreSQL", err=True)
     if workers == 1:
@@ -118,6 +164,7 @@ def _app(options: dict[str, Any]) -> tuple[Any, Any]:
     from ..ledger.api import create_app
     from ..signals import SignalsFileError, load_signals
 
+    redact_logs([options["token"], options["client_secret"], *secret_values(options["db"])])
     try:
         cat = meterkit.load_catalog(options["catalog"]) if options["catalog"] else None
     except meterkit.CatalogError as exc:
@@ -142,6 +189,26 @@ def _app(options: dict[str, Any]) -> tuple[Any, Any]:
     return app, ledger
 
 
+def secret_option(
+    ctx: typer.Context, option: str, given: str | None, file_option: str, path: Path | None, env: str
+) -> str | None:
+    """A secret from ``option`` (its value: the command line or ``env``) or ``file_option``
+    (a file only its owner may read); a warning when it was typed on the command line.
+    Raises typer.Exit naming the problem: both given, or a file that cannot be used."""
+    source = ctx.get_parameter_source(option.lstrip("-").replace("-", "_"))
+    typed = source is not None and source.name == "COMMANDLINE"
+    if path is not None:
+        if typed:
+            raise fail(f"give {option} or {file_option}, not both")
+        try:
+            return read_secret_file(path, file_option)
+        except SecretFileError as exc:
+            raise fail(str(exc)) from None
+    if typed and given:
+        typer.echo(command_line_warning(option, f"{file_option} PATH or the {env} environment variable"), err=True)
+    return given
+
+
 def worker_app() -> Any:
     """The app of one ``ledger serve --workers`` process (uvicorn calls it in each worker).
     The worker stops when the command that started it is gone, so a supervisor killed
@@ -162,6 +229,7 @@ def _exit_with_parent(supervisor: int) -> None:
 
 
 def usage(
+    ctx: typer.Context,
     meter: Annotated[str, typer.Option("--meter")],
     url: Annotated[str, typer.Option("--url", help="ledger base URL")] = "http://127.0.0.1:8765",
     org: Annotated[str, typer.Option("--org")] = "default",
@@ -179,6 +247,9 @@ def usage(
     ] = "1",
     rounding: Annotated[str, typer.Option("--rounding")] = "NONE",
     token: Annotated[str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN")] = None,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", envvar="METERKIT_LEDGER_TOKEN_FILE", help="mode 600")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Query usage from a ledger and print it as a table. Values are exact decimals; a bad
@@ -188,6 +259,7 @@ def usage(
     from ..ledger.exact import per_unit
     from ..ledger.queries import QueryError, period
 
+    token = secret_option(ctx, "--token", token, "--token-file", token_file, "METERKIT_LEDGER_TOKEN")
     try:  # the ledger's own rules, checked here too so the message names the option
         period(start, end, names=("--from", "--to"))
     except QueryError as exc:

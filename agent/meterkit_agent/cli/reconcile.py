@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .ledger import secret_option
 from .output import StateDir, fail, print_json, print_table, state_dir_or_default
 
 
@@ -59,6 +60,7 @@ def backend_for(
 
 
 def reconcile_cmd(
+    ctx: typer.Context,
     start: Annotated[str | None, typer.Option("--from", help="period start, ISO 8601 (default: 24 hours ago)")] = None,
     end: Annotated[str | None, typer.Option("--to", help="period end, ISO 8601 (default: now)")] = None,
     meter: Annotated[str | None, typer.Option("--meter")] = None,
@@ -72,7 +74,13 @@ def reconcile_cmd(
     ] = None,
     ledger_db: Annotated[str | None, typer.Option("--ledger-db")] = None,
     org: Annotated[str, typer.Option("--org")] = "default",
-    token: Annotated[str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN")] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="prefer --token-file")
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", envvar="METERKIT_LEDGER_TOKEN_FILE", help="the ledger's bearer token (mode 600)"),
+    ] = None,
     spool_dir: Annotated[
         list[Path] | None,
         typer.Option("--spool-dir", help="live spool(s): original content to name altered fields and to repair from"),
@@ -92,6 +100,7 @@ def reconcile_cmd(
     from ..audit.report import render
     from ..instants import InstantError, parse_instant
 
+    token = secret_option(ctx, "--token", token, "--token-file", token_file, "METERKIT_LEDGER_TOKEN")
     default_start, default_end = period_default()
     backend, exporter, cfg_state = backend_for(config, backend_url, ledger_db, org, token)
     directory = state_dir or cfg_state or state_dir_or_default(None)

@@ -14,6 +14,13 @@ delivered and the bad ones are dead-lettered with the backend's reason.
 An exporter is called by one delivery thread at a time, so each keeps one
 ``requests.Session`` (connection pooling) without sharing it across threads.
 
+TLS. Every session verifies the server's certificate, against the system's trusted CAs
+(``requests``' default; meterkit never turns verification off), or against ``tls.ca_file``
+when one is configured (a private CA), which then wins over ``REQUESTS_CA_BUNDLE`` in the
+environment. ``tls.cert_file`` and ``tls.key_file`` present a client certificate (mutual
+TLS). A certificate that does not verify is a connection error: retried, and logged with
+its reason, until the configuration or the server is fixed.
+
 Every ingest request carries the audit journal's head (``X-Meterkit-Journal`` and
 ``X-Meterkit-Journal-Head: <seq>:<hash>``) when the pipeline provides it through
 :attr:`IngestExporter.journal_head`: a backend that keeps it (the ledger does) anchors
@@ -40,15 +47,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from itertools import accumulate, count
 from operator import add, itemgetter
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 import requests
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from meterkit._corrections import EXTENSION_KEYS
 
 from ..component import Misconfigured, Rejected, RetryLater, Settings
+from ..credentials import private_key_problem
 
 USER_AGENT = "meterkit-agent/0.1"
 
@@ -71,6 +80,40 @@ class RetryConfig(Settings):
     initial_interval_millis: int = Field(200, gt=0)
     max_interval_millis: int = Field(30_000, gt=0)
     request_timeout_millis: int = Field(10_000, gt=0)
+
+
+class TlsConfig(Settings):
+    """How a session checks the server and shows itself: ``ca_file``, the CA bundle (PEM)
+    that signed the server's certificate (default: the system's); ``cert_file`` and
+    ``key_file``, a client certificate and its private key (PEM) for mutual TLS."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _files(self) -> TlsConfig:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the client certificate it belongs to)")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} is not a file")
+        if self.key_file is not None and (problem := private_key_problem(self.key_file)) is not None:
+            raise ValueError(f"key_file: {problem}")
+        return self
+
+    @property
+    def verify(self) -> str | bool:
+        """``requests``' ``verify``: the CA bundle's path, or True (the system's CAs)."""
+        return str(self.ca_file) if self.ca_file is not None else True
+
+    @property
+    def cert(self) -> str | tuple[str, str] | None:
+        """``requests``' ``cert``: the client certificate, with its key if in another file."""
+        if self.cert_file is None:
+            return None
+        return (str(self.cert_file), str(self.key_file)) if self.key_file is not None else str(self.cert_file)
 
 
 def classify(status: int) -> Outcome:
@@ -209,13 +252,19 @@ class _Session(requests.Session):
     ``requests`` reads them again on every request (every environment variable, twice:
     about a quarter of a request's CPU); an exporter posts to one URL many times, and the
     agent's environment does not change while it runs. What is kept is what ``requests``
-    itself worked out, for the same arguments and the same session settings."""
+    itself worked out, for the same arguments and the same session settings.
+
+    A configured CA bundle (``tls.ca_file``) wins over ``REQUESTS_CA_BUNDLE`` and
+    ``CURL_CA_BUNDLE``, which ``requests`` would otherwise prefer to a session's own
+    ``verify`` (psf/requests#3829): the configuration names this destination's CA."""
 
     def __init__(self) -> None:
         super().__init__()
         self._environment: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        if isinstance(self.verify, str) and verify in (None, True):
+            verify = self.verify
         if proxies or not self.trust_env:  # proxies given for this request: as requests does it
             return super().merge_environment_settings(url, proxies, stream, verify, cert)
         own = (self.stream, self.verify, self.cert, tuple(sorted(self.proxies.items())))
@@ -229,10 +278,13 @@ class _Session(requests.Session):
         return {**settings, "proxies": dict(settings["proxies"])}
 
 
-def session(**headers: str) -> requests.Session:
-    """A pooled session that says who is calling."""
+def session(tls: TlsConfig | None = None, **headers: str) -> requests.Session:
+    """A pooled session that says who is calling, verifying certificates as ``tls`` says
+    (the system's CAs by default)."""
     s = _Session()
     s.headers.update({"User-Agent": USER_AGENT, **headers})
+    if tls is not None:
+        s.verify, s.cert = tls.verify, tls.cert
     return s
 
 
@@ -250,14 +302,20 @@ class IngestExporter:
     """POSTs ``{"measurements": [...]}`` batches; isolates bad records on a final 4xx."""
 
     def __init__(
-        self, name: str, url: str, retry: RetryConfig, max_count: int = 1000, max_bytes: int = 500_000
+        self,
+        name: str,
+        url: str,
+        retry: RetryConfig,
+        max_count: int = 1000,
+        max_bytes: int = 500_000,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.name = name
         self.url = url
         self.timeout = retry.request_timeout_millis / 1000.0
         self.max_count = max_count
         self.max_bytes = max_bytes
-        self.session = session(**{"Content-Type": "application/json"})
+        self.session = session(tls, **{"Content-Type": "application/json"})
         self.requests_sent = 0
         self.last_answer = ""  # for the audit journal: what the backend said last
         #: set by the pipeline: (journal id, "<seq>:<hash>") to carry on each request, or None

@@ -11,18 +11,19 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 
 from ..component import Factory, Settings
-from .exporterhelper import IngestExporter, RetryConfig
+from .exporterhelper import IngestExporter, RetryConfig, TlsConfig
 
 
 class HttpExporterConfig(Settings):
     url: str
     headers: dict[str, SecretStr] = Field(default_factory=dict)
     retry: RetryConfig = RetryConfig()
+    tls: TlsConfig = TlsConfig()
 
 
 class HttpExporter(IngestExporter):
     def __init__(self, name: str, cfg: HttpExporterConfig) -> None:
-        super().__init__(name, cfg.url, cfg.retry)
+        super().__init__(name, cfg.url, cfg.retry, tls=cfg.tls)
         self._headers = {k: v.get_secret_value() for k, v in cfg.headers.items()}
 
     def headers(self) -> dict[str, str]:

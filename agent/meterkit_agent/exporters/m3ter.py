@@ -43,6 +43,7 @@ from ..component import Factory, Misconfigured, Rejected, RetryLater, Settings
 from .exporterhelper import (
     IngestExporter,
     RetryConfig,
+    TlsConfig,
     classify,
     parse_retry_after,
     restored,
@@ -62,6 +63,8 @@ class M3terExporterConfig(Settings):
     client_id: str | None = None
     client_secret: SecretStr | None = None
     retry: RetryConfig = RetryConfig()
+    #: how the server's certificate is checked (a private CA) and the client's is shown (mutual TLS)
+    tls: TlsConfig = TlsConfig()
     #: send ``correction`` and ``batch`` as they are. None: only to a ``base_url`` that is not
     #: one of m3ter's hosts (a meterkit ledger, which voids reversals and lists batches by them).
     send_extensions: bool | None = None
@@ -89,7 +92,7 @@ class M3terExporterConfig(Settings):
 
 class M3terExporter(IngestExporter):
     def __init__(self, name: str, cfg: M3terExporterConfig) -> None:
-        super().__init__(name, cfg.measurements_url, cfg.retry)
+        super().__init__(name, cfg.measurements_url, cfg.retry, tls=cfg.tls)
         self.cfg = cfg
         self.token_url = cfg.token_url
         self._token = cfg.token.get_secret_value() if cfg.token else None

@@ -42,7 +42,7 @@ from pydantic import Field, SecretStr
 from meterkit._model import CATEGORIES
 
 from ..component import Factory, Rejected, Settings
-from .exporterhelper import Encoded, IngestExporter, RetryConfig, idempotency_key
+from .exporterhelper import Encoded, IngestExporter, RetryConfig, TlsConfig, idempotency_key
 
 
 class OpenMeterExporterConfig(Settings):
@@ -51,6 +51,7 @@ class OpenMeterExporterConfig(Settings):
     source: str = "meterkit"  # CloudEvents source: with the uid as id, OpenMeter's idempotency key
     types: dict[str, str] = Field(default_factory=dict)  # meter code -> CloudEvents type (default: the meter code)
     retry: RetryConfig = RetryConfig()
+    tls: TlsConfig = TlsConfig()
 
 
 def cloudevent(m: dict[str, Any], source: str, types: dict[str, str]) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def cloudevent(m: dict[str, Any], source: str, types: dict[str, str]) -> dict[st
 
 class OpenMeterExporter(IngestExporter):
     def __init__(self, name: str, cfg: OpenMeterExporterConfig) -> None:
-        super().__init__(name, f"{cfg.base_url.rstrip('/')}/api/v1/events", cfg.retry)
+        super().__init__(name, f"{cfg.base_url.rstrip('/')}/api/v1/events", cfg.retry, tls=cfg.tls)
         self.cfg = cfg
         self.session.headers["Content-Type"] = "application/cloudevents-batch+json"
         if cfg.token is not None:

@@ -60,7 +60,7 @@ from meterkit._model import NUMERIC_CATEGORIES
 from meterkit._timefmt import wire_ts_ns
 
 from ..component import Factory, Misconfigured, Rejected, RetryLater, Settings
-from .exporterhelper import RetryConfig, answer, classify, parse_retry_after, session, short
+from .exporterhelper import RetryConfig, TlsConfig, answer, classify, parse_retry_after, session, short
 
 STRIPE_MAX_AGE_SECONDS = 35 * 86_400
 #: The dead letter's reason for a reversal Stripe can no longer cancel.
@@ -85,6 +85,7 @@ class StripeExporterConfig(Settings):
     # Stripe allows 1,000 meter events a second in live mode (less in test mode); stay under it.
     max_requests_per_second: float = Field(100, gt=0, le=1000)
     retry: RetryConfig = RetryConfig()
+    tls: TlsConfig = TlsConfig()
 
 
 class StripeMeterEventsExporter:
@@ -94,7 +95,7 @@ class StripeMeterEventsExporter:
         self.url = f"{cfg.base_url.rstrip('/')}/v1/billing/meter_events"
         self.adjustments_url = f"{cfg.base_url.rstrip('/')}/v1/billing/meter_event_adjustments"
         self.timeout = cfg.retry.request_timeout_millis / 1000.0
-        self.session = session(Authorization=f"Bearer {cfg.api_key.get_secret_value()}")
+        self.session = session(cfg.tls, Authorization=f"Bearer {cfg.api_key.get_secret_value()}")
         self._interval = 1.0 / cfg.max_requests_per_second
         self.last_answer = ""
         self._next_at = 0.0

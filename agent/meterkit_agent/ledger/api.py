@@ -57,9 +57,14 @@
   and replaced it) and ``GET /organizations/{orgId}/measurements?batch=`` (a backfill's
   measurements, paged): :mod:`.corrections`.
 - ``POST /organizations/{orgId}/usage/query``: m3ter's usage query (:mod:`.explorer`).
+- ``POST /organizations/{orgId}/privacy/erase`` and ``.../privacy/retain``: erasure and
+  retention passes (:mod:`.erasure`, :mod:`.retention`).
 - ``GET /organizations/{orgId}/balances`` (cap balances, with ``--plans``) and
   ``GET /organizations/{orgId}/notifications``: :mod:`.notices`.
-- ``GET /health``.
+- ``GET /health``: ``{"status": "ok"}`` while the process serves, and nothing else; no
+  token needed (a liveness probe has none). With a token (or client credentials) set,
+  ``GET /openapi.json`` needs it too, and ``/docs`` and ``/redoc`` are not served
+  (:func:`..httpserver.api_docs`).
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ from meterkit import Catalog, MeasurementError
 from meterkit._model import check_org, validation_token
 
 from ..billing import Plans
-from ..httpserver import BodyError, bearer_ok, json_response, read_body, validate_items
+from ..httpserver import BodyError, api_docs, bearer_ok, json_response, read_body, serve_openapi, validate_items
 from ..signals import SignalsSettings
 from . import corrections
 from .closing import bill_routes
@@ -87,7 +92,9 @@ from .digests import register as register_reconciliation
 from .exact import json_value
 from .explorer import register as register_explorer
 from .notices import notice_routes
+from .privacyroutes import register as register_erasure
 from .queries import QueryError, UsageQuery, catalog_problems
+from .retention import register as register_retention
 from .signalsrun import SignalsRuntime
 from .store import Ledger
 
@@ -122,6 +129,7 @@ def create_app(
         version="1",
         description="An m3ter-compatible ingest API and usage queries, backed by SQLite or PostgreSQL.",
         lifespan=runtime.lifespan,
+        **api_docs(bool(token) or client_credentials is not None),
     )
     app.state.signals = runtime
     expected = token.encode() if token else None
@@ -142,6 +150,8 @@ def create_app(
             )
 
     auth = [Depends(authorize)]
+    if expected is not None or client_credentials is not None:
+        serve_openapi(app, auth)  # the API's description, for whoever may call it
 
     if client_credentials is not None:
         basic = base64.b64encode(f"{client_credentials[0]}:{client_credentials[1]}".encode()).decode()
@@ -170,8 +180,9 @@ def create_app(
             return json_response({"access_token": access, "token_type": "Bearer", "expires_in": token_ttl_seconds})
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "measurements": ledger.count()}
+    async def health() -> Response:
+        """Alive: nothing about what is stored, and no token needed."""
+        return json_response({"status": "ok"})
 
     @app.post("/organizations/{org_id}/measurements", dependencies=auth)
     async def ingest(org_id: str, request: Request) -> Response:
@@ -313,6 +324,8 @@ def create_app(
     register_reconciliation(app, ledger, auth)  # digests, uid listings and journal anchors
     register_explorer(app, ledger, auth)  # m3ter's usage query
     app.include_router(notice_routes(ledger, plans, auth))  # cap balances and notifications
+    register_erasure(app, ledger, auth)  # privacy: erase a subject's values, keeping the books
+    register_retention(app, ledger, auth)  # privacy: age out per-person detail
     return app
 
 

@@ -39,7 +39,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -52,9 +52,6 @@ from .codec import WHOLE, WHOLE_SHAPE, Shape, decode, numbers, uid_text
 from .digests import kept_hashes
 from .rollups import POSTGRES_UPSERTS, SQLITE_UPSERTS, Changes, batch_json, unsigned64
 from .store import Ledger
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
 
 _STRINGS = frozenset(STRING_CATEGORIES)
 #: what an erased value starts with, and an aged one (:mod:`.retention`)
@@ -354,6 +351,11 @@ def in_transaction(ledger: Ledger, org: str, work: Callable[[Any, int], Rewriter
             conn.close()
 
 
+class ErasureIdUsed(ValueError):
+    """An erasure's id names its tokens (``erased:<id>:<n>``): used twice, two subjects'
+    values would become one, and a UNIQUE count would fall."""
+
+
 def erase(
     ledger: Ledger, org: str, erasure_id: str, forms: list[str], sha256: str | None, dry_run: bool = False
 ) -> Outcome:
@@ -365,6 +367,11 @@ def erase(
         return rewrite_values(doc, replace)
 
     def work(cur: Any, org_id: int) -> Rewriter:
+        mark = ledger.mark
+        used = f"SELECT 1 FROM erased WHERE org_id = {mark} AND erasure_id = {mark} LIMIT 1"  # noqa: S608 - marks only
+        cur.execute(used, (org_id, erasure_id))
+        if cur.fetchone() is not None:  # its tokens are in use: another subject's would merge with them
+            raise ErasureIdUsed(f"erasure id {erasure_id!r} was used by an earlier erasure; give a new one")
         job = Rewriter(ledger, cur, org_id, erasure_id, dry_run)
         series = ledger.series(cur, org, None, None)
         cur.execute("SELECT id, template FROM shapes")
@@ -380,41 +387,3 @@ def erase(
         return job
 
     return in_transaction(ledger, org, work)
-
-
-def register(app: "FastAPI", ledger: Ledger, auth: list[Any]) -> None:
-    """``POST /organizations/{org}/privacy/erase``: body ``{"id", "forms": [pseudonyms],
-    "sha256": hex or null, "dryRun": bool}``; answers what was (or would be) rewritten."""
-    import re
-
-    from fastapi import Request
-    from fastapi.responses import Response
-    from starlette.concurrency import run_in_threadpool
-
-    from ..httpserver import BodyError, json_response, read_body
-
-    ident = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-    hexed = re.compile(r"[0-9a-f]{64}\Z")
-
-    @app.post("/organizations/{org_id}/privacy/erase", dependencies=auth)
-    async def erase_route(org_id: str, request: Request) -> Response:
-        try:
-            doc = orjson.loads(await read_body(request, 1_000_000))
-        except (BodyError, orjson.JSONDecodeError):
-            doc = None
-        ok = isinstance(doc, dict) and isinstance(doc.get("id"), str) and ident.match(doc["id"])
-        forms = doc.get("forms") if ok else None
-        sha = doc.get("sha256") if ok else None
-        if (
-            not ok
-            or not isinstance(forms, list)
-            or not all(isinstance(f, str) and 0 < len(f) <= 200 for f in forms)
-            or len(forms) > 64
-            or not (sha is None or (isinstance(sha, str) and hexed.match(sha)))
-            or (not forms and sha is None)
-        ):
-            message = 'body must be {"id": id, "forms": [pseudonym, ...], "sha256": hex or null, "dryRun": bool}'
-            return json_response({"message": message}, 400)
-        dry = doc.get("dryRun") is True
-        found = await run_in_threadpool(erase, ledger, org_id, doc["id"], forms, sha, dry)
-        return json_response({"id": doc["id"], "dryRun": dry, **found.answer()})

@@ -4,7 +4,11 @@ Accepted measurements are appended to the agent's own spool and fsynced before t
 so a 200 means "durable". A request with a bad measurement is refused whole with a 400
 naming every bad one (index, uid, reason), so the client can fix or drop them and resend.
 Listens on 127.0.0.1 unless configured otherwise; a bearer token, if set, is compared in
-constant time. A body over ``max_request_bytes``, as sent or once decompressed, is a 413 as
+constant time. An ``endpoint`` beyond loopback needs a ``token`` (or ``token_file``: a file
+only its owner may read), or ``insecure_no_auth: true``, which is then warned about at
+start; with a token set, ``/openapi.json`` needs it too and ``/docs`` is not served
+(``httpserver``: secure by default). ``/health`` says only that the receiver is alive.
+A body over ``max_request_bytes``, as sent or once decompressed, is a 413 as
 soon as it passes the limit, chunked or not; ``Content-Encoding`` may be gzip, deflate or
 identity, anything else is a 415 (``httpserver.read_body``).
 
@@ -17,6 +21,7 @@ protected field reaches the spool, the journal or a backend.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -28,7 +33,7 @@ import orjson
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from meterkit import Catalog, MeasurementError
 from meterkit._model import validation_token
@@ -36,13 +41,55 @@ from meterkit._privacy import Privacy
 from meterkit._sinks import SpoolSink
 
 from ..component import Factory, HostPort, ReceiverHost, Settings
-from ..httpserver import BodyError, bearer_ok, json_response, read_body, spool_accepted, validate_items
+from ..httpserver import (
+    BodyError,
+    api_docs,
+    bearer_dependency,
+    bearer_ok,
+    insecure_warning,
+    is_loopback,
+    json_response,
+    open_listener_problem,
+    read_body,
+    serve_openapi,
+    spool_accepted,
+    validate_items,
+)
+
+logger = logging.getLogger("meterkit.agent")
 
 
 class HttpReceiverConfig(Settings):
     endpoint: HostPort = "127.0.0.1:4319"
     token: SecretStr | None = None
+    #: listen beyond loopback with no token: every host that reaches it may send usage
+    insecure_no_auth: bool = False
     max_request_bytes: int = Field(5 * 1024 * 1024, gt=0)
+
+    @model_validator(mode="after")
+    def _secure_by_default(self) -> HttpReceiverConfig:
+        remedy = "Give token (or token_file: PATH), or insecure_no_auth: true to serve without one"
+        problem = open_listener_problem(self.host, self.authenticated, self.insecure_no_auth, remedy)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.rpartition(":")[0]
+
+    @property
+    def authenticated(self) -> bool:
+        return bool(self.token and self.token.get_secret_value())
+
+    def protect(self, app: FastAPI) -> None:
+        """Serve ``/openapi.json`` behind the token, when one is set."""
+        if self.authenticated:
+            serve_openapi(app, bearer_dependency(self.token_bytes))
+
+    @property
+    def token_bytes(self) -> bytes | None:
+        return self.token.get_secret_value().encode() if self.authenticated and self.token else None
 
 
 #: builds the ASGI app a network receiver serves, from its settings, its sink and the catalog
@@ -50,8 +97,9 @@ AppFactory = Callable[[Any, SpoolSink, Catalog | None], FastAPI]
 
 
 def create_receiver_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Catalog | None) -> FastAPI:
-    app = FastAPI(title="meterkit agent HTTP receiver", version="1")
-    token = cfg.token.get_secret_value().encode() if cfg.token else None
+    app = FastAPI(title="meterkit agent HTTP receiver", version="1", **api_docs(cfg.authenticated))
+    cfg.protect(app)
+    token = cfg.token_bytes
     privacy = Privacy.for_catalog(catalog)  # setup: a catalog asking for pseudonyms needs a key
 
     @app.get("/health")
@@ -134,6 +182,8 @@ class HttpReceiver:
     what it accepts to its own spool under the agent's state directory."""
 
     def __init__(self, cfg: HttpReceiverConfig, spool: Path, catalog: Catalog | None, app: AppFactory) -> None:
+        if not cfg.authenticated and not is_loopback(cfg.host):  # allowed by insecure_no_auth: said loudly
+            logger.warning("meterkit agent: %s", insecure_warning(f"the receiver at {cfg.endpoint}", cfg.host))
         # Everything this receiver writes was validated against `catalog` under the SDK's
         # rules; the same sink as the SDK's frames it, with a tally, into the agent's spool.
         self.sink = SpoolSink(

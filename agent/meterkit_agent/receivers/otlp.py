@@ -39,6 +39,9 @@ The uid derived from a record without ``meterkit.uid`` is a SHA-256 of the whole
 time included: not a keyed pseudonym, but no dictionary of identifiers reverses it without
 the record's other attributes and its nanosecond time.
 
+Secure by default as the HTTP receiver is (``receivers/http.py``): beyond loopback only with
+a token or ``insecure_no_auth: true``; ``/health`` says only that it is alive.
+
 Records that are not measurements, or not valid ones, are answered with OTLP's partial
 success: ``rejected_log_records`` counts every one, and ``error_message`` names the first
 few by their position in the request, with the reason.
@@ -74,7 +77,7 @@ from meterkit._sinks import SpoolSink
 from meterkit._timefmt import iso_ms
 
 from ..component import Factory, HostPort, ReceiverHost
-from ..httpserver import BodyError, bearer_ok, read_body, spool_accepted
+from ..httpserver import BodyError, api_docs, bearer_ok, read_body, spool_accepted
 from .http import HttpReceiver, HttpReceiverConfig, serve
 
 
@@ -168,8 +171,9 @@ def _hex_ids_to_base64(doc: Any) -> Any:
 
 
 def create_otlp_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Catalog | None) -> FastAPI:
-    app = FastAPI(title="meterkit agent OTLP/HTTP logs receiver", version="1")
-    token = cfg.token.get_secret_value().encode() if cfg.token else None
+    app = FastAPI(title="meterkit agent OTLP/HTTP logs receiver", version="1", **api_docs(cfg.authenticated))
+    cfg.protect(app)  # secure by default, as the HTTP receiver (``httpserver``)
+    token = cfg.token_bytes
     max_bytes = cfg.max_request_bytes
     privacy = Privacy.for_catalog(catalog)  # setup: a catalog asking for pseudonyms needs a key
 
@@ -177,6 +181,10 @@ def create_otlp_app(cfg: HttpReceiverConfig, sink: SpoolSink, catalog: Catalog |
         if as_json:
             return Response(json_format.MessageToJson(response), status_code=status, media_type="application/json")
         return Response(response.SerializeToString(), status_code=status, media_type="application/x-protobuf")
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
 
     @app.post("/v1/logs")
     async def logs(request: Request) -> Response:

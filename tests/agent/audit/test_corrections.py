@@ -23,7 +23,7 @@ from meterkit._spool import KIND_CONTROL, SegmentWriter, encode_frame
 from meterkit._timefmt import iso_ms
 from meterkit_agent.audit.journal import expand_uids
 from tests.agent.audit.conftest import ORG, PERIOD, Scenario, kinds
-from tests.agent.conftest import TOKEN, wait_for
+from tests.agent.conftest import TOKEN, token_file, wait_for
 
 ACCOUNT = "acme"
 
@@ -57,7 +57,8 @@ def reconcile(scenario: Scenario, *extra: str) -> tuple[int, dict[str, Any], str
 
 
 def reconcile_args(scenario: Scenario) -> list[str]:
-    where = ["--backend", scenario.ledger.url, "--org", ORG, "--token", TOKEN, "--state-dir", str(scenario.state)]
+    tokens = str(token_file(scenario.tmp))
+    where = ["--backend", scenario.ledger.url, "--org", ORG, "--token-file", tokens, "--state-dir", str(scenario.state)]
     return ["reconcile", *where, *PERIOD]
 
 

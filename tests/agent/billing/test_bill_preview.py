@@ -16,7 +16,7 @@ import requests
 from meterkit_agent.billing import MeasurementsUsage, bill, instant_ms, plans_from_text
 from meterkit_agent.instants import iso
 from tests.agent.billing.conftest import ISSUE_EXAMPLE, JAN
-from tests.agent.conftest import TOKEN, LedgerServer, cli_cmd, start_ledger
+from tests.agent.conftest import TOKEN, LedgerServer, cli_cmd, start_ledger, token_file
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 VOLUME = ISSUE_EXAMPLE.replace("cumulative: true", "cumulative: false")
@@ -143,10 +143,12 @@ def test_the_same_bands_as_volume_bill_100_with_a_minimum_spend_true_up(
     assert only["total"] == "100.00"
 
 
-def test_meterkit_bill_prints_the_ledgers_json_and_a_table(ledgers: tuple[LedgerServer, LedgerServer]) -> None:
+def test_meterkit_bill_prints_the_ledgers_json_and_a_table(
+    ledgers: tuple[LedgerServer, LedgerServer], tmp_path: Path
+) -> None:
     graduated, _ = ledgers
     common = ["--account", "acme", "--from", "2026-01-01", "--to", "2026-02-01", "--url", graduated.url]
-    common += ["--token", TOKEN, "--org", "o"]
+    common += ["--token-file", str(token_file(tmp_path)), "--org", "o"]
     as_json = run("bill", *common, "--json")
     assert as_json.returncode == 0, as_json.stderr
     expected = bills(graduated, account="acme", **{"from": "2026-01-01", "to": "2026-02-01"}).json()["bills"]
@@ -186,9 +188,9 @@ def test_bad_requests_name_what_is_wrong(ledgers: tuple[LedgerServer, LedgerServ
     assert unauthenticated.status_code == 401
 
 
-def test_meterkit_bill_fails_with_the_reason(ledgers: tuple[LedgerServer, LedgerServer]) -> None:
+def test_meterkit_bill_fails_with_the_reason(ledgers: tuple[LedgerServer, LedgerServer], tmp_path: Path) -> None:
     graduated, _ = ledgers
-    common = ("--url", graduated.url, "--token", TOKEN, "--org", "o", "--to", "2026-02-01")
+    common = ("--url", graduated.url, "--token-file", str(token_file(tmp_path)), "--org", "o", "--to", "2026-02-01")
     unknown = run("bill", "--account", "globex", "--from", "2026-01-01", *common)
     assert unknown.returncode == 2 and "account 'globex' is not in the plans file" in unknown.stderr
     bad_from = run("bill", "--account", "acme", "--from", "January", *common)

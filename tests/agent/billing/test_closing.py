@@ -25,7 +25,7 @@ from meterkit_agent.billing import BillingError, MeasurementsUsage, plans_from_t
 from meterkit_agent.billing.adjustments import ClosedBill, account_bills, bill_to_close, period_start_ms
 from meterkit_agent.billing.periods import instant_ms, iso, period_start
 from tests.agent.billing.conftest import JAN, calls, plans_yaml
-from tests.agent.conftest import TOKEN, LedgerServer, cli_cmd, start_ledger
+from tests.agent.conftest import TOKEN, LedgerServer, cli_cmd, start_ledger, token_file
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: 0.10 a call up to 100, 0.05 above, and 5.00 a month
@@ -142,7 +142,11 @@ def test_a_closed_period_stays_frozen_and_each_later_change_adjusts_the_first_op
 
     shown = ("--account", "acme", "--from", "2026-02-01", "--to", "2026-04-01", "--url", server.url, "--org", org)
     table = subprocess.run(
-        cli_cmd("bill", *shown, "--token", TOKEN), capture_output=True, text=True, timeout=120, check=False
+        cli_cmd("bill", *shown, "--token-file", str(token_file(tmp_path))),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert table.returncode == 0, table.stderr
     out = table.stdout.splitlines()
@@ -182,8 +186,9 @@ def test_closing_a_running_period_or_a_time_inside_one_is_refused_naming_why(ser
     assert bills(server, "closing-refused", **Q1)[0]["status"] == "open"  # nothing was closed
 
 
-def test_meterkit_bill_close_names_the_refusal(server: LedgerServer) -> None:
-    common = ("--account", "acme", "--ledger", server.url, "--org", "closing-cli", "--token", TOKEN)
+def test_meterkit_bill_close_names_the_refusal(server: LedgerServer, tmp_path: Path) -> None:
+    tokens = str(token_file(tmp_path))
+    common = ("--account", "acme", "--ledger", server.url, "--org", "closing-cli", "--token-file", tokens)
     now = int(time.time() * 1000)
     running = subprocess.run(
         cli_cmd("bill", "close", "--period", iso(period_start(now, "month")), *common),

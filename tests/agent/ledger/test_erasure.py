@@ -116,6 +116,13 @@ def test_erasure_removes_the_subject_and_keeps_every_answer(shared_ledger: Ledge
     again = erase(ledger, org, "e2", [OLD_FORM, NEW_FORM], SHA)
     assert again.uids == [] and again.conflicts == 0 and everything(ledger) == text
 
+    # an id names its tokens: used again for another subject, two people would become one
+    reused = shared_api.post(
+        f"/organizations/{org}/privacy/erase", json={"id": "e1", "forms": [OTHER], "sha256": None}, headers=AUTH
+    )
+    assert reused.status_code == 409 and "e1" in reused.json()["message"]
+    assert OTHER in everything(ledger)
+
 
 def test_an_hour_altered_before_an_erasure_stays_dirty(shared_ledger: Ledger) -> None:
     ledger, org = shared_ledger, fresh_org()

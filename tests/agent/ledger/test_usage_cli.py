@@ -5,6 +5,7 @@ plainly, every spelling of a period giving the same answer, and whatever it cann
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from decimal import Decimal
@@ -43,8 +44,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LedgerServer]:
 
 
 def usage(server: LedgerServer, *args: str) -> subprocess.CompletedProcess[str]:
-    base = ("usage", "--url", server.url, "--org", "o", "--token", TOKEN, "--meter", "downloads")
-    return subprocess.run(cli_cmd(*base, *args), capture_output=True, text=True, timeout=60)
+    base = ("usage", "--url", server.url, "--org", "o", "--meter", "downloads")
+    env = {**os.environ, "METERKIT_LEDGER_TOKEN": TOKEN}  # on the command line, `ps` would show it
+    return subprocess.run(cli_cmd(*base, *args), capture_output=True, text=True, timeout=60, env=env)
 
 
 def test_exact_values_printed_plainly(server: LedgerServer) -> None:
