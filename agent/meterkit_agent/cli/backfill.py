@@ -79,9 +79,7 @@ def _csv_rows(path: Path, meter: str, catalog: meterkit.Catalog | None) -> Itera
                 if not category and known is not None and column in known.field_categories:
                     category, code = known.field_categories[column], column
                 if category in CATEGORIES:
-                    row.setdefault(category, {})[code] = (
-                        _number(text) if category in NUMERIC_CATEGORIES else text
-                    )
+                    row.setdefault(category, {})[code] = _number(text) if category in NUMERIC_CATEGORIES else text
                 else:
                     row[column] = text
             yield reader.line_num, row
