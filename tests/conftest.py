@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import meterkit
-from meterkit import _api, _guard
+from meterkit import _api, _guard, _meter
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CATALOG = EXAMPLES / "meters.yaml"
@@ -32,9 +32,10 @@ def _raise_background_errors() -> Iterator[None]:
 def _no_global_client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Each test starts unconfigured, with the default spool pointing into its tmp dir."""
     for name in list(__import__("os").environ):
-        if name.startswith("METERKIT_"):
+        if name.startswith(("METERKIT_", "M3TER_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    _meter._unchecked.clear()  # meters another test (or an import) made are not this test's
     yield
     meterkit.shutdown(5)
     _api._client = None

@@ -9,18 +9,27 @@ appended and only then the checkpoint advanced. A crash anywhere replays from th
 checkpoint; uids make the replay harmless. Fully acknowledged segments are retired.
 With ``service.extensions: [balances]`` a keeper thread (:mod:`.balances`) beside the
 pipeline rewrites the SDK's balance snapshot from the ledger.
+
+A running agent holds an exclusive ``flock`` on ``<state_dir>/agent.lock`` (its pid
+inside) from start to stop: two agents on one state directory would each advance the one
+checkpoint and journal, so the second refuses to start. The kernel drops the lock when
+the process dies however it dies, so a stale lock file never blocks a restart, and
+``meterkit agent status`` tells a running agent from a stopped one by trying the lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import logging
+import os
 import signal
 import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+from urllib.parse import urlsplit
 
 from meterkit._batch import BatchWorker
 from meterkit._spool import private_dir
@@ -47,6 +56,85 @@ from .receivers import RECEIVERS
 from .receivers.spool import Envelope, SpoolReceiver
 
 logger = logging.getLogger("meterkit.agent")
+#: The one start-up line (what the agent reads, where it sends): ``agent run`` shows it
+#: without ``--verbose``.
+startup_logger = logging.getLogger("meterkit.agent.startup")
+
+#: The lock a running agent holds in its state directory.
+LOCK_NAME = "agent.lock"
+
+
+class AgentRunning(Exception):
+    """Another agent holds the state directory's lock."""
+
+
+def hold_state_lock(state_dir: Path) -> IO[str]:
+    """Take ``<state_dir>/agent.lock`` for this process, writing its pid there; keep the
+    returned file open for as long as the lock is to be held. Raises :class:`AgentRunning`
+    naming the holder when another process (or agent) has it."""
+    handle = (Path(state_dir) / LOCK_NAME).open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise AgentRunning(
+            f"another agent (pid {holder}) is running with the state directory {state_dir};"
+            " stop it, or give this one its own --state-dir"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def running_pid(state_dir: Path) -> int | None:
+    """The pid of the agent holding ``state_dir``'s lock, or None when none runs there."""
+    try:
+        fd = os.open(Path(state_dir) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 64).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def describe(config: AgentConfig) -> str:
+    """What an agent with ``config`` reads and where it sends, without any secret: spool
+    directories and listening endpoints; exporters by kind and host (a URL's host, a
+    database's dialect and host or file, a file's path)."""
+    reads = []
+    for cid in config.pipeline.receivers:
+        cfg = config.component("receivers", cid)
+        where = getattr(cfg, "directory", None) or getattr(cfg, "endpoint", None)
+        reads.append(f"{cid} {where}" if where is not None else cid)
+    reads.append(f"replay {Path(config.service.state_dir) / REPLAY_SPOOL}")
+    sends = [f"{cid} {_destination(config.component('exporters', cid))}" for cid in config.pipeline.exporters]
+    state = config.service.state_dir
+    return f"meterkit agent started: reads {', '.join(reads)}; sends to {', '.join(sends)}; state {state}"
+
+
+def _destination(cfg: Any) -> str:
+    for name in ("base_url", "url"):
+        if hasattr(cfg, name):
+            url = getattr(cfg, name)
+            if not url:
+                return "m3ter.com"  # the m3ter exporter's default hosts
+            parts = urlsplit(str(url))
+            return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
+    if hasattr(cfg, "db"):
+        parts = urlsplit(str(cfg.db))
+        return f"{parts.scheme}://{parts.hostname or ''}{parts.path if not parts.hostname else ''}"
+    return str(getattr(cfg, "path", ""))
+
 
 #: At most this many bytes of frames read and not yet prepared (and always at least one frame).
 QUEUE_BYTES = 16 * 1024 * 1024
@@ -160,6 +248,7 @@ class Agent:
             self.drain,
         )
         self.balances = _balance_keeper(self)
+        self._lock: IO[str] | None = None
 
     @property
     def sdk_losses(self) -> Counter[str]:
@@ -183,7 +272,10 @@ class Agent:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, lock: IO[str] | None = None) -> None:
+        """Start every thread, holding the state directory's lock (``lock``, if the caller
+        took it already); raises :class:`AgentRunning` if another agent holds it."""
+        self._lock = lock or hold_state_lock(self.state_dir)
         self.sender.start()
         self.worker.start()
         for receiver in self.receivers:
@@ -192,11 +284,7 @@ class Agent:
             server.start()
         if self.balances is not None:
             self.balances.start()
-        logger.info(
-            "meterkit agent started: %d receiver(s), exporters %s",
-            len(self.receivers),
-            [e.name for e in self.exporters],
-        )
+        startup_logger.info("%s", describe(self.config))
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop reading, deliver what was read within ``timeout``, checkpoint, close."""
@@ -217,18 +305,21 @@ class Agent:
             exporter.shutdown()
         self.metrics.shutdown()
         self.dead_letters.close()
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
         if not drained:
             logger.warning(
                 "meterkit agent: stopped before everything read was acknowledged; it will be replayed on restart"
             )
         return drained
 
-    def run_forever(self, done: threading.Event | None = None) -> int:
+    def run_forever(self, done: threading.Event | None = None, lock: IO[str] | None = None) -> int:
         """Run until SIGTERM/SIGINT (or ``done`` is set), then drain. 0 if fully drained."""
         if done is None:
             done = stop_on_signals()
         tune_gc()
-        self.start()
+        self.start(lock)
         done.wait()
         return 0 if self.stop() else 1
 

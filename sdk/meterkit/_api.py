@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,12 @@ from ._sinks import SinkUnavailable
 
 _client: Client | None = None
 _lock = threading.Lock()
+
+
+#: Run by :func:`configure` on the new client before it is installed; a check that raises
+#: (strict mode: a misspelled meter) fails ``configure``. ``_meter`` registers its check here,
+#: as it may not be imported by this module (``_meter`` imports ``_api``).
+configure_checks: list[Callable[[Client], None]] = []
 
 
 def configure(
@@ -41,6 +47,8 @@ def configure(
     client = Client(catalog, spool_dir, **settings)
     try:
         engine = _allow.make_engine(client.settings, client.catalog, plans=plans, **limit_settings)
+        for check in configure_checks:  # meters made at import, before there was a client to check them
+            check(client)
     except BaseException:
         client.shutdown(0)
         raise

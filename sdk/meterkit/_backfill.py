@@ -65,6 +65,10 @@ def derive_uid(meter: str, row: Mapping[str, Any], key_field: str | None) -> str
 def validate_row(row: Mapping[str, Any], *, catalog: Any, key_field: str | None, now_ns: int) -> dict[str, Any]:
     """Turn one backfill row into a wire measurement, or raise :class:`MeasurementError`."""
     meter = row.get("meter")
+    if catalog is not None and isinstance(meter, str) and meter not in catalog:
+        # Named before the columns: a bare field code of an unknown meter is no column either,
+        # and "unknown key(s)" would hide the one mistake behind every field of the row.
+        raise problem("unknown_meter", f"meter {meter!r} is not in the catalog {catalog.source}", meter)
     extra = sorted(k for k in row if k not in _ALLOWED and k != key_field)
     if extra:
         raise problem(

@@ -70,10 +70,13 @@ class Client:
         fsync: bool | None = None,
         shutdown_timeout_millis: int | None = None,
         otel_context: bool | None = None,
-        sink: Sink | None = None,
+        sink: Sink | str | None = None,
+        direct_url: str | None = None,
+        direct_token_file: str | None = None,
     ) -> None:
-        # Every other argument is a setting (``_settings``), resolved with the environment's.
+        # Every other argument is a setting (``_settings``), and so is a ``sink`` naming one.
         given = {k: v for k, v in locals().items() if k not in ("self", "catalog", "sink")}
+        given["sink"] = sink if isinstance(sink, str) else None
         self.settings: Settings = resolve(catalog=None if isinstance(catalog, Catalog) else catalog, **given)
         s = self.settings
         self.catalog: Catalog | None = (
@@ -86,7 +89,7 @@ class Client:
         self._otel_context = (current_context_getter() if s.otel_context else None) or _no_context.get
         # Production mode with buffered writes: the hot path queues rows for the flusher.
         self._plain = not self._checked
-        self.sink: Sink = sink if sink is not None else _spool_sink(s, self.catalog)
+        self.sink: Sink = _spool_sink(s, self.catalog) if sink is None or isinstance(sink, str) else sink
         self._flusher = Flusher(s, self.sink, self.catalog, self._uids)
         self._worker = self._flusher.worker
         self._bind_hot_path()

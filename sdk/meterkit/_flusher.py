@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _guard
 from ._batch import BatchWorker
+from ._directsink import chosen_sink
 from ._errors import MeasurementError, Problem
 from ._framer import Write, frames_write, private_item, tally_controls, wire_write
 from ._frames import ROW_SIZE
@@ -57,6 +58,7 @@ class Flusher:
     """
 
     def __init__(self, settings: Settings, sink: Sink, catalog: Catalog | None, uids: UidSource) -> None:
+        sink = chosen_sink(settings, sink, lambda *lost: self.losses.count(*lost))  # ``sink="direct"``
         self.sink = sink
         self.catalog = catalog
         self.privacy = Privacy.for_catalog(catalog)  # setup: ConfigError for a key it lacks
@@ -145,13 +147,13 @@ class Flusher:
         _private(self.privacy, w)
         taken = self.losses.take()
         controls = [*w.tallies, *losses_records(taken)] if taken else w.tallies
-        done = False
+        done, lost = False, None
         try:
             if w.payloads:
                 assert self._write_batch is not None
                 self._write_batch(w.payloads, w.records, controls)
             else:
-                self.sink.write(w.records, controls)
+                lost = self.sink.write(w.records, controls)  # the direct sink says how many it lost
             done = True
         except SinkUnavailable as exc:
             if not exc.written:
@@ -170,7 +172,7 @@ class Flusher:
             _guard.logger.warning("meterkit: spool writable again")
             self.trouble = None
         with self._lock:
-            self.written += w.count
+            self.written += w.count - (lost or 0)  # what a direct sink lost is counted there
         return None
 
     # -- on the caller's thread ------------------------------------------------------------

@@ -8,12 +8,20 @@ With ``limit=True`` each call (or block) first asks :func:`meterkit.allow` for o
 the meter for its account; when refused it raises :class:`meterkit.LimitExceeded` instead
 of running, and records nothing. When it runs, the amounts it recorded in fields that
 have caps count toward them.
+
+In strict mode a ``meter`` checks its names when it is made (at decoration, or where
+``meterkit.meter(...)`` is called): the meter code, every field it is given, and the fields
+``duration=`` and ``outcome=`` name, against the catalog of the client it will record to.
+A misspelling then fails where it is written, not when the function first runs. It needs
+that client to exist: one made before ``meterkit.configure`` is checked at record time,
+as before. Production mode checks nothing here and never raises.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from time import perf_counter
@@ -24,7 +32,7 @@ from . import _allow, _api
 from ._client import record_owned
 from ._errors import LimitExceeded
 from ._guard import background_error
-from ._model import CATEGORIES, STRING_CATEGORIES
+from ._model import CATEGORIES, STRING_CATEGORIES, _misplaced, problem
 from ._scope import current_scope
 
 if TYPE_CHECKING:
@@ -146,6 +154,45 @@ def _check_limit(spec: meter) -> None:
         raise LimitExceeded(decision)
 
 
+def _check_names(spec: meter, client: Client | None = None) -> None:
+    """Strict mode: raise :class:`MeasurementError` naming the meter, or the field, that the
+    catalog does not know or files under another category. Only the names a ``meter`` is
+    made with: fields a block adds later are checked when it records, as ``record``'s are.
+    A ``meter`` made before any client (a decorator run at import) is checked by
+    :func:`meterkit.configure` instead (:func:`_check_unchecked`)."""
+    client = client or spec.client or _api._client
+    if client is None:
+        _unchecked.add(spec)
+        return
+    if not client.strict or client.catalog is None or not isinstance(spec.code, str):
+        return
+    catalog = client.catalog
+    known = catalog.meters.get(spec.code)
+    if known is None:
+        raise problem("unknown_meter", f"meter {spec.code!r} is not in the catalog {catalog.source}", spec.code)
+    named = [(category, code) for category, fields in spec.fields.items() for code in fields]
+    if spec.duration is not None:
+        named.append(("measure", spec.duration))
+    if spec.outcome is not None:
+        category, _, code = spec.outcome.rpartition(".")
+        named.append((category or "other", code))
+    for category, code in named:
+        expected = known.field_categories.get(code)
+        if expected != category:
+            raise _misplaced(spec.code, category, code, expected)
+
+
+#: meters made while there was no client to check their names against
+_unchecked: weakref.WeakSet[meter] = weakref.WeakSet()
+
+
+def _check_unchecked(client: Client) -> None:
+    for spec in list(_unchecked):
+        _check_names(spec, client)  # raises in strict mode for a name the catalog lacks
+        _unchecked.discard(spec)
+
+
+_api.configure_checks.append(_check_unchecked)
 _CATEGORY_SET = frozenset(CATEGORIES)
 
 
@@ -197,6 +244,7 @@ class meter:
         self.fields: dict[str, dict[str, Any]] = {c: dict(v) if v else {} for c, v in given.items()}
         #: As rows hold them (``_rows``): shared by every call that adds nothing, never changed.
         self.row_fields = tuple(self.fields[c] or None for c in CATEGORIES)
+        _check_names(self)
 
     # -- context manager (sync and async) --------------------------------------------------
 

@@ -7,11 +7,13 @@ not take the application down). Names carry their unit (``..._MILLIS``, ``..._BY
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
+from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -36,16 +38,49 @@ ENV_MAX_SPOOL_BYTES = "METERKIT_MAX_SPOOL_BYTES"
 ENV_FSYNC = "METERKIT_FSYNC"
 ENV_SHUTDOWN_TIMEOUT_MILLIS = "METERKIT_SHUTDOWN_TIMEOUT_MILLIS"
 ENV_OTEL_CONTEXT = "METERKIT_OTEL_CONTEXT"
+# ``direct``: the process posts its measurements itself (``_directsink``), for runtimes
+# with no agent beside them. The token is read by the sink from METERKIT_DIRECT_TOKEN or
+# the file, never kept in Settings (whose repr may be logged).
+ENV_SINK = "METERKIT_SINK"
+ENV_DIRECT_URL = "METERKIT_DIRECT_URL"
+ENV_DIRECT_TOKEN_FILE = "METERKIT_DIRECT_TOKEN_FILE"  # noqa: S105 - a variable name
+ENV_DIRECT_TIMEOUT_SECONDS = "METERKIT_DIRECT_TIMEOUT_SECONDS"
+
+
+ENV_PROJECT = "METERKIT_PROJECT"
+
+
+def project_dir() -> Path:
+    """The project the defaults belong to: ``METERKIT_PROJECT`` (a directory), else the
+    current working directory. Resolved, so every spelling of one directory is one project."""
+    try:
+        return Path(os.environ.get(ENV_PROJECT) or os.getcwd()).resolve()
+    except FileNotFoundError:  # the working directory was deleted: no project to name
+        raise ConfigError(f"the current directory is gone: set {ENV_PROJECT} or {ENV_SPOOL_DIR}") from None
+
+
+def project_state_dir(project: Path | None = None) -> Path:
+    """``$XDG_STATE_HOME/meterkit/<name>-<hash>`` (else ``~/.local/state/...``): the default
+    home of one project's spool, agent state and local ledger. Named by the project
+    directory's name and a hash of its full path, so two apps never share a default spool
+    (and a ``reconcile`` never shows one app's data as another's) while the name stays
+    readable. ``project``: default :func:`project_dir`."""
+    where = (project or project_dir()).resolve()
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in where.name)[:40] or "root"
+    digest = hashlib.sha256(os.fsencode(where)).hexdigest()[:12]
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "meterkit" / f"{name}-{digest}"
 
 
 def default_spool_dir() -> Path:
-    """``$XDG_STATE_HOME/meterkit/spool``, else ``~/.local/state/meterkit/spool``."""
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "meterkit" / "spool"
+    """``<project state dir>/spool`` (:func:`project_state_dir`); the agent's ``spool``
+    receiver defaults to the same directory when run from the same project."""
+    return project_state_dir() / "spool"
 
 
 Mode = Literal["production", "strict"]
 Durability = Literal["buffered", "sync"]
+SinkKind = Literal["spool", "direct"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +105,11 @@ class Settings:
     fsync: bool = False
     shutdown_timeout_millis: int = 5_000
     otel_context: bool = True
+    sink: SinkKind = "spool"
+    direct_url: str | None = None
+    direct_token_file: Path | None = None
+    # The most one batch may take, every retry included, before it is counted as lost.
+    direct_timeout_seconds: float = 10.0
 
 
 _ENV = {
@@ -88,6 +128,10 @@ _ENV = {
     "fsync": ENV_FSYNC,
     "shutdown_timeout_millis": ENV_SHUTDOWN_TIMEOUT_MILLIS,
     "otel_context": ENV_OTEL_CONTEXT,
+    "sink": ENV_SINK,
+    "direct_url": ENV_DIRECT_URL,
+    "direct_token_file": ENV_DIRECT_TOKEN_FILE,
+    "direct_timeout_seconds": ENV_DIRECT_TIMEOUT_SECONDS,
 }
 
 _POSITIVE = {
@@ -97,6 +141,7 @@ _POSITIVE = {
     "max_segment_bytes",
     "max_segment_age_seconds",
     "max_spool_bytes",
+    "direct_timeout_seconds",
 }
 
 
@@ -114,6 +159,10 @@ def _check(name: str, value: Any) -> Any:
             group_id(parsed)
         except (KeyError, ImportError):
             raise ValueError(f"no group named {parsed!r} on this host") from None
+    if name == "direct_url":
+        url = urlsplit(parsed)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("expected an http:// or https:// URL with a host")
     return parsed
 
 
@@ -144,7 +193,13 @@ def resolve(**given: Any) -> Settings:
                 raw,
                 _first(exc),
             )
-    values.setdefault("spool_dir", default_spool_dir())
+    if "spool_dir" not in values:  # computed only when needed: it reads the working directory
+        values["spool_dir"] = default_spool_dir()
+    if values.get("sink") == "direct" and not values.get("direct_url"):
+        if given.get("sink") is not None:
+            raise ConfigError(f'sink="direct" needs direct_url (or {ENV_DIRECT_URL})')
+        logger.warning("meterkit: ignoring %s=direct (%s is not set); using the spool", ENV_SINK, ENV_DIRECT_URL)
+        values["sink"] = "spool"
     settings = Settings(**values)
     if settings.max_batch_size > settings.max_queue_size:
         raise ConfigError("max_batch_size cannot exceed max_queue_size")

@@ -344,7 +344,8 @@ def test_status_tells_how_fresh_the_snapshot_is_from_the_file(tmp_path: Path, fa
     assert not keeper.refresh()
     path = keeper.paths[0]
     shown = status(tmp_path)
-    assert shown.returncode == 0, shown.stderr
+    assert shown.returncode == 1, shown.stderr  # no agent runs here: status says so, and exits 1
+    assert "NOT RUNNING" in shown.stdout
     doc = orjson.loads(path.read_bytes())
     assert f"{path}: as_of {doc['as_of']}, fetched_at {doc['fetched_at']}" in shown.stdout
     assert "1 balance(s)" in shown.stdout and "STALE" not in shown.stdout

@@ -52,7 +52,7 @@ def run_gcra(rate: Rate, steps: list[tuple[int, int]]) -> list[tuple[bool, int, 
     return out
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     rate=st.integers(1, 1000),
     per=st.sampled_from([SECOND, 60 * SECOND, 7, 3 * SECOND]),

@@ -48,7 +48,8 @@ def write_and_reject(**settings: Any) -> None:
 
 
 def test_by_default_the_spool_is_private(tmp_path: Path) -> None:
-    spool = tmp_path / "state" / "meterkit" / "spool"
+    spool = meterkit._settings.default_spool_dir()  # the project's, under $XDG_STATE_HOME (the tests' tmp dir)
+    assert spool.is_relative_to(tmp_path / "state" / "meterkit")
     write_and_reject()  # the default spool, under $XDG_STATE_HOME (the tests' tmp dir)
     assert mode(spool) == 0o700
     assert mode(spool.parent) == 0o700  # below a private folder (pytest's), missing parents are private

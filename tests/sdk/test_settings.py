@@ -51,4 +51,5 @@ def test_unknown_setting_raises() -> None:
 
 def test_default_spool_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    assert default_spool_dir() == tmp_path / "meterkit" / "spool"
+    spool = default_spool_dir()  # one folder per project: <name>-<hash of its path>/spool
+    assert spool.parent.parent == tmp_path / "meterkit" and spool.name == "spool"

@@ -82,17 +82,36 @@ def agent_run(
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Deliver spooled measurements until SIGTERM, then drain and exit."""
-    from ..agent import Agent, stop_on_signals
+    """Deliver spooled measurements until SIGTERM, then drain and exit. Logs one line at
+    start: what it reads and where it sends. Refuses (exit 2) a state directory another
+    agent is running with."""
+    import logging
+
+    from meterkit._spool import private_dir
+
+    from ..agent import Agent, AgentRunning, hold_state_lock, stop_on_signals
     from ..config import NO_TOKEN
-    from ..credentials import redact_logs, secret_values
+    from ..credentials import redact_logs, secret_values, without_url_passwords
 
     token = secret_option(ctx, "--token", token, "--token-file", token_file, "METERKIT_AGENT_TOKEN")
     done = stop_on_signals()
     configure_logging(verbose)
     cfg = _agent_config(config, spool_dir, catalog, to, org, token, state_dir, ledger_db, balances)
     redact_logs(secret for secret in secret_values(cfg) if secret != NO_TOKEN)
-    raise typer.Exit(Agent(cfg).run_forever(done))
+    logging.getLogger("meterkit.agent.startup").setLevel(logging.INFO)
+    try:
+        lock = hold_state_lock(private_dir(cfg.service.state_dir))
+    except AgentRunning as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot use the state directory {cfg.service.state_dir}: {exc.strerror or exc}") from None
+    try:
+        agent = Agent(cfg)
+    except Exception as exc:  # a database, port or file the configuration names cannot be used
+        lock.close()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise fail(f"cannot start the agent: {type(exc).__name__}: {without_url_passwords(first)}") from None
+    raise typer.Exit(agent.run_forever(done, lock))
 
 
 @agent_app.command("validate-config")
@@ -114,33 +133,48 @@ def agent_validate_config(file: Annotated[Path, typer.Argument(help="agent.yaml"
 
 @agent_app.command("status")
 def agent_status(
-    state_dir: Annotated[Path | None, typer.Option("--state-dir")] = None,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="the agent's state directory")] = None,
     balances: Annotated[
-        list[Path] | None, typer.Option("--balances", help="a balance snapshot to show (default: the agent's)")
+        list[Path] | None,
+        typer.Option("--balances", metavar="PATH", help="a balance snapshot to show (default: the agent's)"),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the status as JSON")] = False,
 ) -> None:
-    """Print the agent's health counters (from its status file) and how fresh its balance
-    snapshots are (from the snapshot files themselves)."""
+    """Print whether an agent is running with this state directory, its health counters
+    (from its status file: a stopped agent's last ones) and how fresh its balance snapshots
+    are (from the snapshot files themselves). Exit 1 when no agent is running there."""
+    from ..agent import running_pid
     from ..pipeline.telemetry import read_status
 
     directory = state_dir_or_default(state_dir)
+    pid = running_pid(directory)
     status = read_status(directory)
     snapshots = _balance_snapshots(directory, balances)
-    if status is None and snapshots is None:
-        raise fail(f"no status in {directory}: is an agent running with this --state-dir?", 1)
     if as_json:
-        print_json({**(status or {}), **({"balances": snapshots} if snapshots is not None else {})})
-        return
+        print_json(
+            {
+                "running": pid is not None,
+                **({"running_pid": pid} if pid is not None else {}),
+                **(status or {}),
+                **({"balances": snapshots} if snapshots is not None else {}),
+            }
+        )
+        raise typer.Exit(0 if pid is not None else 1)
+    if pid is None:
+        last = "no status file" if status is None else "its last status follows"
+        typer.echo(f"agent NOT RUNNING: no agent holds {directory / 'agent.lock'} ({last})")
     if status is not None:
-        _print_health(status)
+        _print_health(status, running=pid is not None)
     if snapshots is not None:
         _print_snapshots(snapshots)
+    if pid is None:
+        raise typer.Exit(1)
 
 
-def _print_health(status: dict[str, Any]) -> None:
+def _print_health(status: dict[str, Any], running: bool) -> None:
     age = time.time() - float(status.get("at", 0))
-    typer.echo(f"agent pid {status.get('pid')}, status written {age:.0f} s ago")
+    state = "running" if running else "stopped"
+    typer.echo(f"agent pid {status.get('pid')} ({state}), status written {age:.0f} s ago")
     metrics = status.get("metrics", {})
     for p in metrics.get("meterkit.agent.paused", []):
         a = p.get("attributes", {})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,8 @@ from .correcting import (
 from .output import fail, print_json
 
 LOAD = "load"
+#: JSON lines have no header: a ``--key`` none of the first this many rows holds is misspelled.
+KEY_PROBE_ROWS = 100
 
 
 class _BackfillGroup(TyperGroup):
@@ -83,6 +86,58 @@ def _csv_rows(path: Path, meter: str, catalog: meterkit.Catalog | None) -> Itera
                 else:
                     row[column] = text
             yield reader.line_num, row
+
+
+def _checked_rows(
+    file: Path, suffix: str, meter: str, key: str | None, catalog: meterkit.Catalog | None
+) -> Iterator[tuple[int, Any]]:
+    """The file's rows, once the mistakes that would spoil every row are ruled out: a meter
+    the catalog does not know, a ``--key`` column the file does not have. Each is named once
+    (exit 2) before any row is read for submission, instead of once per row."""
+    if catalog is not None and meter not in catalog:
+        raise fail(f"meter {meter!r} is not in the catalog {catalog.source}")
+    if suffix == ".csv":
+        if key is not None:
+            header = _csv_header(file)
+            if key not in header:
+                raise fail(f"{file}: the --key column {key!r} is not in the header ({', '.join(header) or 'empty'})")
+        return _csv_rows(file, meter, catalog)
+    if suffix in (".jsonl", ".ndjson"):
+        rows = _jsonl_rows(file, meter)
+        if key is None:
+            return rows
+        probe = list(itertools.islice(rows, KEY_PROBE_ROWS))
+        objects = [row for _, row in probe if isinstance(row, dict)]
+        if objects and all(row.get(key) in (None, "") for row in objects):
+            raise fail(f"{file}: none of the first {len(objects)} row(s) has the --key field {key!r}")
+        return itertools.chain(probe, rows)
+    raise fail(f"{file}: expected a .csv or .jsonl file")
+
+
+def _csv_header(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return next(csv.reader(f), [])
+
+
+def _report(file: Path, problems: list[meterkit.Problem]) -> None:
+    """One line per bad row; but a meter the catalog does not know (a row naming its own)
+    once, with the count of rows it cost, at its first line."""
+    unknown: dict[str | None, list[meterkit.Problem]] = {}
+    for p in problems:
+        if p.reason == "unknown_meter":
+            unknown.setdefault(p.meter, []).append(p)
+    for p in problems:
+        if p.reason == "unknown_meter":
+            same = unknown.pop(p.meter, None)
+            if same is None:
+                continue  # already named
+            more = f" ({len(same)} rows)" if len(same) > 1 else ""
+            typer.echo(f"{file}:{p.line}: {p.message} [{p.reason}]{more}", err=True)
+            continue
+        typer.echo(
+            f"{file}:{p.line}: {p.message} [{p.reason}]" + (f" (field {p.field})" if p.field else ""),
+            err=True,
+        )
 
 
 def _number(text: str) -> Any:
@@ -145,12 +200,11 @@ def backfill(
     except meterkit.MeterkitError as exc:
         raise fail(str(exc)) from None
     suffix = file.suffix.lower()
-    if suffix == ".csv":
-        rows: Iterator[tuple[int, Any]] = _csv_rows(file, meter, client.catalog)
-    elif suffix in (".jsonl", ".ndjson"):
-        rows = _jsonl_rows(file, meter)
-    else:
-        raise fail(f"{file}: expected a .csv or .jsonl file")
+    try:
+        rows = _checked_rows(file, suffix, meter, key, client.catalog)
+    except typer.Exit:
+        client.shutdown()  # nothing was submitted: the spool holds nothing of this file
+        raise
     total = sum(1 for _ in file.open("rb")) - (1 if suffix == ".csv" else 0)
     with tqdm(total=max(total, 0), unit="row", desc=file.name, file=sys.stderr, disable=None) as bar:
 
@@ -161,11 +215,7 @@ def backfill(
 
         result = client.submit_batch(counted(), key_field=key, batch=batch)
     client.shutdown()
-    for p in result.problems:
-        typer.echo(
-            f"{file}:{p.line}: {p.message} [{p.reason}]" + (f" (field {p.field})" if p.field else ""),
-            err=True,
-        )
+    _report(file, result.problems)
     typer.echo(f"{file}: {result.accepted} measurement(s) spooled, {result.rejected} rejected, batch {batch}")
     if result.rejected:
         raise typer.Exit(1)

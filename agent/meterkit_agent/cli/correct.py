@@ -187,6 +187,7 @@ def correct_cmd(
         list[str] | None,
         typer.Option(
             "--set",
+            metavar="FIELD=VALUE",
             help="amend a field: measure.calls=3, who.user=u7; numbers (measure, income, cost) are an integer"
             " or a decimal kept exactly as typed; an empty value (measure.calls=) removes the field",
         ),

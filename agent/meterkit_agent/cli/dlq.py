@@ -51,7 +51,9 @@ def dlq_replay(
     fix_file: Annotated[
         Path | None, typer.Option("--fix-file", help="JSON lines of corrected measurements, matched by uid")
     ] = None,
-    ids: Annotated[list[int] | None, typer.Option("--id", help="replay only these (default: all waiting)")] = None,
+    ids: Annotated[
+        list[int] | None, typer.Option("--id", metavar="ID", help="replay only these (default: all waiting)")
+    ] = None,
 ) -> None:
     """Hand dead letters (corrected from --fix-file where given) back to the agent.
 

@@ -56,8 +56,8 @@ ledger_app = typer.Typer(help="The embedded m3ter-compatible backend.", no_args_
 def ledger_serve(
     ctx: typer.Context,
     db: Annotated[str | None, typer.Option("--db", help="sqlite:///path or postgresql://...")] = None,
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8765,
+    host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port to listen on")] = 8765,
     token: Annotated[
         str | None,
         typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="require this bearer token (prefer --token-file)"),
@@ -241,7 +241,9 @@ def usage(
     aggregation: Annotated[str, typer.Option("--aggregation")] = "SUM",
     field: Annotated[str | None, typer.Option("--field")] = None,
     bucket: Annotated[str | None, typer.Option("--bucket", help="hour, day or month")] = None,
-    group_by: Annotated[list[str] | None, typer.Option("--group-by")] = None,
+    group_by: Annotated[
+        list[str] | None, typer.Option("--group-by", metavar="FIELD", help="group by this dimension (repeatable)")
+    ] = None,
     quantity_per_unit: Annotated[
         str, typer.Option("--quantity-per-unit", help="a decimal from 1e-9 to 1e18, read exactly")
     ] = "1",

@@ -83,7 +83,11 @@ def reconcile_cmd(
     ] = None,
     spool_dir: Annotated[
         list[Path] | None,
-        typer.Option("--spool-dir", help="live spool(s): original content to name altered fields and to repair from"),
+        typer.Option(
+            "--spool-dir",
+            metavar="DIR",
+            help="live spool(s): original content to name altered fields and to repair from",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     do_repair: Annotated[

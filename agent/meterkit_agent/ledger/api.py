@@ -91,6 +91,7 @@ from .closing import bill_routes
 from .digests import register as register_reconciliation
 from .exact import json_value
 from .explorer import register as register_explorer
+from .metersapi import register as register_meters
 from .notices import notice_routes
 from .privacyroutes import register as register_erasure
 from .queries import QueryError, UsageQuery, catalog_problems
@@ -323,6 +324,7 @@ def create_app(
     app.include_router(bill_routes(ledger, plans, auth))  # bills: previews, frozen bills, closing
     register_reconciliation(app, ledger, auth)  # digests, uid listings and journal anchors
     register_explorer(app, ledger, auth)  # m3ter's usage query
+    register_meters(app, ledger, auth)  # m3ter's Meter endpoints (meterkit meters push | pull | diff)
     app.include_router(notice_routes(ledger, plans, auth))  # cap balances and notifications
     register_erasure(app, ledger, auth)  # privacy: erase a subject's values, keeping the books
     register_retention(app, ledger, auth)  # privacy: age out per-person detail

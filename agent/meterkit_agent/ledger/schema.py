@@ -49,6 +49,7 @@ from sqlalchemy.engine import Engine
 
 from ..signals.outbox import prepare as prepare_outbox
 from . import sqlfuncs
+from .metersapi import prepare as prepare_meters
 from .migrate import migrate
 
 LOCK_KEY = 0x6D6B_6C64  # "mkld": PostgreSQL advisory lock held while the schema is prepared
@@ -212,6 +213,7 @@ def prepare(engine: Engine) -> None:
         ):
             conn.exec_driver_sql(_POSTGRES_TRIGGER)
         prepare_outbox(conn)  # notification events and their webhook deliveries (..signals)
+        prepare_meters(conn)  # m3ter's Meter configuration (.metersapi)
         if old or _has_table(conn, "measurements_v1"):
             migrate(conn, postgres)
 

@@ -116,7 +116,7 @@ def check(account: Account) -> None:
 REVIEWED = [("add", 0, 5, 30), ("add", 1, 5, 10), ("credit", 1, 1_500), ("close", 0), ("add", 0, 6, 20), ("close", 1)]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(plans_texts(), st.lists(steps, min_size=1, max_size=16))
 @example((plans_yaml(), 2), [*REVIEWED, ("add", 1, 6, 20)])
 @example((plans_yaml(), 2), [*REVIEWED[:4], ("remove", 0), ("add", 0, 5, 10), *REVIEWED[5:], ("add", 1, 6, 20)])

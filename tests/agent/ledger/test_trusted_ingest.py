@@ -249,7 +249,7 @@ def measurement(draw: st.DrawFn) -> dict[str, Any]:
 SENDERS_WORD = {"bad_timestamp", "ts_in_future", "ts_out_of_range"}
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(batch=st.lists(measurement(), min_size=1, max_size=3))
 def test_canonical_means_validation_would_change_nothing(batch: list[dict[str, Any]]) -> None:
     if not canonical(batch):
