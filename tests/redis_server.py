@@ -1,57 +1,21 @@
-"""A real ``redis-server`` for tests: ``with running_redis() as url: ...``.
-
-Started on a free 127.0.0.1 port with no persistence, waited for by PING (not by
-sleeping), and stopped at the end. Tests that need it skip when the binary is absent.
-"""
+"""A real ``redis-server`` for tests: ``with running_redis() as url: ...``, skipping the
+test when the binary is absent. The server is :func:`meterkit_agent.testing.running_redis`'s,
+the one the bench starts too."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pings(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
+from meterkit_agent import testing
 
 
 @contextmanager
 def running_redis(timeout: float = 10.0) -> Iterator[str]:
     """A fresh redis-server on 127.0.0.1; yields its ``redis://`` URL."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not shutil.which(binary):
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as work:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", work],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + timeout
-            while not _pings(port):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {port}")
-                time.sleep(0.02)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with testing.running_redis(timeout) as url:
+        if url is None:
+            pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+        yield url

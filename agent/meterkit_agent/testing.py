@@ -1,5 +1,5 @@
 """Helpers for testing code that uses the ledger (public API): a real, throwaway
-PostgreSQL server.
+PostgreSQL server, and a real redis-server (:func:`running_redis`, for global rate limits).
 
 ::
 
@@ -29,6 +29,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,3 +121,40 @@ def postgres_server(*, durable: bool = False) -> Iterator[str]:
     """The URL of a throwaway PostgreSQL server on 127.0.0.1 (see :func:`running_postgres`)."""
     with running_postgres(durable=durable) as server:
         yield server.url
+
+
+def _pings(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_redis(timeout: float = 10.0) -> Iterator[str | None]:
+    """A fresh redis-server on 127.0.0.1, a free port, no persistence, waited for by PING
+    (not by sleeping) and stopped at the end; yields its ``redis://`` URL, or None when no
+    ``redis-server`` is installed (the tests then skip, the bench leaves its Redis rows out)."""
+    binary = shutil.which("redis-server") or shutil.which("/usr/bin/redis-server")
+    if binary is None:
+        yield None
+        return
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as work:
+        proc = subprocess.Popen(  # noqa: S603 - our own arguments, the binary found on PATH
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", work],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while not _pings(port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {port}")
+                time.sleep(0.02)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(10)
