@@ -170,7 +170,7 @@ def run(n: int = 1_000_000, batch: int = 1_000) -> dict[str, Any]:
         out.update(_timings(state, url))
 
         cli = [sys.executable, "-m", "meterkit_agent.cli", "reconcile", "--state-dir", str(state)]
-        cli += ["--ledger-db", url, "--org", ORG, "--from", DAY[0], "--to", DAY[1], "--json"]
+        cli += ["--db", url, "--org", ORG, "--from", DAY[0], "--to", DAY[1], "--json"]
         start = time.perf_counter()
         done = subprocess.run(cli, capture_output=True, text=True, check=False)
         out["reconcile_cli_s"] = time.perf_counter() - start

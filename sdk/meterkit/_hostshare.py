@@ -1,7 +1,7 @@
 """Rate-limit state shared by every process of one user on this machine.
 
-A fixed, open-addressed table in a memory-mapped file (``/dev/shm/meterkit-<uid>/``, or
-``limits_state_dir``; directory 0700, file 0600): a 64-byte header, then
+A fixed, open-addressed table in a memory-mapped file (``/dev/shm/meterkit-<uid>/<spool>/``,
+one per spool: :func:`default_state_dir`; or ``limits_state_dir``; directory 0700, file 0600): a 64-byte header, then
 :data:`SLOTS` slots of 32 bytes ``(key hash, expires_ns, tat_ns, tat_frac)``. A slot holds
 one (limit, account) TAT (``_gcra``) as whole clock nanoseconds plus a fraction in the
 limit's ticks, so no TAT is ever rounded, whatever the uptime.
@@ -84,12 +84,19 @@ def boot_id() -> bytes:
         return b"\0" * 16
 
 
-def default_state_dir() -> Path:
-    """``/dev/shm/meterkit-<uid>``: memory, cleared at boot. A directory there that is not
-    this user's own is refused when opened (:class:`HostTable`)."""
+def default_state_dir(spool_dir: Path) -> Path:
+    """``/dev/shm/meterkit-<uid>/<name>-<hash>``: memory, cleared at boot; one table per
+    spool directory, named by the spool's project (or its own name) and a hash of its full
+    path. The processes of one application (one spool) share their host limits; two
+    applications of one user never do, as their default spools are per project. A
+    directory there that is not this user's own is refused when opened (:class:`HostTable`)."""
     shm = Path("/dev/shm")  # noqa: S108 # shared by design; ownership and mode checked on open
     base = shm if shm.is_dir() else Path(os.environ.get("TMPDIR") or "/tmp")  # noqa: S108 # likewise
-    return base / f"meterkit-{os.getuid()}"
+    where = Path(os.path.abspath(spool_dir))  # not resolve(): no file system access, and none may fail
+    label = where.parent.name if where.name == "spool" else where.name  # <project>-<hash>/spool: the project
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)[:40] or "root"
+    digest = hashlib.sha256(os.fsencode(where)).hexdigest()[:12]
+    return base / f"meterkit-{os.getuid()}" / f"{name}-{digest}"
 
 
 def key_hash(text: str) -> int:
@@ -150,7 +157,10 @@ def named_holder_gone(word: int) -> bool:
 
 
 def _private_dir(directory: Path) -> None:
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """``directory``, made if missing, this user's alone; every directory made on the way
+    to it is 0700 too (``mkdir(parents=True)`` would make them with the umask's mode)."""
+    for missing in reversed([d for d in (directory, *directory.parents) if not d.exists()]):
+        missing.mkdir(mode=0o700, exist_ok=True)
     owned = os.lstat(directory)
     if owned.st_uid != os.getuid() or not stat_is_dir(owned.st_mode):
         raise PermissionError(f"{directory} is not a directory of this user's; refusing to share limits there")

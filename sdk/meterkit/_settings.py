@@ -228,7 +228,9 @@ Fallback = Literal["fail_open", "fail_closed"]
 @dataclass(frozen=True)
 class LimitSettings:
     """Settings of limit decisions. ``balances_path`` defaults to ``<spool_dir>/balances.json``
-    (where the agent writes the snapshot); ``limits_state_dir`` to ``/dev/shm/meterkit-<uid>``."""
+    (where the agent writes the snapshot); ``limits_state_dir`` to
+    ``/dev/shm/meterkit-<uid>/<project>-<hash>``, one per spool (``_hostshare.default_state_dir``),
+    so two applications never share host limits by default."""
 
     plans: Path | None = None
     limits_fallback: Fallback = "fail_open"
@@ -284,5 +286,5 @@ def resolve_limits(spool_dir: Path, mode: str, **given: Any) -> LimitSettings:
     from ._hostshare import default_state_dir  # a leaf; imported late to keep settings first
 
     values.setdefault("balances_path", spool_dir / "balances.json")
-    values.setdefault("limits_state_dir", default_state_dir())
+    values.setdefault("limits_state_dir", default_state_dir(spool_dir))
     return LimitSettings(**values)

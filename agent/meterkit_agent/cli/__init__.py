@@ -23,6 +23,7 @@ from .agent import agent_app
 from .audit import audit_app
 from .backfill import backfill_app
 from .bill import bill_cmd
+from .conventions import use_conventional_commands
 from .correct import correct_cmd
 from .dev import dev_cmd
 from .dlq import dlq_app
@@ -100,6 +101,7 @@ app.command("correct")(correct_cmd)
 app.command("usage")(usage)
 app.command("bill")(bill_cmd)
 app.command("reconcile")(reconcile_cmd)
+use_conventional_commands(app)  # help: one name per option, metavars without Python types
 
 
 def package_version() -> str:

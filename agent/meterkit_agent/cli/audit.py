@@ -27,9 +27,13 @@ def audit_verify(
     config: Annotated[
         Path | None, typer.Option("--config", help="the agent's agent.yaml: its state dir and the backend's anchor")
     ] = None,
-    backend_url: Annotated[str | None, typer.Option("--backend", help="ledger base URL holding the anchor")] = None,
-    ledger_db: Annotated[str | None, typer.Option("--ledger-db", help="ledger database holding the anchor")] = None,
-    org: Annotated[str, typer.Option("--org")] = "default",
+    backend_url: Annotated[
+        str | None, typer.Option("--url", "--backend", help="ledger base URL holding the anchor")
+    ] = None,
+    ledger_db: Annotated[
+        str | None, typer.Option("--db", "--ledger-db", help="ledger database holding the anchor")
+    ] = None,
+    org: Annotated[str, typer.Option("--org", help="the organisation id in the ledger")] = "default",
     token: Annotated[
         str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="prefer --token-file")
     ] = None,
@@ -145,7 +149,7 @@ def audit_corrections(
     since: Annotated[
         str | None, typer.Option("--since", help="only corrections made at or after this instant (ISO 8601)")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """List the journal's corrections: who corrected what, when and why, and whether the
     reversals and replacements each wrote were delivered. Only entries the chain proves."""

@@ -225,12 +225,12 @@ def backfill(
 def revert(
     batch: Annotated[str, typer.Argument(help="the batch id `meterkit backfill` printed")],
     reason: Annotated[str, typer.Option("--reason", help="why (required): the audit journal keeps it")],
-    ledger: Annotated[str, typer.Option("--ledger", help="ledger base URL: lists the batch's measurements")],
-    org: Annotated[str, typer.Option("--org")] = "default",
+    ledger: Annotated[str, typer.Option("--url", "--ledger", help="ledger base URL: lists the batch's measurements")],
+    org: Annotated[str, typer.Option("--org", help="the organisation id in the ledger")] = "default",
     spool_dir: Annotated[Path | None, typer.Option("--spool-dir", help="default: METERKIT_SPOOL_DIR")] = None,
     catalog: Annotated[Path | None, typer.Option("--catalog", help="meters.yaml to validate against")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="count what would be reversed; write nothing")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Reverse every measurement of a backfill batch (its live version, if amended since);
     those already reversed are skipped. Running it twice writes the same reversals. The

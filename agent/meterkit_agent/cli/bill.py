@@ -51,7 +51,7 @@ def bill_cmd(
     url: Annotated[
         str, typer.Option("--url", "--ledger", help="ledger base URL (started with --plans)")
     ] = "http://127.0.0.1:8765",
-    org: Annotated[str, typer.Option("--org")] = "default",
+    org: Annotated[str, typer.Option("--org", help="the organisation id in the ledger")] = "default",
     token: Annotated[
         str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="prefer --token-file")
     ] = None,

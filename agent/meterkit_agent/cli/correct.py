@@ -192,8 +192,10 @@ def correct_cmd(
             " or a decimal kept exactly as typed; an empty value (measure.calls=) removes the field",
         ),
     ] = None,
-    ledger: Annotated[str | None, typer.Option("--ledger", help="ledger base URL to read the measurement from")] = None,
-    org: Annotated[str, typer.Option("--org")] = "default",
+    ledger: Annotated[
+        str | None, typer.Option("--url", "--ledger", help="ledger base URL to read the measurement from")
+    ] = None,
+    org: Annotated[str, typer.Option("--org", help="the organisation id in the ledger")] = "default",
     original: Annotated[
         Path | None, typer.Option("--original", help="the measurement as JSON, for a backend without read-back")
     ] = None,
@@ -202,7 +204,7 @@ def correct_cmd(
         Path | None, typer.Option("--catalog", help="meters.yaml to validate the correction against")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be written; write nothing")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Cancel (--cancel) or amend (--set) one measurement: a reversal of its live version,
     plus its replacement, with uids derived from it, so running this twice changes nothing.
@@ -214,7 +216,7 @@ def correct_cmd(
     if cancel == bool(sets):
         raise fail("give exactly one of --cancel or --set")
     if (ledger is None) == (original is None):
-        raise fail("give exactly one of --ledger (read the measurement back) or --original FILE.json")
+        raise fail("give exactly one of --url (read the measurement back) or --original FILE.json")
     changes = parse_changes(sets or [])
     settings, cat = resolve(spool_dir, catalog)
     if original is not None:

@@ -55,7 +55,7 @@ def shown_url(url: str) -> str:
         host = parts.hostname or ""
         port = parts.port
     except ValueError:
-        return "the --ledger URL"
+        return "the --url URL"
     if "@" not in parts.netloc:
         return url
     netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")

@@ -79,7 +79,12 @@ def ledger_serve(
     ] = None,
     client_id: Annotated[str | None, typer.Option("--client-id", help="enable m3ter's /oauth/token exchange")] = None,
     client_secret: Annotated[
-        str | None, typer.Option("--client-secret", envvar="METERKIT_LEDGER_CLIENT_SECRET")
+        str | None,
+        typer.Option(
+            "--client-secret",
+            envvar="METERKIT_LEDGER_CLIENT_SECRET",
+            help="the OAuth client secret clients must give (prefer --client-secret-file)",
+        ),
     ] = None,
     client_secret_file: Annotated[
         Path | None,
@@ -100,7 +105,7 @@ def ledger_serve(
     """Serve the ledger's m3ter-compatible ingest API, usage queries and, with --plans,
     bill previews, cap balances and threshold notifications; with --signals, webhooks and
     drops and spikes (docs/notifications.md). A plans or signals file with any problem
-    stops the command (exit 1) naming each. A --host beyond loopback needs a token (or
+    stops the command (exit 2) naming each. A --host beyond loopback needs a token (or
     client credentials), or --insecure-no-auth."""
     import uvicorn
 
@@ -157,8 +162,8 @@ def ledger_serve(
 
 def _app(options: dict[str, Any]) -> tuple[Any, Any]:
     """The ledger's app and store for ``serve``'s options. Raises typer.Exit (via
-    :func:`fail`) naming a bad catalog, every problem of a bad plans file (exit 1, as
-    ``meterkit meters validate``), or a database that cannot be opened."""
+    :func:`fail`) naming a bad catalog, every problem of a bad plans or signals file (exit
+    2: bad configuration), or a database that cannot be opened."""
     from ..billing import PlansError, load_plans
     from ..ledger import Ledger
     from ..ledger.api import create_app
@@ -171,12 +176,12 @@ def _app(options: dict[str, Any]) -> tuple[Any, Any]:
         raise fail(str(exc)) from None
     try:  # checked against the catalog when there is one: a plan cannot price a field no meter has
         plans = load_plans(options["plans"], cat) if options.get("plans") else None
-    except PlansError as exc:
-        raise fail(str(exc), 1) from None
+    except PlansError as exc:  # a configuration the ledger cannot serve with: exit 2
+        raise fail(str(exc)) from None
     try:  # webhook secrets are read here too: a missing one stops the command, named
         signals = load_signals(options["signals"]) if options.get("signals") else None
     except SignalsFileError as exc:
-        raise fail(str(exc), 1) from None
+        raise fail(str(exc)) from None
     try:
         ledger = Ledger(options["db"])
     except Exception as exc:  # a bad URL or an unreachable database: say which, not a traceback
@@ -230,16 +235,18 @@ def _exit_with_parent(supervisor: int) -> None:
 
 def usage(
     ctx: typer.Context,
-    meter: Annotated[str, typer.Option("--meter")],
+    meter: Annotated[str, typer.Option("--meter", help="the meter's code")],
     url: Annotated[str, typer.Option("--url", help="ledger base URL")] = "http://127.0.0.1:8765",
-    org: Annotated[str, typer.Option("--org")] = "default",
-    account: Annotated[str | None, typer.Option("--account")] = None,
+    org: Annotated[str, typer.Option("--org", help="the organisation id in the ledger")] = "default",
+    account: Annotated[str | None, typer.Option("--account", help="one account only (default: every account)")] = None,
     start: Annotated[
         str | None, typer.Option("--from", help="inclusive: 2026-11-01T00:00:00Z, ...+01:00, or 2026-11-01 (UTC)")
     ] = None,
     end: Annotated[str | None, typer.Option("--to", help="exclusive; the same spellings as --from")] = None,
-    aggregation: Annotated[str, typer.Option("--aggregation")] = "SUM",
-    field: Annotated[str | None, typer.Option("--field")] = None,
+    aggregation: Annotated[
+        str, typer.Option("--aggregation", help="SUM, MIN, MAX, COUNT, LATEST, MEAN or UNIQUE")
+    ] = "SUM",
+    field: Annotated[str | None, typer.Option("--field", help="the data or derived field to aggregate")] = None,
     bucket: Annotated[str | None, typer.Option("--bucket", help="hour, day or month")] = None,
     group_by: Annotated[
         list[str] | None, typer.Option("--group-by", metavar="FIELD", help="group by this dimension (repeatable)")
@@ -247,12 +254,17 @@ def usage(
     quantity_per_unit: Annotated[
         str, typer.Option("--quantity-per-unit", help="a decimal from 1e-9 to 1e18, read exactly")
     ] = "1",
-    rounding: Annotated[str, typer.Option("--rounding")] = "NONE",
-    token: Annotated[str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN")] = None,
+    rounding: Annotated[
+        str, typer.Option("--rounding", help="UP, DOWN, NEAREST or NONE, applied to each quantity per unit")
+    ] = "NONE",
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="the ledger's bearer token (prefer --token-file)"),
+    ] = None,
     token_file: Annotated[
         Path | None, typer.Option("--token-file", envvar="METERKIT_LEDGER_TOKEN_FILE", help="mode 600")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Query usage from a ledger and print it as a table. Values are exact decimals; a bad
     --from, --to or --quantity-per-unit, or a query the ledger refuses, exits 2."""

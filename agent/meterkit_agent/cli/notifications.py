@@ -23,8 +23,8 @@ def list_cmd(
     since: Annotated[
         str | None, typer.Option("--since", help="recorded at or after: 2026-03-01 or 2026-03-01T08:00:00Z")
     ] = None,
-    ledger: Annotated[str, typer.Option("--ledger", help="ledger base URL")] = "http://127.0.0.1:8765",
-    org: Annotated[str, typer.Option("--org")] = "default",
+    ledger: Annotated[str, typer.Option("--url", "--ledger", help="ledger base URL")] = "http://127.0.0.1:8765",
+    org: Annotated[str, typer.Option("--org", help="the organisation id in the ledger")] = "default",
     token: Annotated[
         str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="prefer --token-file")
     ] = None,

@@ -29,7 +29,7 @@ from .output import fail, print_json
 
 privacy_app = typer.Typer(help="Erase a person, age out per-person detail, write the transparency report.")
 
-LedgerUrl = Annotated[str, typer.Option("--ledger", help="the ledger's URL (token: METERKIT_LEDGER_TOKEN)")]
+LedgerUrl = Annotated[str, typer.Option("--url", "--ledger", help="the ledger's URL (token: METERKIT_LEDGER_TOKEN)")]
 Org = Annotated[str, typer.Option("--org", help="the organisation")]
 SpoolDir = Annotated[Path | None, typer.Option("--spool-dir", help="default: METERKIT_SPOOL_DIR")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="say what would change; change and journal nothing")]

@@ -215,7 +215,7 @@ def test_serve_refuses_a_plans_file_with_problems_naming_each(tmp_path: Path) ->
         timeout=120,
         check=False,
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert f"{bad}:14, plan 'growth', field 'pricing[0].bands[1].unit_price'" in done.stderr
     assert f"{bad}:17, account 'acme'" in done.stderr and "[unknown_plan]" in done.stderr
     assert "2 problem(s)" in done.stderr and "Traceback" not in done.stderr

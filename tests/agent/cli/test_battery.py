@@ -141,7 +141,7 @@ def test_long_running_commands_refuse_bad_inputs_without_a_traceback(bad: dict[s
         ("agent", "run", *state, "--catalog", bad["missing"]),
         ("agent", "run", *state, "--config", bad["garbage"]),
         ("agent", "run", *state, "--config", bad["dir"]),
-        ("agent", "run", *state, "--ledger-db", "mysql://x"),
+        ("agent", "run", *state, "--db", "mysql://x"),
         ("agent", "run", "--state-dir", bad["garbage"]),
     ]
     with ThreadPoolExecutor(max_workers=5) as pool:  # each is a process of its own: run them side by side

@@ -133,7 +133,7 @@ def test_backfill_jsonl_reports_bad_json(tmp_path: Path) -> None:
 
 def test_reconcile_reads_periods_as_the_ledger_does(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
-    refused = cli("reconcile", "--from", "yesterday", "--ledger-db", db, "--state-dir", str(tmp_path))
+    refused = cli("reconcile", "--from", "yesterday", "--db", db, "--state-dir", str(tmp_path))
     assert refused.returncode == 2 and "--from: 'yesterday' is not an ISO 8601 date-time" in refused.stderr
     # A date alone and an offset both read as instants: the run gets past the period to the journal.
     later = cli(
@@ -142,7 +142,7 @@ def test_reconcile_reads_periods_as_the_ledger_does(tmp_path: Path) -> None:
         "2026-11-01",
         "--to",
         "2026-11-02T00:00:00+01:00",
-        "--ledger-db",
+        "--db",
         db,
         "--state-dir",
         str(tmp_path / "none"),

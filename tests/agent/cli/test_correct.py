@@ -68,7 +68,7 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LedgerServer]:
 
 
 def correct(server: str, spool: Path, *args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
-    base = ("correct", "--ledger", server, "--org", "o", "--catalog", str(CATALOG), "--spool-dir", str(spool))
+    base = ("correct", "--url", server, "--org", "o", "--catalog", str(CATALOG), "--spool-dir", str(spool))
     return run(*base, *args, token=token)
 
 
@@ -186,7 +186,7 @@ def test_revert_against_the_ledger_process(ledger: LedgerServer, tmp_path: Path)
     if listing.status_code != 200:
         pytest.skip(f"this ledger does not list a batch yet ({listing.status_code}); FakeLedger covers revert")
     spool = tmp_path / "spool"
-    args = ("backfill", "revert", "bf-test", "--reason", "bad import", "--ledger", ledger.url, "--org", "o")
+    args = ("backfill", "revert", "bf-test", "--reason", "bad import", "--url", ledger.url, "--org", "o")
     done = run(*args, "--spool-dir", str(spool))
     assert done.returncode == 0, done.stderr
     assert spooled(spool) == [reversal(original("b-1", batch="bf-test"))]
@@ -207,7 +207,7 @@ def test_corrections_delivered_to_the_ledger_chain_and_revert(ledger: LedgerServ
     deliver_body = {"measurements": stored}
     r = requests.post(f"{ledger.url}/organizations/{org}/measurements", json=deliver_body, headers=AUTH, timeout=30)
     assert r.status_code == 200, r.text
-    base = ("--ledger", ledger.url, "--org", org, "--catalog", str(CATALOG))
+    base = ("--url", ledger.url, "--org", org, "--catalog", str(CATALOG))
     spools = [tmp_path / f"spool{i}" for i in range(4)]
     first = run(
         "correct", *base, "--uid", "c-1", "--set", "measure.calls=4", "--reason", "r", "--spool-dir", str(spools[0])
@@ -333,7 +333,7 @@ def test_a_cancelled_measurement_is_not_corrected_again(tmp_path: Path) -> None:
 
 
 def revert(fake: FakeLedger, spool: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    base = ("backfill", "revert", "bf-1", "--ledger", fake.url, "--org", "o", "--spool-dir", str(spool))
+    base = ("backfill", "revert", "bf-1", "--url", fake.url, "--org", "o", "--spool-dir", str(spool))
     return run(*base, "--catalog", str(CATALOG), *args)
 
 
@@ -368,7 +368,7 @@ def test_revert_dry_run_and_bad_input(tmp_path: Path) -> None:
         assert dry.returncode == 0, dry.stderr
         assert json.loads(dry.stdout)["reversed"] == 1 and not spool.exists()
         assert revert(fake, spool).returncode == 2  # no --reason
-        unknown = run("backfill", "revert", "bf-9", "--reason", "r", "--ledger", fake.url, "--spool-dir", str(spool))
+        unknown = run("backfill", "revert", "bf-9", "--reason", "r", "--url", fake.url, "--spool-dir", str(spool))
         assert unknown.returncode == 2 and "no measurement in batch 'bf-9'" in unknown.stderr
         assert not spool.exists()
     finally:
@@ -450,7 +450,7 @@ def test_bad_input_is_named_with_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_pat
 def test_an_empty_uid_is_refused_before_any_request(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = FakeLedger([original("u-1")])
     try:
-        args = ("correct", "--uid", "", "--cancel", "--reason", "r", "--ledger", fake.url)
+        args = ("correct", "--uid", "", "--cancel", "--reason", "r", "--url", fake.url)
         done = invoke(monkeypatch, *args, "--spool-dir", str(tmp_path / "s"))
         assert done.exit_code == 2 and "--uid" in done.stderr and fake.asked == []
     finally:
@@ -501,8 +501,8 @@ def test_a_ledger_that_answers_html_exits_1_and_its_password_is_never_printed(
     try:
         url = f"http://ann:hunter2-secret@127.0.0.1:{html.port}"
         for command in (
-            ("correct", "--uid", "u-1", "--cancel", "--reason", "r", "--ledger", url),
-            ("backfill", "revert", "bf-1", "--reason", "r", "--ledger", url),
+            ("correct", "--uid", "u-1", "--cancel", "--reason", "r", "--url", url),
+            ("backfill", "revert", "bf-1", "--reason", "r", "--url", url),
         ):
             done = invoke(monkeypatch, *command, "--spool-dir", str(tmp_path / "s"))
             assert done.exit_code == 1, done.output
@@ -510,7 +510,7 @@ def test_a_ledger_that_answers_html_exits_1_and_its_password_is_never_printed(
             assert "hunter2" not in done.output + done.stderr
     finally:
         html.close()
-    closed = invoke(monkeypatch, "correct", "--uid", "u-1", "--cancel", "--reason", "r", "--ledger", url)
+    closed = invoke(monkeypatch, "correct", "--uid", "u-1", "--cancel", "--reason", "r", "--url", url)
     assert closed.exit_code == 1 and "cannot reach" in closed.stderr and "hunter2" not in closed.stderr
 
 

@@ -101,7 +101,7 @@ def test_erase_keeps_the_books_and_leaves_no_raw_value(flow: Scenario) -> None:
     s = flow
     before = answers(s)
     assert s.reconcile()[0] == 0
-    common = ("--ledger", s.ledger.url, "--org", ORG, "--spool-dir", str(s.spool))
+    common = ("--url", s.ledger.url, "--org", ORG, "--spool-dir", str(s.spool))
     dry = privacy("erase", "--subject", "-", "--reason", "GDPR art. 17 request #12", *common, "--dry-run", "--json", stdin=SUBJECT + "\n")  # fmt: skip
     assert dry.returncode == 0, dry.stderr
     found = json.loads(dry.stdout)
@@ -144,7 +144,7 @@ def test_retention_passes_are_idempotent_and_journaled(flow: Scenario, tmp_path:
     before = answers(s)
     policy = tmp_path / "retention.yaml"
     policy.write_text("retention: {per_person_days: 0, billing_years: 7}\n")
-    common = ("--ledger", s.ledger.url, "--org", ORG, "--spool-dir", str(s.spool), "--json")
+    common = ("--url", s.ledger.url, "--org", ORG, "--spool-dir", str(s.spool), "--json")
     first = privacy("retain", "--retention", str(policy), *common)
     assert first.returncode == 0, first.stderr
     # per_person_days 0 ages whole months before this one: the measurements were recorded now
@@ -155,7 +155,7 @@ def test_retention_passes_are_idempotent_and_journaled(flow: Scenario, tmp_path:
     wait_for(lambda: sum(e["type"] == "retention" for e in s.entries()) == 2, timeout=30, what="journaled")
     s.stop_agent()
     assert s.reconcile()[0] == 0
-    bad = privacy("retain", "--ledger", s.ledger.url, "--org", ORG, "--per-person-days", "3")
+    bad = privacy("retain", "--url", s.ledger.url, "--org", ORG, "--per-person-days", "3")
     assert bad.returncode == 2 and "billing_years" in bad.stderr
 
 

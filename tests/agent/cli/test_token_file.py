@@ -17,9 +17,9 @@ RUNNER = CliRunner()
 
 COMMANDS = {
     "bill": ["bill", "--account", "acme", "--url", "http://ledger.test"],
-    "reconcile": ["reconcile", "--backend", "http://ledger.test"],
-    "audit verify": ["audit", "verify", "--backend", "http://ledger.test"],
-    "notifications list": ["notifications", "list", "--ledger", "http://ledger.test"],
+    "reconcile": ["reconcile", "--url", "http://ledger.test"],
+    "audit verify": ["audit", "verify", "--url", "http://ledger.test"],
+    "notifications list": ["notifications", "list", "--url", "http://ledger.test"],
     "usage": ["usage", "--url", "http://ledger.test", "--meter", "m", "--from", "2026-01-01", "--to", "2026-01-02"],
 }
 

@@ -134,5 +134,5 @@ def test_a_missing_webhook_secret_stops_the_ledger(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert SECRET_ENV in done.stderr and "unset or empty" in done.stderr
