@@ -53,7 +53,7 @@ from meterkit._yaml import LINE_KEY, load_yaml
 
 from .balances import BalancesConfig
 from .component import HostPort, Settings, factory, type_of
-from .credentials import MASK, SecretFileError, read_secret_file, without_url_passwords
+from .credentials import SecretFileError, read_secret_file
 from .exporters import EXPORTERS
 from .paths import default_state_dir
 from .processors import PROCESSORS
@@ -108,14 +108,28 @@ class ServiceConfig(Settings):
     telemetry: TelemetryConfig = TelemetryConfig()
     drain_timeout_millis: int = Field(10_000, gt=0)
     retain_segments_hours: float = Field(0, ge=0)
+    #: A segment one destination has and another has not is kept at most this long after
+    #: its last write; then the lagging one journals it as expired (0: kept until all have it).
+    spool_retention_hours: float = Field(168, ge=0)
     extensions: list[str] = Field(default_factory=list)
     pipelines: dict[str, PipelineConfig]
 
     @field_validator("pipelines")
     @classmethod
-    def _one(cls, v: dict[str, PipelineConfig]) -> dict[str, PipelineConfig]:
-        if len(v) != 1:
-            raise ValueError("exactly one pipeline is supported: the spool checkpoint follows one delivery path")
+    def _destinations(cls, v: dict[str, PipelineConfig]) -> dict[str, PipelineConfig]:
+        """At least one pipeline, and each exporter in one of them: an exporter is a
+        destination with one cursor over the spool, so one path leads to it."""
+        if not v:
+            raise ValueError("at least one pipeline is needed")
+        seen: dict[str, str] = {}
+        for name, pipe in v.items():
+            for cid in pipe.exporters:
+                if cid in seen:
+                    raise ValueError(
+                        f"exporter {cid!r} is in pipelines {seen[cid]!r} and {name!r}: each exporter is one"
+                        " destination with its own progress, so it belongs to one pipeline"
+                    )
+                seen[cid] = name
         return v
 
 
@@ -132,7 +146,14 @@ class AgentConfig(BaseModel):
 
     @property
     def pipeline(self) -> PipelineConfig:
+        """The first pipeline."""
         return next(iter(self.service.pipelines.values()))
+
+    @property
+    def destinations(self) -> list[tuple[str, str]]:
+        """Every destination as (pipeline, exporter id), in order: the first is the one
+        whose progress the state directory itself holds."""
+        return [(name, cid) for name, pipe in self.service.pipelines.items() for cid in pipe.exporters]
 
     @property
     def balances(self) -> BalancesConfig | None:
@@ -293,38 +314,6 @@ def _secret(annotation: Any) -> bool:
     return annotation is SecretStr or SecretStr in typing.get_args(annotation)
 
 
-def redacted(cfg: AgentConfig) -> dict[str, Any]:
-    """What ``cfg`` resolved to, as plain data, each secret (and each URL's password) shown
-    as ``***``: safe to print (``meterkit agent validate-config``)."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        if isinstance(value, SecretStr):
-            return MASK
-        return without_url_passwords(value) if isinstance(value, str) else value
-
-    doc: dict[str, Any] = {}
-    for kind in ("receivers", "processors", "exporters", "extensions"):
-        section = getattr(cfg, kind)
-        if section:
-            doc[kind] = {cid: clean(model.model_dump(mode="python")) for cid, model in section.items()}
-    doc["service"] = clean(cfg.service.model_dump(mode="python"))
-    plain: dict[str, Any] = _plain(doc)
-    return plain
-
-
-def _plain(value: Any) -> Any:
-    """Paths and other objects as their text, for printing."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value if value is None or isinstance(value, str | int | float | bool) else str(value)
-
-
 def _check_extensions(doc: dict[str, Any], service: ServiceConfig, built: dict[str, Any], source: str) -> list[str]:
     """``service.extensions`` names defined extensions, at most one balance keeper, and a
     keeper without ``path`` has a spool receiver's directory to write into."""
@@ -337,8 +326,8 @@ def _check_extensions(doc: dict[str, Any], service: ServiceConfig, built: dict[s
     if len(keepers) > 1:
         problems.append(f"{source}: service.extensions: at most one balances extension (one snapshot per spool)")
     cfg = built.get(keepers[0]) if keepers else None
-    pipe = next(iter(service.pipelines.values()))
-    if isinstance(cfg, BalancesConfig) and cfg.path is None and not any(type_of(r) == "spool" for r in pipe.receivers):
+    spools = [r for pipe in service.pipelines.values() for r in pipe.receivers if type_of(r) == "spool"]
+    if isinstance(cfg, BalancesConfig) and cfg.path is None and not spools:
         problems.append(
             f"{source}: extensions.{keepers[0]}.path: required when the pipeline has no spool receiver"
             " (the snapshot goes to <spool directory>/balances.json by default)"

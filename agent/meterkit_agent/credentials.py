@@ -167,3 +167,36 @@ def private_key_problem(path: Path) -> str | None:
     if not os.access(path, os.R_OK):
         return f"cannot read {path}: permission denied"
     return None
+
+
+def redacted(cfg: BaseModel) -> dict[str, Any]:
+    """What an agent configuration (:class:`.config.AgentConfig`) resolved to, as plain
+    data, each secret (and each URL's password) shown as ``***``: safe to print
+    (``meterkit agent validate-config``)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, SecretStr):
+            return MASK
+        return without_url_passwords(value) if isinstance(value, str) else value
+
+    doc: dict[str, Any] = {}
+    for kind in ("receivers", "processors", "exporters", "extensions"):
+        section = getattr(cfg, kind)
+        if section:
+            doc[kind] = {cid: clean(model.model_dump(mode="python")) for cid, model in section.items()}
+    doc["service"] = clean(getattr(cfg, "service").model_dump(mode="python"))  # noqa: B009 - any config model
+    plain: dict[str, Any] = _plain(doc)
+    return plain
+
+
+def _plain(value: Any) -> Any:
+    """Paths and other objects as their text, for printing."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value if value is None or isinstance(value, str | int | float | bool) else str(value)

@@ -5,6 +5,9 @@ so one project's agent, spool and ledger are found together and never mixed with
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote, unquote
+
+import orjson
 
 from meterkit._settings import project_state_dir
 
@@ -21,3 +24,80 @@ def default_ledger_path(project: Path | None = None) -> Path:
 
 def default_ledger_url(project: Path | None = None) -> str:
     return f"sqlite:///{default_ledger_path(project)}"
+
+
+#: Where an agent's destinations other than the first keep their state.
+DESTINATIONS_DIR = "destinations"
+#: The file in a destination's state directory naming its exporter.
+OWNER_NAME = "destination"
+#: How much of a journal's end is read to find which exporter wrote it.
+_JOURNAL_TAIL_BYTES = 256 * 1024
+
+
+def destination_dir(state_dir: Path, exporter: str, *, primary: bool) -> Path:
+    """A destination's state directory: the agent's own for the first destination (so an
+    agent that gains a second exporter moves nothing), ``destinations/<exporter id>`` for
+    the others, the id percent-encoded (``m3ter/eu`` is ``m3ter%2Feu``) so no two ids share
+    a directory."""
+    return Path(state_dir) if primary else Path(state_dir) / DESTINATIONS_DIR / quote(exporter, safe="")
+
+
+class StateMismatch(Exception):
+    """A state directory holds another destination's progress than the one configured there."""
+
+
+def claim_state(directory: Path, exporter: str, *, alone: bool) -> None:
+    """Record that ``directory``'s checkpoint and journal are ``exporter``'s, or refuse if
+    they are another exporter's: reordering the exporters must not hand one destination's
+    progress (and its journal) to another. A directory written before the record existed is
+    claimed for the exporter its journal's last delivery names. An agent with one exporter
+    (``alone``) owns its directory whatever the exporter is called, as it always has."""
+    path = Path(directory) / OWNER_NAME
+    recorded = path.exists()
+    if recorded:
+        held: str | None = path.read_text(encoding="utf-8").strip()
+    else:
+        held = None if alone else _journal_owner(Path(directory))
+    if held is not None and held != exporter and not alone:
+        raise StateMismatch(
+            f"the state directory {directory} holds the progress of exporter {held!r}, not of {exporter!r}:"
+            f" list {held!r} first (the first exporter's progress lives in the state directory itself),"
+            f" or give this configuration its own state directory (or, if {exporter!r} is {held!r} renamed,"
+            f" write {exporter!r} into {path})"
+        )
+    if held != exporter or not recorded:
+        path.write_text(f"{exporter}\n", encoding="utf-8")
+        path.chmod(0o600)
+
+
+def _journal_owner(directory: Path) -> str | None:
+    """The exporter the last delivery in ``directory``'s journal went to, if any."""
+    try:
+        with (directory / "journal.jsonl").open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - _JOURNAL_TAIL_BYTES))
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("type") == "delivery" and entry.get("exporters"):
+            return str(entry["exporters"][0].get("exporter"))
+    return None
+
+
+def destination_dirs(state_dir: Path) -> dict[str, Path]:
+    """Every destination whose state is in ``state_dir``, by exporter id: the first (named
+    by its ``destination`` file; ``""`` for a state directory older than it) and each under
+    ``destinations/``."""
+    found: dict[str, Path] = {}
+    for path in [Path(state_dir), *sorted((Path(state_dir) / DESTINATIONS_DIR).glob("*"))]:
+        if not path.is_dir():
+            continue
+        try:
+            found[(path / OWNER_NAME).read_text(encoding="utf-8").strip()] = path
+        except FileNotFoundError:
+            found["" if path == Path(state_dir) else unquote(path.name)] = path
+    return found

@@ -43,6 +43,7 @@ class Row:
     recorded: Side = field(default_factory=Side)
     sdk_lost: Counter[str] = field(default_factory=Counter)
     dead_lettered: Side = field(default_factory=Side)
+    expired: Side = field(default_factory=Side)  # given up in the spool: another destination had them
     delivered: Side = field(default_factory=Side)  # every delivery, re-sends included
     resent: int = 0  # deliveries of a uid already delivered with the same content
     backend: int = 0
@@ -135,6 +136,8 @@ class JournalView:
             self._apply(entry.get("entries", []), "recorded")
         elif kind == "dead_letter":
             self._apply(entry.get("totals", []), "dead_lettered")
+        elif kind == "expired":
+            self._apply(entry.get("totals", []), "expired")
         elif kind == "replay":
             # Handed back by `meterkit dlq replay`: no longer dead; what was handed back
             # (possibly corrected to another meter or account) counts as recorded instead.

@@ -48,6 +48,10 @@ from .originals import Originals
 KINDS: dict[str, tuple[str, bool]] = {
     "dropped_in_sdk": ("the SDK dropped or refused them", True),
     "dead_lettered": ("refused for good; see `meterkit dlq list`", True),
+    "expired_in_spool": (
+        "retired from the spool before this destination had them (service.spool_retention_hours)",
+        True,
+    ),
     "resent": ("delivered again with the same uid and content (replays, backfill re-runs): held once", True),
     "undelivered": ("recorded by the SDK but neither delivered nor dead-lettered (still in a spool?)", False),
     "unrecorded": ("delivered without an SDK tally (a spool segment lost, or a tally torn by a crash)", False),
@@ -113,6 +117,7 @@ class Report:
                     "recorded": r.recorded.count,
                     "sdk_lost": dict(r.sdk_lost),
                     "dead_lettered": r.dead_lettered.count,
+                    "expired": r.expired.count,
                     "delivered": r.delivered.count,
                     "resent": r.resent,
                     "backend": r.backend,
@@ -284,10 +289,12 @@ def _classify(r: Row) -> list[Difference]:
             out.append(Difference("dropped_in_sdk", m, a, n, f"the SDK dropped or refused {n} ({reason})", True))
     if r.dead_lettered.count:
         out.append(Difference("dead_lettered", m, a, r.dead_lettered.count, KINDS["dead_lettered"][0], True))
+    if r.expired.count:
+        out.append(Difference("expired_in_spool", m, a, r.expired.count, KINDS["expired_in_spool"][0], True))
     if r.resent:
         out.append(Difference("resent", m, a, r.resent, KINDS["resent"][0], True))
     # Every delivery counts here, re-sends included: a backfill run twice was recorded twice.
-    undelivered = r.recorded.count - r.delivered.count - r.dead_lettered.count
+    undelivered = r.recorded.count - r.delivered.count - r.dead_lettered.count - r.expired.count
     if undelivered > 0:
         out.append(Difference("undelivered", m, a, undelivered, KINDS["undelivered"][0], False))
     elif undelivered < 0:

@@ -8,6 +8,7 @@ is visible to every user; ``--token-file`` or ``METERKIT_AGENT_TOKEN`` are not.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -64,34 +65,49 @@ def agent_run(
     spool_dir: Annotated[Path | None, typer.Option("--spool-dir", help="spool to deliver (no --config)")] = None,
     catalog: Annotated[Path | None, typer.Option("--catalog", help="meters.yaml to validate and derive with")] = None,
     to: Annotated[
-        str | None, typer.Option("--to", help="m3ter-compatible ingest base URL; default: the local SQLite ledger")
+        str | None,
+        typer.Option("--url", "--to", help="m3ter-compatible ingest base URL; default: the local SQLite ledger"),
     ] = None,
     org: Annotated[str, typer.Option("--org", help="organisation id")] = "default",
     token: Annotated[
         str | None,
-        typer.Option("--token", envvar="METERKIT_AGENT_TOKEN", help="bearer token for --to (prefer --token-file)"),
+        typer.Option("--token", envvar="METERKIT_AGENT_TOKEN", help="bearer token for --url (prefer --token-file)"),
     ] = None,
     token_file: Annotated[
         Path | None,
-        typer.Option("--token-file", envvar="METERKIT_AGENT_TOKEN_FILE", help="bearer token for --to, in a file (600)"),
+        typer.Option(
+            "--token-file", envvar="METERKIT_AGENT_TOKEN_FILE", help="bearer token for --url, in a file (600)"
+        ),
     ] = None,
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="checkpoint, dead letters, status")] = None,
-    ledger_db: Annotated[str | None, typer.Option("--ledger-db", help="database URL of the embedded ledger")] = None,
+    ledger_db: Annotated[
+        str | None, typer.Option("--db", "--ledger-db", help="database URL of the embedded ledger")
+    ] = None,
     balances: Annotated[
-        bool, typer.Option("--balances", help="keep <spool-dir>/balances.json fresh from the ledger at --to")
+        bool, typer.Option("--balances", help="keep <spool-dir>/balances.json fresh from the ledger at --url")
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    standby: Annotated[
+        bool,
+        typer.Option(
+            "--standby",
+            help="if another agent runs with this state directory, wait and take over when it dies,"
+            " pauses or stops (run two: a leader and a standby)",
+        ),
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every delivery step (DEBUG)")] = False,
 ) -> None:
     """Deliver spooled measurements until SIGTERM, then drain and exit. Logs one line at
     start: what it reads and where it sends. Refuses (exit 2) a state directory another
-    agent is running with."""
+    agent is running with, unless ``--standby``: then it waits, takes the lease when the
+    leader dies, pauses or stops, and stands by again if it ever loses it."""
     import logging
 
     from meterkit._spool import private_dir
 
-    from ..agent import Agent, AgentRunning, hold_state_lock, stop_on_signals
+    from ..agent import Agent, stop_on_signals
     from ..config import NO_TOKEN
     from ..credentials import redact_logs, secret_values, without_url_passwords
+    from ..lease import AgentRunning, Lease
 
     token = secret_option(ctx, "--token", token, "--token-file", token_file, "METERKIT_AGENT_TOKEN")
     done = stop_on_signals()
@@ -99,30 +115,48 @@ def agent_run(
     cfg = _agent_config(config, spool_dir, catalog, to, org, token, state_dir, ledger_db, balances)
     redact_logs(secret for secret in secret_values(cfg) if secret != NO_TOKEN)
     logging.getLogger("meterkit.agent.startup").setLevel(logging.INFO)
-    try:
-        lock = hold_state_lock(private_dir(cfg.service.state_dir))
-    except AgentRunning as exc:
-        raise fail(str(exc)) from None
-    except OSError as exc:
-        raise fail(f"cannot use the state directory {cfg.service.state_dir}: {exc.strerror or exc}") from None
-    try:
-        agent = Agent(cfg)
-    except Exception as exc:  # a database, port or file the configuration names cannot be used
-        lock.close()
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise fail(f"cannot start the agent: {type(exc).__name__}: {without_url_passwords(first)}") from None
-    raise typer.Exit(agent.run_forever(done, lock))
+    waiting = logging.getLogger("meterkit.agent.startup")
+    while True:
+        try:
+            lease = Lease.acquire(
+                private_dir(cfg.service.state_dir), standby=standby, on_waiting=waiting.info, stop=done
+            )
+        except AgentRunning as exc:
+            raise fail(str(exc)) from None
+        except OSError as exc:
+            raise fail(f"cannot use the state directory {cfg.service.state_dir}: {exc.strerror or exc}") from None
+        if lease is None:
+            raise typer.Exit(0)  # stopped while standing by: nothing was read
+        try:
+            agent = Agent(cfg)  # built once leading: it reads the checkpoints the leader left
+        except Exception as exc:  # a database, port or file the configuration names cannot be used
+            lease.release()
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise fail(f"cannot start the agent: {type(exc).__name__}: {without_url_passwords(first)}") from None
+        code = agent.run_forever(done, lease)
+        if not agent.lost.is_set():
+            raise typer.Exit(code)
+        if not standby or done.is_set():
+            raise typer.Exit(1)  # another agent leads now; this one sent and committed nothing since
 
 
 @agent_app.command("validate-config")
 def agent_validate_config(file: Annotated[Path, typer.Argument(help="agent.yaml")]) -> None:
-    """Check an agent configuration; print every problem, or what it resolved to (secrets
-    from the environment and from files included, each shown as ***)."""
+    """Check an agent configuration: its shape, the catalogs it names, its URLs and
+    listening addresses. Print every problem (exit 2), or what it resolved to (secrets from
+    the environment and from files included, each shown as ***)."""
     import yaml
 
-    from ..config import redacted
+    from ..credentials import redacted
+    from .configcheck import config_problems
 
     cfg = _agent_config(file, None, None, None, "default", None, None, None)
+    problems = config_problems(cfg, str(file))
+    if problems:
+        for line in problems:
+            typer.echo(line, err=True)
+        typer.echo(f"{len(problems)} problem(s)", err=True)
+        raise typer.Exit(2)
     pipe = cfg.pipeline
     typer.echo(
         f"{file}: ok; pipeline {', '.join(pipe.receivers)} -> {', '.join(pipe.processors) or '(none)'}"
@@ -143,11 +177,12 @@ def agent_status(
     """Print whether an agent is running with this state directory, its health counters
     (from its status file: a stopped agent's last ones) and how fresh its balance snapshots
     are (from the snapshot files themselves). Exit 1 when no agent is running there."""
-    from ..agent import running_pid
+    from ..lease import read_lease, running_pid
     from ..pipeline.telemetry import read_status
 
     directory = state_dir_or_default(state_dir)
     pid = running_pid(directory)
+    lease = read_lease(directory)
     status = read_status(directory)
     snapshots = _balance_snapshots(directory, balances)
     if as_json:
@@ -155,6 +190,8 @@ def agent_status(
             {
                 "running": pid is not None,
                 **({"running_pid": pid} if pid is not None else {}),
+                **({"lease": dataclasses.asdict(lease)} if lease is not None else {}),
+                "destinations": _destinations(directory, status),
                 **(status or {}),
                 **({"balances": snapshots} if snapshots is not None else {}),
             }
@@ -162,13 +199,54 @@ def agent_status(
         raise typer.Exit(0 if pid is not None else 1)
     if pid is None:
         last = "no status file" if status is None else "its last status follows"
-        typer.echo(f"agent NOT RUNNING: no agent holds {directory / 'agent.lock'} ({last})")
+        typer.echo(f"agent NOT RUNNING: no agent holds the lease of {directory} ({last})")
+    elif lease is not None:
+        typer.echo(
+            f"lease epoch {lease.epoch} held by pid {lease.pid}, renewed {lease.renewal_age_seconds or 0:.1f} s ago"
+        )
     if status is not None:
+        _print_destinations(_destinations(directory, status))
         _print_health(status, running=pid is not None)
     if snapshots is not None:
         _print_snapshots(snapshots)
     if pid is None:
         raise typer.Exit(1)
+
+
+def _destinations(directory: Path, status: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each destination: its state directory and its counters from the status file
+    (delivered, dead-lettered, lost, frames queued, paused)."""
+    from ..paths import destination_dirs
+
+    metrics = (status or {}).get("metrics", {})
+
+    def total(metric: str, name: str) -> int:
+        points = metrics.get(f"meterkit.agent.{metric}", [])
+        return int(sum(p.get("value", 0) for p in points if p.get("attributes", {}).get("destination") == name))
+
+    paused = {p.get("attributes", {}).get("exporter") for p in metrics.get("meterkit.agent.paused", [])}
+    return [
+        {
+            "destination": name or "(first)",
+            "state_dir": str(path),
+            "delivered": total("delivered", name),
+            "dead_lettered": total("dead_lettered", name),
+            "lost": total("lost", name),
+            "queued_frames": total("queue_depth", name),
+            "paused": name in paused,
+        }
+        for name, path in destination_dirs(directory).items()
+    ]
+
+
+def _print_destinations(rows: list[dict[str, Any]]) -> None:
+    typer.echo(f"  {'destination':<24}{'delivered':>14}{'dead-lettered':>15}{'lost':>10}{'queued':>9}  state")
+    for r in rows:
+        flag = "  PAUSED" if r["paused"] else ""
+        typer.echo(
+            f"  {r['destination']:<24}{r['delivered']:>14,}{r['dead_lettered']:>15,}{r['lost']:>10,}"
+            f"{r['queued_frames']:>9,}  {r['state_dir']}{flag}"
+        )
 
 
 def _print_health(status: dict[str, Any], running: bool) -> None:

@@ -8,17 +8,21 @@ from typing import Annotated, Any
 
 import typer
 
-from .output import StateDir, fail, print_table, state_dir_or_default
+from .output import DestinationOpt, StateDir, fail, print_table, state_dir_or_default
 
 dlq_app = typer.Typer(help="Dead letters: list, inspect, correct and replay.", no_args_is_help=True)
 
 
 @dlq_app.command("list")
-def dlq_list(state_dir: StateDir = None, include_replayed: Annotated[bool, typer.Option("--all")] = False) -> None:
+def dlq_list(
+    state_dir: StateDir = None,
+    destination: DestinationOpt = None,
+    include_replayed: Annotated[bool, typer.Option("--all", help="include dead letters already replayed")] = False,
+) -> None:
     """Dead letters waiting for a decision."""
     from ..pipeline.deadletters import DeadLetters
 
-    dead = DeadLetters(state_dir_or_default(state_dir))
+    dead = DeadLetters(state_dir_or_default(state_dir, destination))
     rows = dead.rows(include_replayed)
     if not rows:
         typer.echo("no dead letters")
@@ -32,11 +36,15 @@ def dlq_list(state_dir: StateDir = None, include_replayed: Annotated[bool, typer
 
 
 @dlq_app.command("show")
-def dlq_show(dead_id: Annotated[int, typer.Argument(metavar="ID")], state_dir: StateDir = None) -> None:
+def dlq_show(
+    dead_id: Annotated[int, typer.Argument(metavar="ID", help="the dead letter's id, as `dlq list` shows it")],
+    state_dir: StateDir = None,
+    destination: DestinationOpt = None,
+) -> None:
     """One dead letter: the measurement, the reason and the backend's answer."""
     from ..pipeline.deadletters import DeadLetters
 
-    row = DeadLetters(state_dir_or_default(state_dir)).get(dead_id)
+    row = DeadLetters(state_dir_or_default(state_dir, destination)).get(dead_id)
     if row is None:
         raise fail(f"no dead letter {dead_id}", 1)
     body = row.pop("body")
@@ -48,6 +56,7 @@ def dlq_show(dead_id: Annotated[int, typer.Argument(metavar="ID")], state_dir: S
 @dlq_app.command("replay")
 def dlq_replay(
     state_dir: StateDir = None,
+    destination: DestinationOpt = None,
     fix_file: Annotated[
         Path | None, typer.Option("--fix-file", help="JSON lines of corrected measurements, matched by uid")
     ] = None,
@@ -62,7 +71,7 @@ def dlq_replay(
     """
     from ..pipeline.deadletters import DeadLetters, write_replay
 
-    directory = state_dir_or_default(state_dir)
+    directory = state_dir_or_default(state_dir, destination)
     fixes: dict[str, dict[str, Any]] = {}
     if fix_file is not None:
         for number, line in enumerate(fix_file.read_text(encoding="utf-8").splitlines(), start=1):

@@ -13,6 +13,12 @@ import typer
 import meterkit
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="the agent's state directory")]
+DestinationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--destination", help="an agent with several exporters: the exporter id whose state to use (default: the first)"
+    ),
+]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -30,10 +36,18 @@ def print_json(doc: Any) -> None:
     typer.echo(json.dumps(doc, indent=2))
 
 
-def state_dir_or_default(state_dir: Path | None) -> Path:
-    from ..paths import default_state_dir
+def state_dir_or_default(state_dir: Path | None, destination: str | None = None) -> Path:
+    """The agent's state directory, or with ``destination`` that exporter's own in it."""
+    from ..paths import default_state_dir, destination_dirs
 
-    return state_dir or default_state_dir()
+    directory = state_dir or default_state_dir()
+    if destination is None:
+        return directory
+    found = destination_dirs(directory)
+    if destination not in found:
+        known = ", ".join(name for name in found if name) or "none recorded"
+        raise fail(f"{directory}: no destination {destination!r} (destinations: {known})", 2)
+    return found[destination]
 
 
 def configure_logging(verbose: bool) -> None:

@@ -9,28 +9,39 @@ from typing import Annotated, Any
 import typer
 
 from .ledger import secret_option
-from .output import StateDir, fail, print_json, print_table, state_dir_or_default
+from .output import DestinationOpt, StateDir, fail, print_json, print_table, state_dir_or_default
 
 
 def backend_for(
-    config: Path | None, backend_url: str | None, ledger_db: str | None, org: str, token: str | None
+    config: Path | None,
+    backend_url: str | None,
+    ledger_db: str | None,
+    org: str,
+    token: str | None,
+    destination: str | None = None,
 ) -> tuple[Any, Callable[[], Any], Path | None]:
     """The backend view, a way to build an exporter to repair with, and the state directory,
-    from an agent config or flags."""
+    from an agent config (its ``destination``, by default the first) or flags."""
     from ..audit.backends import LedgerDbBackend, LedgerHttpBackend
     from ..config import load_config
     from ..exporters.ledger import LedgerExporter, LedgerExporterConfig
     from ..exporters.m3ter import M3terExporter, M3terExporterConfig
+    from ..paths import destination_dir
 
     if config is not None:
         cfg = load_config(config)
-        exporter_cfg = cfg.component("exporters", cfg.pipeline.exporters[0])
+        names = [cid for _, cid in cfg.destinations]
+        chosen = destination or names[0]
+        if chosen not in names:
+            raise fail(f"{config}: no destination {chosen!r}; its exporters are {', '.join(names)}", 2)
+        state = destination_dir(cfg.service.state_dir, chosen, primary=chosen == names[0])
+        exporter_cfg = cfg.component("exporters", chosen)
         if isinstance(exporter_cfg, LedgerExporterConfig):
             ledger_cfg = exporter_cfg
             return (
                 LedgerDbBackend(ledger_cfg.db, ledger_cfg.org_id),
                 lambda: LedgerExporter("ledger", ledger_cfg),
-                cfg.service.state_dir,
+                state,
             )
         if isinstance(exporter_cfg, M3terExporterConfig):
             if exporter_cfg.base_url is None:
@@ -43,7 +54,7 @@ def backend_for(
             return (
                 LedgerHttpBackend(base, m3ter_cfg.org_id, tok),
                 lambda: M3terExporter("m3ter", m3ter_cfg),
-                cfg.service.state_dir,
+                state,
             )
         raise fail("reconcile needs a backend it can query: a ledger (ledger exporter) or an m3ter-compatible one")
     if backend_url:
@@ -63,17 +74,20 @@ def reconcile_cmd(
     ctx: typer.Context,
     start: Annotated[str | None, typer.Option("--from", help="period start, ISO 8601 (default: 24 hours ago)")] = None,
     end: Annotated[str | None, typer.Option("--to", help="period end, ISO 8601 (default: now)")] = None,
-    meter: Annotated[str | None, typer.Option("--meter")] = None,
-    account: Annotated[str | None, typer.Option("--account")] = None,
+    meter: Annotated[str | None, typer.Option("--meter", help="one meter only (default: every meter)")] = None,
+    account: Annotated[str | None, typer.Option("--account", help="one account only (default: every account)")] = None,
     state_dir: StateDir = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="the agent's agent.yaml: state dir and backend")
     ] = None,
     backend_url: Annotated[
-        str | None, typer.Option("--backend", help="ledger base URL (default: the embedded ledger database)")
+        str | None, typer.Option("--url", "--backend", help="ledger base URL (default: the embedded ledger database)")
     ] = None,
-    ledger_db: Annotated[str | None, typer.Option("--ledger-db")] = None,
-    org: Annotated[str, typer.Option("--org")] = "default",
+    ledger_db: Annotated[
+        str | None,
+        typer.Option("--db", "--ledger-db", help="database URL of the embedded ledger (default: the project's)"),
+    ] = None,
+    org: Annotated[str, typer.Option("--org", help="the organisation id in the ledger")] = "default",
     token: Annotated[
         str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="prefer --token-file")
     ] = None,
@@ -89,13 +103,15 @@ def reconcile_cmd(
             help="live spool(s): original content to name altered fields and to repair from",
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
     do_repair: Annotated[
         bool, typer.Option("--repair", help="re-send measurements missing at the backend, then check again")
     ] = False,
     html_out: Annotated[Path | None, typer.Option("--html", help="also write a self-contained HTML report")] = None,
+    destination: DestinationOpt = None,
 ) -> None:
-    """Compare what SDKs recorded, what the agent delivered and what the backend holds."""
+    """Compare what SDKs recorded, what the agent delivered and what the backend holds.
+    An agent with several destinations keeps a journal for each: reconcile one at a time."""
     from meterkit._timefmt import iso_ms
 
     from ..audit.backends import ReconcileError
@@ -106,8 +122,12 @@ def reconcile_cmd(
 
     token = secret_option(ctx, "--token", token, "--token-file", token_file, "METERKIT_LEDGER_TOKEN")
     default_start, default_end = period_default()
-    backend, exporter, cfg_state = backend_for(config, backend_url, ledger_db, org, token)
-    directory = state_dir or cfg_state or state_dir_or_default(None)
+    backend, exporter, cfg_state = backend_for(config, backend_url, ledger_db, org, token, destination)
+    # --config names the destination's state itself; --state-dir is the agent's, and in it
+    # --destination picks one.
+    directory = (
+        cfg_state if state_dir is None and cfg_state is not None else state_dir_or_default(state_dir, destination)
+    )
     spools = list(spool_dir or [])
     try:
         # The same spellings, and the same instants, as the ledger API and `meterkit usage`.

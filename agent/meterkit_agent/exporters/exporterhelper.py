@@ -27,7 +27,9 @@ Every ingest request carries the audit journal's head (``X-Meterkit-Journal`` an
 the journal off the agent's disk (docs/audit-journal.md). And ``Meterkit-Validated``,
 when the pipeline's last processor validated every measurement of the request
 (:attr:`IngestExporter.validated_token`): a ledger holding the same catalog trusts an
-authenticated request that says so, instead of validating it again.
+authenticated request that says so, instead of validating it again. And
+``X-Meterkit-Lease-Epoch``: the agent's lease epoch (:mod:`..lease`), checked just before
+each request (:attr:`IngestExporter.fence`), so a leader that lost it sends nothing more.
 
 A measurement may carry two keys besides m3ter's: ``correction`` (a reversal's or a
 replacement's mark) and ``batch`` (a backfill's id), see :mod:`meterkit._corrections`. The
@@ -71,6 +73,7 @@ JOURNAL_HEAD_HEADER = "X-Meterkit-Journal-Head"
 #: processor's ``validation_token`` (rules and catalog). A ledger that holds the same
 #: catalog, and has authenticated the request, need not validate it again.
 VALIDATED_HEADER = "Meterkit-Validated"
+LEASE_EPOCH_HEADER = "X-Meterkit-Lease-Epoch"
 
 #: Statuses that mean "wrong URL or credentials": never the data's fault.
 PAUSE_STATUSES = frozenset({401, 403, 404})
@@ -323,6 +326,8 @@ class IngestExporter:
         #: set by the pipeline when its last processor validates every record it passes on:
         #: that processor's token, sent as ``Meterkit-Validated``
         self.validated_token: str | None = None
+        #: set by the pipeline: raises if this agent may no longer send, else its lease epoch
+        self.fence: Callable[[], int | None] | None = None
 
     def headers(self) -> dict[str, str]:
         return {}
@@ -352,6 +357,8 @@ class IngestExporter:
             headers[JOURNAL_HEADER], headers[JOURNAL_HEAD_HEADER] = head
         if self.validated_token is not None:
             headers[VALIDATED_HEADER] = self.validated_token
+        if self.fence is not None and (epoch := self.fence()) is not None:
+            headers[LEASE_EPOCH_HEADER] = str(epoch)
         return self._send(body, headers)
 
     def _send(self, body: bytes, headers: dict[str, str]) -> requests.Response:

@@ -62,7 +62,7 @@ class Checkpoint:
     def save(self) -> None:
         with self._lock:  # the sender's commits and the agent's stop may both save
             self._saved_at = time.monotonic()
-            tmp = self.path.with_suffix(".tmp")
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")  # never another process's half-written file
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, orjson.dumps({"journal_seq": self.journal_seq, "offsets": dict(self.offsets)}))

@@ -37,6 +37,7 @@ from ..component import Rejected
 from ..contentdigest import bucket_of
 from .checkpoint import Checkpoint
 from .deadletters import DeadLetters
+from .fence import Fence
 from .prepare import Prepared
 from .telemetry import AgentMetrics
 from .totals import delivery_totals
@@ -46,14 +47,26 @@ logger = logging.getLogger("meterkit.agent")
 
 class Committer:
     def __init__(
-        self, journal: Journal, checkpoint: Checkpoint, dead_letters: DeadLetters, metrics: AgentMetrics
+        self,
+        journal: Journal,
+        checkpoint: Checkpoint,
+        dead_letters: DeadLetters,
+        metrics: AgentMetrics,
+        fence: Fence | None = None,
     ) -> None:
         self.journal = journal
         self.checkpoint = checkpoint
         self.dead_letters = dead_letters
         self.metrics = metrics
+        self.fence = fence or Fence()
 
     def __call__(self, p: Prepared, refused: list[Rejected], answers: list[dict[str, Any]]) -> None:
+        """Commit a delivered batch, under the lease's commit lock: raises
+        :class:`..lease.Fenced`, having written nothing, when another agent leads now."""
+        with self.fence.committing():
+            self._commit(p, refused, answers)
+
+    def _commit(self, p: Prepared, refused: list[Rejected], answers: list[dict[str, Any]]) -> None:
         rejected = p.rejected + refused
         delivered, digests = _delivered(p, refused)
         journal = list(p.journal)
@@ -75,6 +88,7 @@ class Committer:
             | {"count": len(delivered), "totals": delivery_totals(delivered, digests)}
             | {"sources": _sources(delivered, p.sources, everything=not rejected, by_segment=by_segment)}
             | {"exporters": answers, "positions": p.positions}
+            | ({"epoch": self.fence.epoch} if self.fence.epoch is not None else {})
             | _corrections(delivered)
         )
         self.journal.append(journal)

@@ -20,7 +20,9 @@ import tenacity
 
 from ..component import Exporter, Misconfigured, Rejected, RetryLater
 from ..exporters.exporterhelper import RetryConfig
+from ..lease import Fenced
 from .drain import Drain
+from .fence import Fence
 from .telemetry import AgentMetrics
 
 logger = logging.getLogger("meterkit.agent")
@@ -50,9 +52,15 @@ class _Wait:
 
 class Deliverer:
     def __init__(
-        self, exporters: list[Exporter], retry: dict[str, RetryConfig], drain: Drain, metrics: AgentMetrics
+        self,
+        exporters: list[Exporter],
+        retry: dict[str, RetryConfig],
+        drain: Drain,
+        metrics: AgentMetrics,
+        fence: Fence | None = None,
     ) -> None:
         self.exporters = exporters
+        self.fence = fence or Fence()
         self.retry = retry
         self.drain = drain
         self.metrics = metrics
@@ -82,7 +90,7 @@ class Deliverer:
         found. Re-sending the halves that were delivered is harmless: uids are idempotent."""
         try:
             return self._with_retries(exporter, records)
-        except RetryLater:
+        except (RetryLater, Fenced):
             raise
         except Exception as exc:
             if len(records) == 1:
@@ -118,8 +126,13 @@ class Deliverer:
             before_sleep=before_sleep,
             reraise=True,
         )
+
+        def export(batch: list[dict[str, Any]]) -> list[Rejected]:
+            self.fence.check()  # a leader that lost its lease, or was paused, sends nothing
+            return exporter.export(batch)
+
         try:
-            refused: list[Rejected] = retrying(exporter.export, records)
+            refused: list[Rejected] = retrying(export, records)
         except Misconfigured as exc:
             self._pause(exporter.name, exc)
             raise

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from meterkit._guard import background_error
 
 from ..component import RetryLater
+from ..lease import Fenced
 from .commit import Committer
 from .deliver import Deliverer
 from .drain import Drain
@@ -93,8 +94,13 @@ class Sender:
     def _send(self, p: Prepared) -> bool:
         try:
             refused, answers = self.deliver(p.records)
+            self.commit(p, refused, answers)
         except RetryLater:
             return False  # stopping, or a long outage: wait and try again
-        self.commit(p, refused, answers)
+        except Fenced:
+            # Another agent leads now: nothing more is sent or committed here. A renewal
+            # that was only late fences until the next one; then this batch goes again.
+            self.abandoning = self.deliver.fence.lost
+            return False
         self.retire()
         return True

@@ -9,7 +9,9 @@ control records, by ``reason``), ``corrupt_bytes``, ``queue_depth`` (observable)
 delivered batch: seconds from the recording of its oldest measurement to its
 acknowledgement, so every measurement of the batch waited at most that long),
 ``segments_abandoned`` (spool segments given up on because their writer is gone, by
-``reason``).
+``reason``), ``lost`` (measurements a destination never got because the spool retired
+them first, by ``reason``). Every update of an agent's destinations carries
+``destination`` (the exporter's id), so one destination's figures never hide another's.
 
 Every instrument is updated once per batch (a count added, one latency observed), never
 once per measurement: an OpenTelemetry ``record`` or ``add`` costs about 5 µs here, as
@@ -20,6 +22,7 @@ A periodic reader writes a snapshot to ``<state_dir>/status.json`` (mode 0600) f
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -111,7 +114,59 @@ def telemetry_readers(telemetry: Any) -> list[Any]:
     return readers
 
 
+class _Bound:
+    """An instrument with the attributes of one destination added to every update: a
+    destination's counts stay apart in the one provider, and each call site reads as if
+    the instrument were its own."""
+
+    __slots__ = ("_attributes", "_instrument")
+
+    def __init__(self, instrument: Any, attributes: dict[str, str]) -> None:
+        self._instrument = instrument
+        self._attributes = attributes
+
+    def add(self, amount: float, attributes: dict[str, Any] | None = None) -> None:
+        self._instrument.add(amount, {**self._attributes, **attributes} if attributes else self._attributes)
+
+    def record(self, amount: float, attributes: dict[str, Any] | None = None) -> None:
+        self._instrument.record(amount, {**self._attributes, **attributes} if attributes else self._attributes)
+
+
+#: The instruments a destination updates (the names of :class:`AgentMetrics`' attributes).
+_COUNTERS = {
+    "received": "{measurement}",
+    "delivered": "{measurement}",
+    "retried": "{request}",
+    "rejected": "{measurement}",
+    "dead_lettered": "{measurement}",
+    "sdk_lost": "{measurement}",
+    "corrupt_bytes": "By",
+    # Segments given up on because their writer is gone, by ``reason`` (receivers/spool.py).
+    "segments_abandoned": "{segment}",
+    "quarantined": "{record}",
+    # Measurements a destination never got because the spool retired them first
+    # (``service.spool_retention_hours``), by ``reason``.
+    "lost": "{measurement}",
+}
+
+
 class AgentMetrics:
+    """The agent's instruments in one provider. :meth:`for_destination` gives a view whose
+    updates carry ``destination=<exporter id>``, so each destination's counts, queue and
+    pauses are told apart in ``status.json`` and in any other metrics backend."""
+
+    received: _Bound
+    delivered: _Bound
+    retried: _Bound
+    rejected: _Bound
+    dead_lettered: _Bound
+    sdk_lost: _Bound
+    corrupt_bytes: _Bound
+    segments_abandoned: _Bound
+    quarantined: _Bound
+    lost: _Bound
+    latency: _Bound
+
     def __init__(
         self, state_dir: Path, queue_depth: Callable[[], int], interval_millis: int = 1000, telemetry: Any = None
     ) -> None:
@@ -127,32 +182,50 @@ class AgentMetrics:
         )
         self.provider = MeterProvider(metric_readers=[self.reader, *telemetry_readers(telemetry)], views=[latency_view])
         meter = self.provider.get_meter("meterkit.agent", "0.1.0")
-        self.received = meter.create_counter("meterkit.agent.received", unit="{measurement}")
-        self.delivered = meter.create_counter("meterkit.agent.delivered", unit="{measurement}")
-        self.retried = meter.create_counter("meterkit.agent.retried", unit="{request}")
-        self.rejected = meter.create_counter("meterkit.agent.rejected", unit="{measurement}")
-        self.dead_lettered = meter.create_counter("meterkit.agent.dead_lettered", unit="{measurement}")
-        self.sdk_lost = meter.create_counter("meterkit.agent.sdk_lost", unit="{measurement}")
-        self.corrupt_bytes = meter.create_counter("meterkit.agent.corrupt_bytes", unit="By")
-        # Segments given up on because their writer is gone, by ``reason`` (receivers/spool.py).
-        self.segments_abandoned = meter.create_counter("meterkit.agent.segments_abandoned", unit="{segment}")
-        self.quarantined = meter.create_counter("meterkit.agent.quarantined", unit="{record}")
-        self.latency = meter.create_histogram("meterkit.agent.delivery_latency", unit="s")
+        self._instruments: dict[str, Any] = {
+            name: meter.create_counter(f"meterkit.agent.{name}", unit=unit) for name, unit in _COUNTERS.items()
+        }
+        self._instruments["latency"] = meter.create_histogram("meterkit.agent.delivery_latency", unit="s")
+        self._attributes: dict[str, str] = {}
+        self._bind()
+        # Shared by every view: each destination adds its queue and its paused exporters.
+        self._queues: dict[str, Callable[[], int]] = {"": queue_depth}
+        self._paused: list[Callable[[], dict[str, int]]] = []
 
         def observe(_options: CallbackOptions) -> Sequence[Observation]:
-            return [Observation(queue_depth())]
+            return [
+                Observation(depth(), {"destination": name} if name else {})
+                for name, depth in list(self._queues.items())
+            ]
 
         meter.create_observable_gauge("meterkit.agent.queue_depth", callbacks=[observe], unit="{frame}")
-        self._paused: Callable[[], dict[str, int]] = dict
 
         def observe_paused(_options: CallbackOptions) -> Sequence[Observation]:
-            return [Observation(1, {"exporter": name, "status": status}) for name, status in self._paused().items()]
+            return [
+                Observation(1, {"exporter": name, "status": status})
+                for paused in list(self._paused)
+                for name, status in paused().items()
+            ]
 
         meter.create_observable_gauge("meterkit.agent.paused", callbacks=[observe_paused], unit="{exporter}")
 
+    def _bind(self) -> None:
+        for name, instrument in self._instruments.items():
+            setattr(self, name, _Bound(instrument, self._attributes))
+
+    def for_destination(self, name: str, queue_depth: Callable[[], int]) -> AgentMetrics:
+        """A view of these instruments whose every update says ``destination=name``, with
+        ``queue_depth`` observed as that destination's queue."""
+        view = copy.copy(self)
+        view._attributes = {"destination": name}
+        view._bind()
+        self._queues.pop("", None)  # the agent-wide queue is the destinations' queues now
+        self._queues[name] = queue_depth
+        return view
+
     def observe_paused(self, paused: Callable[[], dict[str, int]]) -> None:
         """Report the exporters paused for a wrong URL or credentials (exporter -> HTTP status)."""
-        self._paused = paused
+        self._paused.append(paused)
 
     def shutdown(self) -> None:
         self.provider.shutdown()

@@ -205,8 +205,17 @@ class HttpReceiver:
         self._thread = threading.Thread(target=self.server.run, name="http-receiver", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
-        while not self.server.started and time.monotonic() < deadline:
+        while not self.server.started and time.monotonic() < deadline and self._thread.is_alive():
             time.sleep(0.01)
+        if not self.server.started:
+            # Its port is taken: by another process, or by a leader paused (SIGSTOP) that a
+            # standby took over from, which keeps its sockets until it stops. Said loudly:
+            # the spool receivers go on, but nothing is received here.
+            logger.error(
+                "meterkit agent: the receiver at %s is NOT listening (its port is in use?); restart the agent"
+                " once the port is free",
+                self.server.config.port and f"{self.server.config.host}:{self.server.config.port}",
+            )
 
     @property
     def port(self) -> int:
