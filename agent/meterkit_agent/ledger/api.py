@@ -61,6 +61,8 @@
   retention passes (:mod:`.erasure`, :mod:`.retention`).
 - ``GET /organizations/{orgId}/balances`` (cap balances, with ``--plans``) and
   ``GET /organizations/{orgId}/notifications``: :mod:`.notices`.
+- ``/console/``: the usage console's pages, and the JSON routes only they need
+  (:mod:`..console`); every data call needs the token.
 - ``GET /health``: ``{"status": "ok"}`` while the process serves, and nothing else; no
   token needed (a liveness probe has none). With a token (or client credentials) set,
   ``GET /openapi.json`` needs it too, and ``/docs`` and ``/redoc`` are not served
@@ -70,6 +72,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import secrets
 import time
@@ -84,9 +87,11 @@ from meterkit import Catalog, MeasurementError
 from meterkit._model import check_org, validation_token
 
 from ..billing import Plans
+from ..console import register as register_console
 from ..httpserver import BodyError, api_docs, bearer_ok, json_response, read_body, serve_openapi, validate_items
 from ..signals import SignalsSettings
 from . import corrections
+from .balances import balances, caps_held
 from .closing import bill_routes
 from .digests import register as register_reconciliation
 from .exact import json_value
@@ -328,7 +333,16 @@ def create_app(
     app.include_router(notice_routes(ledger, plans, auth))  # cap balances and notifications
     register_erasure(app, ledger, auth)  # privacy: erase a subject's values, keeping the books
     register_retention(app, ledger, auth)  # privacy: age out per-person detail
+    # the usage console's pages and the JSON they read (cap balances handed to it: it never imports the ledger)
+    caps = functools.partial(_cap_balances, ledger, plans) if plans is not None else None
+    register_console(app, ledger, auth, catalog, plans, caps)
     return app
+
+
+def _cap_balances(
+    ledger: Ledger, plans: Plans, org: str, at_ms: int, accounts: Any
+) -> tuple[dict[str, Any], list[Any]]:
+    return balances(ledger, plans, org, at_ms), list(caps_held(plans, at_ms, accounts))
 
 
 async def _run(fn: Any, *args: Any) -> Any:
