@@ -211,7 +211,7 @@ SECTIONS = [
 def targets_section(figures: dict[str, Any]) -> list[str]:
     judged = judge(figures)
     width = max(len(text) for _, text, _ in judged)
-    lines = ["targets (issues 11 and 13), judged from this run's figures"]
+    lines = ["targets (issues 11, 13 and 16), judged from this run's figures"]
     for number_, text, outcome in judged:
         verdict = outcome if isinstance(outcome, str) else f"{outcome[0]}  →  {'met' if outcome[1] else 'NOT MET'}"
         lines.append(f"  {number_}. {text.ljust(width)}  {verdict}")
@@ -264,6 +264,74 @@ def decisions_section(figures: dict[str, Any], ranges: Ranges) -> list[str]:
     return lines
 
 
+def _spread(found: dict[str, Any], ranges: Ranges, path: tuple[str, ...]) -> str:
+    """A median with this run's min–max, then the median's range over the runs kept."""
+    median = with_range(found["median"], ranges, (*path, "median"), " s")
+    return f"{median} ({number(found['min'])}–{number(found['max'])})"
+
+
+def redundancy_section(figures: dict[str, Any], ranges: Ranges) -> list[str]:
+    """bench/redundancy.py: a second destination's cost, a standby's take-over, and one
+    destination's latency while another is down."""
+    found = figures.get("redundancy")
+    title = "redundancy: a second destination, a standby, a destination down (issue 16)"
+    if not isinstance(found, dict) or "not_available" in found:
+        reason = found.get("not_available") if isinstance(found, dict) else "no figures"
+        return [f"{title}: not available: {reason}"]
+    sd, tk, lt = found["second_destination"], found["takeover"], found["latency_with_other_down"]
+    path = ("redundancy", "second_destination")
+    lines = [title, f"  agent process CPU per measurement ({sd['n']:,} spooled, {sd['runs']} runs each, medians):"]
+    for name, r in sd["rows"].items():
+        cpu = with_range(r["agent_cpu_us_median"], ranges, (*path, "rows", name, "agent_cpu_us_median"), " µs")
+        lines.append(
+            f"    {name}: {cpu} ({number(r['agent_cpu_us_min'])}–{number(r['agent_cpu_us_max'])}),"
+            f" delivered in {number(r['wall_s_median'])} s"
+        )
+    lines += [
+        f"    two / one: {with_range(sd['two_x_one'], ranges, (*path, 'two_x_one'), 'x')};"
+        f" the second costs {with_range(sd['extra_cpu_us'], ranges, (*path, 'extra_cpu_us'), ' µs')}"
+        f" = {with_range(sd['extra_x_serialisation'], ranges, (*path, 'extra_x_serialisation'), 'x')}"
+        f" the serialisation one destination needs"
+        f" ({with_range(sd['serialisation_us'], ranges, (*path, 'serialisation_us'), ' µs')}: orjson with sorted"
+        " keys, the request body, gzip level 1; one thread, measured alone)",
+        f"    every sink exact (uids and sum): {sd['exact']}; sent again: {sd['resent']:,}",
+    ]
+    times, tpath = tk["times"], ("redundancy", "takeover", "times")
+    lines.append(f"  take-over by a standby ({tk['rounds_each']} rounds each, {tk['rate_per_s']:,}/s being recorded):")
+    for how in ("sigkill", "sigstop"):
+        lease, first = times[f"{how}_lease_s"], times[f"{how}_first_delivery_s"]
+        lines.append(
+            f"    {how.upper()} → next lease epoch {_spread(lease, ranges, (*tpath, f'{how}_lease_s'))},"
+            f" → its first delivery {_spread(first, ranges, (*tpath, f'{how}_first_delivery_s'))}"
+        )
+    lines.append(
+        f"    paused leaders woken after {number(tk['stall_s'])} s because the new leader waited for their commit lock:"
+        f" {times['sigstop_rounds_stalled_on_commit_lock']}; recorded {tk['recorded']:,}, lost {tk['lost']:,},"
+        f" sent again {tk['resent']:,} (one uid counted once), sum exact: {tk['sum_matches']}"
+    )
+    rows = [
+        [
+            label,
+            f"{r['p50_s']:.3f} s",
+            f"{r['p99_s']:.3f} s",
+            f"{r['max_s']:.3f} s",
+            f"{r['a_lost']:,}",
+            f"{r.get('b_requests', '—')}",
+        ]
+        for label, r in lt["rows"].items()
+    ]
+    lpath = ("redundancy", "latency_with_other_down")
+    lines.append(
+        f"  destination A's latency, record → arrival at its sink ({lt['rate_per_s']:,}/s for {lt['seconds']} s):"
+    )
+    lines += [f"    {line}" for line in table(rows, ["", "p50", "p99", "max", "A lost", "B requests"])]
+    lines.append(
+        f"    p99 with B down / A alone: {with_range(lt['p99_503_x_alone'], ranges, (*lpath, 'p99_503_x_alone'), 'x')};"
+        f" / B healthy: {with_range(lt['p99_503_x_healthy'], ranges, (*lpath, 'p99_503_x_healthy'), 'x')}"
+    )
+    return lines
+
+
 def render(run: dict[str, Any], runs: list[dict[str, Any]]) -> str:
     ranges = Ranges(runs, run)
     figures = run["figures"]
@@ -285,6 +353,7 @@ def render(run: dict[str, Any], runs: list[dict[str, Any]]) -> str:
         lambda: sdk_section(figures, ranges),
         *(partial(other_section, title, key, figures, ranges) for title, key in SECTIONS),
         lambda: decisions_section(figures, ranges),
+        lambda: redundancy_section(figures, ranges),
         lambda: targets_section(figures),
     ]
     return "\n\n".join("\n".join(_printed(part)) for part in parts)

@@ -6,9 +6,10 @@ runs them. What each figure means is printed with it (bench/report.py); how the 
 driven is in bench/peers.py; the targets are judged from the figures (bench/targets.py).
 
 The sections other than the peer table come from modules with owners of their own
-(bench/e2e.py, ledger.py, postgres.py, reconcile.py, decisions.py), each with ``run() -> dict``. Each runs
-in a child process of its own, with a time limit, so that one that fails, hangs or leaves
-threads behind costs only its own section, printed as "not available: <reason>".
+(bench/e2e.py, ledger.py, postgres.py, reconcile.py, decisions.py, redundancy.py), each with
+``run() -> dict``. Each runs in a child process of its own, with a time limit, so that one
+that fails, hangs or leaves threads behind costs only its own section, printed as
+"not available: <reason>".
 
 ``BENCH_QUICK=1`` makes a short run (smaller samples; such runs are ranged only with each
 other): a section runs with ``run(quick=True)``, and is skipped if its ``run`` takes no
@@ -43,6 +44,7 @@ SECTIONS = {
     "postgres": "postgres",
     "reconcile": "reconcile",
     "decisions": "decisions",
+    "redundancy": "redundancy",
 }
 SECTION_TIMEOUT_S = 1_200
 

@@ -261,6 +261,44 @@ def redis_round_trip(f: Figures) -> Outcome:
     )
 
 
+def second_destination(f: Figures) -> Outcome:
+    """The agent's extra CPU per measurement with a second destination (median of two
+    minus median of one) against one destination's request encoding, measured alone."""
+    extra = at(f, "redundancy", "second_destination", "extra_cpu_us")
+    encode = at(f, "redundancy", "second_destination", "serialisation_us")
+    if not (_number(extra) and _number(encode)):
+        return _missing(f, "redundancy")
+    return f"+{extra:.2f} µs CPU vs {encode:.2f} µs serialisation ({extra / encode:.1f}x)", extra <= encode
+
+
+def takeover(f: Figures) -> Outcome:
+    """The slowest first delivery by the new leader after SIGKILL or SIGSTOP of the old."""
+    times = at(f, "redundancy", "takeover", "times")
+    if not isinstance(times, dict):
+        return _missing(f, "redundancy")
+    worst = {how: at(times, f"{how}_first_delivery_s", "max") for how in ("sigkill", "sigstop")}
+    if not all(_number(v) for v in worst.values()):
+        return _missing(f, "redundancy")
+    shown = ", ".join(f"{how.upper()} {v:.2f} s" for how, v in worst.items())
+    return f"slowest first delivery: {shown}", max(worst.values()) <= 2.0
+
+
+#: "Unaffected" on a machine whose figures vary by ±25%.
+UNAFFECTED = 1.25
+
+
+def other_down(f: Figures) -> Outcome:
+    rows = at(f, "redundancy", "latency_with_other_down", "rows")
+    p99 = {k: at(rows, k, "p99_s") for k in ("a_alone", "b_healthy", "b_503")} if isinstance(rows, dict) else {}
+    if len(p99) < 3 or not all(_number(v) for v in p99.values()):
+        return _missing(f, "redundancy")
+    base = max(p99["a_alone"], p99["b_healthy"])
+    return (
+        f"p99 {p99['b_503']:.2f} s with B down vs {p99['a_alone']:.2f} s alone, {p99['b_healthy']:.2f} s B healthy",
+        p99["b_503"] <= base * UNAFFECTED,
+    )
+
+
 TARGETS: list[tuple[str, str, Callable[[Figures], Outcome]]] = [
     ("1", "app: total process CPU per measurement, all threads ≤ 1.5 µs", sdk_cpu),
     ("1", "app: ≥ 3.5x cheaper than OTel counter.add, same run", sdk_vs_counter),
@@ -283,6 +321,9 @@ TARGETS: list[tuple[str, str, Callable[[Figures], Outcome]]] = [
     ("13", "limits: host-shared rate decision ≤ 5 µs", _decision_cpu("meterkit host", 5.0)),
     ("13", "limits: cap decision ≤ 5 µs", _decision_cpu("meterkit capped", 5.0)),
     ("13", "limits: a Redis (global) decision is one round trip", redis_round_trip),
+    ("16", "a second destination costs at most the serialisation it needs", second_destination),
+    ("16", "a standby delivers within 2 s of the leader's death (SIGKILL) or pause (SIGSTOP)", takeover),
+    ("16", "a destination down (503) leaves the other's p99 latency within 1.25x", other_down),
 ]
 
 
