@@ -113,6 +113,14 @@ def agent_run(
     done = stop_on_signals()
     configure_logging(verbose)
     cfg = _agent_config(config, spool_dir, catalog, to, org, token, state_dir, ledger_db, balances)
+    # What validate-config checks beyond the shape (catalogs load, URLs and addresses usable),
+    # refused before anything starts rather than as a traceback in a thread later.
+    from .configcheck import config_problems
+
+    if problems := config_problems(cfg, str(config or "agent run")):
+        for line in problems:
+            typer.echo(line, err=True)
+        raise typer.Exit(2)
     redact_logs(secret for secret in secret_values(cfg) if secret != NO_TOKEN)
     logging.getLogger("meterkit.agent.startup").setLevel(logging.INFO)
     waiting = logging.getLogger("meterkit.agent.startup")

@@ -148,3 +148,21 @@ def test_reconcile_reads_periods_as_the_ledger_does(tmp_path: Path) -> None:
         str(tmp_path / "none"),
     )
     assert later.returncode == 2 and "journal" in later.stderr and "--from" not in later.stderr
+
+
+def test_agent_run_refuses_a_config_whose_catalog_or_url_cannot_work(tmp_path: Path) -> None:
+    """What validate-config finds, agent run refuses before it starts anything (exit 2)."""
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"receivers: {{spool: {{directory: {tmp_path / 'spool'}}}}}\n"
+        f"processors: {{validate: {{catalog: {tmp_path / 'missing.yaml'}}}}}\n"
+        "exporters: {m3ter: {base_url: 'not a url', org_id: o, token: t}}\n"
+        f"service: {{state_dir: {tmp_path / 'state'}, pipelines: {{u: {{receivers: [spool],"
+        " processors: [validate], exporters: [m3ter]}}}\n"
+    )
+    out = cli("agent", "run", "--config", str(config))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "processors.validate.catalog" in out.stderr and "cannot read the catalog" in out.stderr
+    assert "exporters.m3ter.base_url: 'not a url' is not an http(s) URL" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "state").exists()  # nothing was started
