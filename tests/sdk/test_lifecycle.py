@@ -110,13 +110,21 @@ def test_full_buffer_blocks_then_drops_newest_and_counts_every_drop(tmp_path: Pa
     for i in range(300):
         client.record("m", account="a", measure={"n": i})
     assert time.monotonic() - started < 10
-    lost = client.stats()["lost"]["spool_unwritable"]
+    # Mostly `spool_unwritable`; a drop made before the flusher first tried the sink (a busy
+    # machine can delay its first write past the queue filling) is `queue_full`: every drop
+    # is counted, under the reason known when it was made.
+    losses = client.stats()["lost"]
+    assert set(losses) <= {"spool_unwritable", "queue_full"}, losses
+    lost = sum(losses.values())
+    assert losses.get("spool_unwritable", 0) >= lost - 10
     assert 150 <= lost <= 200  # the queue (100) and one pending batch (10) are kept
     sink.broken = False
     assert client.flush(10)
     kept = sorted(r["measure"]["n"] for r in sink.records)  # type: ignore[index]
     assert len(kept) + lost == 300
-    assert kept == list(range(len(kept)))  # the newest were dropped, the oldest kept
+    # The newest are dropped, the oldest kept: the first 100 filled the empty queue; after
+    # them, one may be dropped and a later one kept when the flusher made room in between.
+    assert kept[:100] == list(range(100)) and len(set(kept)) == len(kept)
     reported = sum(e["count"] for c in sink.controls if c["type"] == "losses" for e in c["entries"])  # type: ignore[attr-defined,union-attr]
     assert reported == lost  # the drops travel to the agent as control records
     client.shutdown(5)

@@ -66,8 +66,10 @@ service: {{state_dir: {self.state}, retain_segments_hours: 1, pipelines: {{usage
     def start_agent(self) -> None:
         log = self.tmp / "agent.log"
         before = log.read_text().count("started") if log.exists() else 0
-        self.agent = Proc(cli_cmd("agent", "run", "--config", str(self.config), "-v"), log).start()
-        wait_for(lambda: log.read_text().count("started") > before, what="agent start")
+        agent = self.agent = Proc(cli_cmd("agent", "run", "--config", str(self.config), "-v"), log).start()
+        # an agent that exits fails the test now, with what it said, not after the whole wait
+        wait_for(lambda: log.read_text().count("started") > before or not agent.alive(), what="agent start")
+        assert agent.alive(), log.read_text()[-2000:]
 
     def stop_agent(self) -> None:
         if self.agent is not None and self.agent.alive():
