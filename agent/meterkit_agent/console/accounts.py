@@ -21,6 +21,7 @@ value, the search and the sort's meter and field included, is a bound parameter.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,12 @@ if TYPE_CHECKING:  # the ledger serves the console: a runtime import would be a 
     from ..ledger.store import Ledger
 
 MAX_PAGE = 200
+#: the highest offset asked for (a page past every account is empty; a number past 64 bits
+#: would be the database driver's error, a 500)
+MAX_OFFSET = 10**9
+#: the ``fields`` table's flag of a code seen in a numeric category (``..ledger.codec.NUM``,
+#: which the console cannot import: the ledger serves it)
+NUMBER_FIELD = 1
 
 
 class PageError(ValueError):
@@ -52,6 +59,8 @@ class AccountsQuery:
 
     def checked(self) -> AccountsQuery:
         problems = []
+        if not self.sort:
+            problems.append("sort must be account, a meter or meter.field")
         if self.lo_ms % HOUR_MS or self.hi_ms % HOUR_MS:
             problems.append("from and to must be whole UTC hours: the rollups answer per hour")
         if self.lo_ms >= self.hi_ms:
@@ -70,8 +79,10 @@ def _like(search: str) -> str:
     return f"%{escaped}%"
 
 
-def account_page(ledger: Ledger, org: str, q: AccountsQuery) -> dict[str, Any]:
-    """``{"total", "accounts": [{"account", "meters": {meter: {"count", "sums"}}}], "signals"}``."""
+def account_page(ledger: Ledger, org: str, q: AccountsQuery, described: Collection[str] = ()) -> dict[str, Any]:
+    """``{"total", "accounts": [{"account", "meters": {meter: {"count", "sums"}}}], "signals"}``;
+    ``described`` are the catalog's meters (sortable before anything is stored for them).
+    Raises :class:`PageError` when the sort names a meter or field the ledger does not know."""
     m = ledger.mark
     lo, hi = q.lo_ms // HOUR_MS, q.hi_ms // HOUR_MS
     where = f"org = {m}" + (f" AND account LIKE {m} ESCAPE '\\'" if q.search else "")
@@ -79,6 +90,7 @@ def account_page(ledger: Ledger, org: str, q: AccountsQuery) -> dict[str, Any]:
     conn = ledger.connection()
     try:
         cur = conn.cursor()
+        _check_sort(ledger, cur, org, q.sort, described)
         cur.execute(f"SELECT COUNT(DISTINCT account) FROM series WHERE {where}", base)  # noqa: S608
         total = int(cur.fetchone()[0])
         key, key_params = _sort_key(ledger, q, lo, hi)
@@ -98,6 +110,24 @@ def account_page(ledger: Ledger, org: str, q: AccountsQuery) -> dict[str, Any]:
         "total": total,
         "accounts": [{"account": a, "meters": usage.get(a, {}), "signal": signals.get(a)} for a in accounts],
     }
+
+
+def _check_sort(ledger: Ledger, cur: Any, org: str, sort: str, described: Collection[str]) -> None:
+    """A sort by a meter nothing stored and no catalog names, or by a field no meter
+    stored a number for, is a mistake: said, not answered with a list in account order."""
+    if sort == "account":
+        return
+    m = ledger.mark
+    meter, _, field = sort.partition(".")
+    if meter not in described:
+        cur.execute(f"SELECT 1 FROM series WHERE org = {m} AND meter = {m} LIMIT 1", [org, meter])  # noqa: S608
+        if cur.fetchone() is None:
+            raise PageError(f"sort: no meter {meter!r} in this organisation")
+    if field:
+        cur.execute(f"SELECT flags FROM fields WHERE meter = {m} AND code = {m}", [meter, field])  # noqa: S608
+        found = cur.fetchone()
+        if found is None or not int(found[0]) & NUMBER_FIELD:
+            raise PageError(f"sort: meter {meter!r} has no number field {field!r}")
 
 
 def _sort_key(ledger: Ledger, q: AccountsQuery, lo: int, hi: int) -> tuple[str, list[Any]]:

@@ -13,8 +13,10 @@
   catalog (:func:`.meters.privacy_report`); 404 without ``--catalog``.
 
 Every JSON route needs the ledger's token when one is set (``auth``, the API's own
-dependency). ``from`` and ``to`` are instants as the ledger spells them (:mod:`..instants`),
-in whole UTC hours.
+dependency) and is answered ``no-store``; the pages carry a Content-Security-Policy that
+lets only the console's own script files run. A sort by a meter or field the ledger does
+not know is a 400, not a list in account order. ``from`` and ``to`` are instants as the
+ledger spells them (:mod:`..instants`), in whole UTC hours.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads route annotations (as in ..ledger.digests).
@@ -33,7 +35,7 @@ from meterkit import Catalog
 from ..billing import Plans
 from ..httpserver import json_response
 from ..instants import InstantError, boundary_ms
-from .accounts import MAX_PAGE, AccountsQuery, PageError, account_page
+from .accounts import MAX_OFFSET, MAX_PAGE, AccountsQuery, PageError, account_page
 from .limits import CapBalances, limits_state
 from .meters import meter_summary, privacy_report
 
@@ -53,10 +55,11 @@ def register(
 ) -> None:
     """Add the console's pages and routes to the ledger's ``app``; ``auth`` are the API's
     dependencies (its bearer token), ``caps`` the ledger's cap balances (None without plans)."""
+    described = frozenset(catalog.meters) if catalog is not None else frozenset()
 
     @app.get("/console/api/orgs", dependencies=auth)
     async def orgs() -> Response:
-        return json_response({"orgs": await run_in_threadpool(ledger.orgs)})
+        return _json({"orgs": await run_in_threadpool(ledger.orgs)})
 
     @app.get("/organizations/{org_id}/console/accounts", dependencies=auth)
     async def accounts(
@@ -64,18 +67,18 @@ def register(
         start: Annotated[str, Query(alias="from")],
         end: Annotated[str, Query(alias="to")],
         sort: str = "account",
-        order: str = "asc",
+        order: Annotated[str, Query(pattern="^(asc|desc)$")] = "asc",
         q: Annotated[str, Query(max_length=200)] = "",
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Response:
         """A page of accounts, sorted by the database; usage per meter over ``[from, to)``."""
         try:
             lo, hi = _span(start, end)
-            query = AccountsQuery(lo, hi, sort, order.lower() == "desc", q, limit, offset).checked()
+            query = AccountsQuery(lo, hi, sort, order == "desc", q, limit, offset).checked()
+            return _json(await run_in_threadpool(account_page, ledger, org_id, query, described))
         except (InstantError, PageError) as exc:
             return _error(400, str(exc))
-        return json_response(await run_in_threadpool(account_page, ledger, org_id, query))
 
     @app.get("/organizations/{org_id}/console/meters", dependencies=auth)
     async def meters(
@@ -87,7 +90,7 @@ def register(
             AccountsQuery(lo, hi).checked()
         except (InstantError, PageError) as exc:
             return _error(400, str(exc))
-        return json_response(await run_in_threadpool(meter_summary, ledger, org_id, lo, hi, catalog))
+        return _json(await run_in_threadpool(meter_summary, ledger, org_id, lo, hi, catalog))
 
     @app.get("/organizations/{org_id}/console/limits", dependencies=auth)
     async def limits(
@@ -104,7 +107,7 @@ def register(
             at = time.time_ns() // 1_000_000 if as_of is None else boundary_ms(as_of, "as_of")
         except InstantError as exc:
             return _error(400, str(exc))
-        return json_response(await run_in_threadpool(limits_state, caps, plans, org_id, account, at))
+        return _json(await run_in_threadpool(limits_state, caps, plans, org_id, account, at))
 
     @app.get("/organizations/{org_id}/console/privacy", dependencies=auth)
     async def privacy(org_id: str) -> Response:
@@ -112,9 +115,9 @@ def register(
         pseudonymized field."""
         if catalog is None:
             return _error(404, "started without --catalog: no meters described, no report")
-        return json_response(await run_in_threadpool(privacy_report, ledger, org_id, catalog))
+        return _json(await run_in_threadpool(privacy_report, ledger, org_id, catalog))
 
-    app.mount("/console", StaticFiles(directory=STATIC, html=True), name="console")
+    app.mount("/console", _Pages(directory=STATIC, html=True), name="console")
 
 
 def _span(start: str, end: str) -> tuple[int, int]:
@@ -122,4 +125,32 @@ def _span(start: str, end: str) -> tuple[int, int]:
 
 
 def _error(status: int, message: str) -> Response:
-    return json_response({"message": message}, status)
+    return _json({"message": message}, status)
+
+
+#: every console answer: data is never cached nor sniffed into something else
+_DATA_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+#: the pages: scripts only from the console's own files (no inline script, no eval), so a
+#: value that slipped into the page's HTML unescaped could still run nothing; inline
+#: styles allowed (bar widths); no framing, no referrer, nowhere else to connect or post
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline';"
+    " img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return json_response(body, status, _DATA_HEADERS)
+
+
+class _Pages(StaticFiles):
+    """The console's static files, each answered with :data:`_PAGE_HEADERS`."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(_PAGE_HEADERS)
+        return response

@@ -4,11 +4,11 @@ export function esc(text) {
   return String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
 
-// "1234567.125" -> "1,234,567.125": digits grouped, nothing rounded.
+// "1234567.125" -> "1,234,567.125": digits grouped, nothing rounded; HTML, as esc() is.
 export function dec(text) {
   if (text === undefined || text === null || text === "") return "";
   const s = String(text);
-  if (!/^-?\d+(\.\d+)?$/.test(s)) return s; // an exponent, Infinity: shown as the ledger wrote it
+  if (!/^-?\d+(\.\d+)?$/.test(s)) return esc(s); // an exponent, Infinity: shown as the ledger wrote it
   const [whole, frac] = s.split(".");
   const sign = whole.startsWith("-") ? "-" : "";
   const grouped = whole.replace("-", "").replace(/\B(?=(\d{3})+(?!\d))/g, ",");

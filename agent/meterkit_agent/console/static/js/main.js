@@ -34,7 +34,7 @@ async function render() {
   const { name, arg, params } = route();
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === (name === "account" ? "accounts" : name)));
   const el = document.getElementById("page");
-  const ctx = { org: orgSelect.value, month: periodInput.value, ...monthBounds(periodInput.value), go };
+  const ctx = { org: orgSelect.value, base: `/organizations/${encodeURIComponent(orgSelect.value)}`, month: periodInput.value, ...monthBounds(periodInput.value), go };
   const mine = ++rendering;
   el.dataset.state = "loading";
   el.innerHTML = `<p class="muted">Loading…</p>`;

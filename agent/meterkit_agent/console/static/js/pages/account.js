@@ -9,7 +9,7 @@ import { capCells } from "./accounts.js";
 const LOOKED_AT = 20000; // m3ter's usage query answers at most this many measurements
 
 export async function render(el, ctx, account, params) {
-  const { meters } = await api(`/organizations/${ctx.org}/console/meters`, { from: ctx.from, to: ctx.to });
+  const { meters } = await api(`${ctx.base}/console/meters`, { from: ctx.from, to: ctx.to });
   const used = meters.filter((m) => !m.unused);
   const meter = params.get("meter") || (used[0] || meters[0] || {}).meter;
   const info = meters.find((m) => m.meter === meter) || { sums: {}, values: {} };
@@ -53,7 +53,7 @@ export async function render(el, ctx, account, params) {
 
 async function usage(el, ctx, account, { meter, measure, bucket, groupBy }) {
   if (!meter) return;
-  const { data, notes = [] } = await api(`/organizations/${ctx.org}/usage`, {
+  const { data, notes = [] } = await api(`${ctx.base}/usage`, {
     meter, account, from: ctx.from, to: ctx.to, bucket,
     aggregation: measure ? "SUM" : "COUNT", field: measure || undefined, groupBy: groupBy || undefined,
   });
@@ -67,7 +67,7 @@ async function usage(el, ctx, account, { meter, measure, bucket, groupBy }) {
 async function bill(el, ctx, account) {
   let bills;
   try {
-    ({ bills } = await api(`/organizations/${ctx.org}/bills`, { account, from: ctx.from, to: ctx.to }));
+    ({ bills } = await api(`${ctx.base}/bills`, { account, from: ctx.from, to: ctx.to }));
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) return void (el.innerHTML = `<p class="muted">${esc(err.message)}</p>`);
     throw err;
@@ -89,7 +89,7 @@ function bands(list) {
 
 async function limits(el, ctx, account) {
   try {
-    const answer = await api(`/organizations/${ctx.org}/console/limits`, { account });
+    const answer = await api(`${ctx.base}/console/limits`, { account });
     const caps = answer.limits[account] || [];
     el.innerHTML = capCells(caps) + (caps.length ? `<table><tr><th>cap</th><th>mode</th><th class="num">used</th><th class="num">cap</th><th>state</th></tr>
       ${caps.map((c) => `<tr><td>${esc(c.meter)}${c.field ? "." + esc(c.field) : ""} per ${esc(c.period)}</td><td>${esc(c.mode)}</td><td class="num">${dec(c.used)}</td><td class="num">${dec(c.cap)}</td><td class="${c.state === "ok" ? "good" : "bad"}">${esc(c.state)}</td></tr>`).join("")}</table>
@@ -101,7 +101,7 @@ async function limits(el, ctx, account) {
 }
 
 async function notifications(el, ctx, account) {
-  const { notifications: list } = await api(`/organizations/${ctx.org}/notifications`, { account });
+  const { notifications: list } = await api(`${ctx.base}/notifications`, { account });
   el.innerHTML = list.length ? `<table><tr><th>when</th><th>what</th><th>meter</th><th>deliveries</th></tr>
     ${list.slice().reverse().map((n) => `<tr><td>${esc(when(n.created))}</td><td><span class="pill ${esc(n.type)}">${esc(kindLabel(n.type))}</span> ${esc(n.threshold ?? "")}</td><td>${esc(n.meter ?? "")}</td>
       <td>${n.deliveries.length ? n.deliveries.map((d) => `${esc(d.endpoint)}: ${esc(d.status)}`).join(", ") : `<span class="muted">no webhook</span>`}</td></tr>`).join("")}</table>`
@@ -109,7 +109,7 @@ async function notifications(el, ctx, account) {
 }
 
 async function corrections(el, ctx, account) {
-  const answer = await api(`/organizations/${ctx.org}/usage/query`, {}, {
+  const answer = await api(`${ctx.base}/usage/query`, {}, {
     method: "POST", body: { accountIds: [account], startDate: ctx.from, endDate: ctx.to, limit: LOOKED_AT },
   });
   const found = answer.data.filter((m) => m.correction);

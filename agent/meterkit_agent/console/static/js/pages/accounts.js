@@ -9,10 +9,10 @@ export async function render(el, ctx, _arg, params) {
   const sort = params.get("sort") || "account";
   const order = params.get("order") || (sort === "account" ? "asc" : "desc");
   const q = params.get("q") || "";
-  const page = Math.max(0, Number(params.get("page") || 0));
+  const page = Math.max(0, Number.parseInt(params.get("page"), 10) || 0);
   const [listing, summary] = await Promise.all([
-    api(`/organizations/${ctx.org}/console/accounts`, { from: ctx.from, to: ctx.to, sort, order, q, limit: PAGE, offset: page * PAGE }),
-    api(`/organizations/${ctx.org}/console/meters`, { from: ctx.from, to: ctx.to }),
+    api(`${ctx.base}/console/accounts`, { from: ctx.from, to: ctx.to, sort, order, q, limit: PAGE, offset: page * PAGE }),
+    api(`${ctx.base}/console/meters`, { from: ctx.from, to: ctx.to }),
   ]);
   const names = listing.accounts.map((a) => a.account);
   const limits = await limitsOf(ctx, names);
@@ -68,7 +68,7 @@ function row(a, meters, bill, caps) {
 async function billsOf(ctx, names) {
   const by = {};
   await Promise.all(names.map(async (name) => {
-    const { bills } = await api(`/organizations/${ctx.org}/bills`, { account: name, from: ctx.from, to: ctx.to });
+    const { bills } = await api(`${ctx.base}/bills`, { account: name, from: ctx.from, to: ctx.to });
     by[name] = bills.map((b) => `${dec(b.total)} <span class="muted">${esc(b.currency)}</span>`).join("<br>");
   }));
   return { by, note: "" };
@@ -87,7 +87,7 @@ export function capCells(caps) {
 async function limitsOf(ctx, names) {
   if (!names.length) return { by: {}, billed: [] };
   try {
-    const { limits, billed } = await api(`/organizations/${ctx.org}/console/limits`, { account: names });
+    const { limits, billed } = await api(`${ctx.base}/console/limits`, { account: names });
     return { by: Object.fromEntries(names.map((n) => [n, capCells(limits[n])])), billed };
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) return { by: {}, billed: null };

@@ -4,7 +4,7 @@ import { api } from "../api.js";
 import { dec, esc, shown } from "../format.js";
 
 export async function render(el, ctx) {
-  const { meters } = await api(`/organizations/${ctx.org}/console/meters`, { from: ctx.from, to: ctx.to });
+  const { meters } = await api(`${ctx.base}/console/meters`, { from: ctx.from, to: ctx.to });
   const unused = meters.filter((m) => m.unused);
   el.innerHTML = `
     <h1>Meters <span class="muted">· ${esc(ctx.month)}</span></h1>

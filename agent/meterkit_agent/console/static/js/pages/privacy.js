@@ -12,7 +12,7 @@ const PROTECTION = {
 export async function render(el, ctx) {
   let report;
   try {
-    report = await api(`/organizations/${ctx.org}/console/privacy`);
+    report = await api(`${ctx.base}/console/privacy`);
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) return void (el.innerHTML = `<h1>Privacy</h1><p class="muted">${esc(err.message)}</p>`);
     throw err;

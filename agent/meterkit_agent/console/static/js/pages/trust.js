@@ -4,8 +4,8 @@ import { esc, when } from "../format.js";
 
 export async function render(el, ctx) {
   const [{ anchors }, { conflicts }] = await Promise.all([
-    api(`/organizations/${ctx.org}/anchors`),
-    api(`/organizations/${ctx.org}/conflicts`, { limit: 50 }),
+    api(`${ctx.base}/anchors`),
+    api(`${ctx.base}/conflicts`, { limit: 50 }),
   ]);
   el.innerHTML = `<h1>Trust</h1>
     <section class="card"><h2>Journal anchors</h2>
