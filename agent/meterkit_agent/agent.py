@@ -25,6 +25,7 @@ dies, pauses or stops. Every send checks the lease and every commit is made unde
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import signal
@@ -38,26 +39,24 @@ from urllib.parse import urlsplit
 
 from meterkit._spool import private_dir
 
+from .assembly import build, build_destination, shared_feed
 from .audit.journal import Journal
 from .balances import SNAPSHOT_NAME, BalancesKeeper, SpoolWatermark
-from .component import Exporter, Processor, Receiver, catalog_at, factory, type_of
+from .component import Exporter, Receiver, catalog_at, type_of
 from .config import AgentConfig
-from .exporters import EXPORTERS
-from .exporters.exporterhelper import RetryConfig
 from .lease import AgentRunning as AgentRunning
 from .lease import Lease
 from .lease import running_pid as running_pid
-from .paths import claim_state, destination_dir
+from .paths import destination_dir
 from .pipeline.checkpoint import Checkpoint
 from .pipeline.deadletters import REPLAY_SPOOL, DeadLetters
 from .pipeline.destination import Destination
 from .pipeline.expiry import Expiry
+from .pipeline.feed import Feed
 from .pipeline.fence import Fence
 from .pipeline.prepare import Preparer
 from .pipeline.retire import Retirer
 from .pipeline.telemetry import AgentMetrics
-from .processors import PROCESSORS
-from .processors.batch import BatchConfig
 from .processors.validate import ValidateConfig
 from .receivers import RECEIVERS
 from .receivers.spool import SpoolReceiver
@@ -148,33 +147,35 @@ class Agent:
             next((c.catalog for c in config.processors.values() if isinstance(c, ValidateConfig) and c.catalog), None)
         )
         self.destinations: list[Destination] = []
-        self.retirer = Retirer(
-            lambda: self.destinations, self.state_dir, config.service.retain_segments_hours, self.fence
-        )
+        #: per pipeline with several destinations, the feed that reads its spools once for them
+        self.shared: list[Feed] = []
+        self.retirer = Retirer(self.feeds, self.state_dir, config.service.retain_segments_hours, self.fence)
         self.http_servers: list[Receiver] = []
-        self._building: list[Destination] = []  # the pipeline whose receivers are being built
+        self._building: list[Feed] = []  # what reads the spools of the pipeline being built
         self._tails: list[tuple[Path, float]] = []
         tailed: dict[str, list[tuple[Path, float]]] = {}  # receiver id -> the spools it feeds
         for name, pipe in config.service.pipelines.items():
-            self._building = [self._destination(name, cid) for cid in pipe.exporters]
-            self.destinations.extend(self._building)
+            members = [self._destination(name, cid) for cid in pipe.exporters]
+            self.destinations.extend(members)
+            if len(members) > 1:
+                self.shared.append(shared_feed(config, name, self.metrics, members))
+            self._building = [self.shared[-1] if len(members) > 1 else members[0].feed]
             for cid in pipe.receivers:
                 if cid in tailed:  # built for an earlier pipeline: tail its spools here too
                     for directory, poll in tailed[cid]:
-                        for destination in self._building:
-                            destination.tail(directory, poll)
+                        self._building[0].tail(directory, poll)
                     continue
                 self._tails = []
-                server = _build(RECEIVERS, cid, config.component("receivers", cid), self)
+                server = build(RECEIVERS, cid, config.component("receivers", cid), self)
                 tailed[cid] = self._tails
                 if server is not None:
                     self.http_servers.append(server)
-            for destination in self._building:
+            for destination in members:
                 destination.tail(destination.replay_dir, 0.5)
         self._building = []
         self.balances = _balance_keeper(self)
         retention = config.service.spool_retention_hours
-        self.expiry = Expiry(lambda: self.destinations, self._restart, retention, max(0.2, min(60.0, retention * 360)))
+        self.expiry = Expiry(self, retention, max(0.2, min(60.0, retention * 360)))
         #: Set when this agent lost its lease to another (it stops sending at once).
         self.lost = threading.Event()
 
@@ -184,10 +185,22 @@ class Agent:
     # -- what a receiver sees of the agent (component.ReceiverHost) ----------------------
 
     def tail(self, directory: Path, poll_interval: float) -> None:
-        """Read a spool directory into every destination of the pipeline being built."""
+        """Read a spool directory for every destination of the pipeline being built."""
         self._tails.append((Path(directory), poll_interval))
-        for destination in self._building:
-            destination.tail(directory, poll_interval)
+        for feed in self._building:
+            feed.tail(directory, poll_interval)
+
+    def feeds(self) -> list[Feed]:
+        """Everything that reads a spool: the shared feeds, then each destination's own."""
+        return [*self.shared, *(d.feed for d in self.destinations)]
+
+    def readers(self, directory: Path) -> list[Destination]:
+        """The destinations that read ``directory``: by their own feed, or a shared one."""
+        return [
+            d
+            for d in self.destinations
+            if any(r.directory == directory for f in self.feeds() if d in f.members for r in f.receivers)
+        ]
 
     # -- the first destination, for callers that know of one (single-exporter agents) ---
 
@@ -225,9 +238,9 @@ class Agent:
 
     @property
     def sdk_losses(self) -> Counter[str]:
-        """Losses the SDKs reported in their control records, by reason (as the first
-        destination read them: every destination reads the same control records)."""
-        return self.primary.prepare.sdk_losses
+        """Losses the SDKs reported in their control records, by reason (as the first feed
+        read them: every feed reads the same control records)."""
+        return self.feeds()[0].prepare.sdk_losses
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -243,6 +256,8 @@ class Agent:
             destination.fence.lease = held
         for destination in self.destinations:
             destination.start()
+        for feed in self.shared:
+            feed.start()
         for server in self.http_servers:
             server.start()
         if self.balances is not None:
@@ -263,18 +278,14 @@ class Agent:
         # Network receivers first (their last writes land in a spool), then the tailers.
         for server in self.http_servers:
             server.shutdown(max(1.0, timeout))
+        for feed in self.shared:
+            feed.stop_reading(timeout)
         for destination in self.destinations:
             destination.stop_reading()
-        results: dict[str, bool] = {}
-        finishing = [
-            threading.Thread(target=lambda d=d: results.__setitem__(d.name, d.finish(timeout)), daemon=True)
-            for d in self.destinations
-        ]
-        for thread in finishing:
-            thread.start()
-        for thread in finishing:
-            thread.join()
-        drained = all(results.get(d.name, False) for d in self.destinations)
+        # The shared feeds hand on what they read before the destinations finish theirs.
+        results = side_by_side({f"feed {f.name}": functools.partial(f.finish, timeout) for f in self.shared})
+        results |= side_by_side({d.name: functools.partial(d.finish, timeout) for d in self.destinations})
+        drained = all(results.values())
         self.metrics.shutdown()
         if self.fence.lease is not None:
             self.fence.lease.release()  # a standby takes over at once
@@ -300,7 +311,10 @@ class Agent:
 
     def _restart(self, old: Destination, between: Callable[[Destination], None]) -> None:
         """Stop a destination (closed: a request still in flight commits nothing), run
-        ``between`` on its state, and put a new one built from that state in its place."""
+        ``between`` on its state, and put a new one built from that state in its place
+        (reading on its own: a destination that was behind does not rejoin a shared feed)."""
+        for feed in self.shared:
+            feed.detach(old, "its retention ran out")
         old.fence.close()
         old.begin_stop(0.0)
         old.stop_reading()
@@ -325,31 +339,21 @@ class Agent:
     def flush(self, timeout: float = 30.0) -> bool:
         """Deliver everything read so far to every destination (receivers keep running)."""
         deadline = time.monotonic() + timeout
-        return all([d.flush(deadline) for d in self.destinations])
+        shared = all([f.worker.flush(max(0.0, deadline - time.monotonic())) for f in self.shared])
+        return all([d.flush(deadline) for d in self.destinations]) and shared
 
 
-def build_destination(
-    config: AgentConfig, pipeline: str, cid: str, metrics: AgentMetrics, retire: Retirer, lease: Lease | None
-) -> Destination:
-    """The destination of exporter ``cid`` in ``pipeline``, with processors of its own (a
-    destination's worker runs them on its own thread), its state claimed for it."""
-    pipe = config.service.pipelines[pipeline]
-    batch_cfg = BatchConfig()
-    processors: list[tuple[str, Processor]] = []
-    for pid in pipe.processors:
-        cfg = config.component("processors", pid)
-        if isinstance(cfg, BatchConfig):
-            batch_cfg = cfg
-        elif (proc := _build(PROCESSORS, pid, cfg)) is not None:
-            processors.append((pid, proc))
-    cfg = config.component("exporters", cid)
-    names = [c for _, c in config.destinations]
-    state = private_dir(destination_dir(config.service.state_dir, cid, primary=cid == names[0]))
-    claim_state(state, cid, alone=len(names) == 1)
-    exporter = _build(EXPORTERS, cid, cfg)
-    return Destination(
-        exporter, getattr(cfg, "retry", RetryConfig()), processors, batch_cfg, state, metrics, retire, lease
-    )
+def side_by_side(work: dict[str, Callable[[], bool]]) -> dict[str, bool]:
+    """Run each piece of work on a thread of its own; what each returned."""
+    results: dict[str, bool] = {}
+    threads = [
+        threading.Thread(target=lambda n=n, w=w: results.__setitem__(n, w()), daemon=True) for n, w in work.items()
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {name: results.get(name, False) for name in work}
 
 
 def _balance_keeper(agent: Agent) -> BalancesKeeper | None:
@@ -371,12 +375,11 @@ def _balance_keeper(agent: Agent) -> BalancesKeeper | None:
     )
 
     def directories() -> list[Path]:
-        return list(dict.fromkeys(r.directory for d in agent.destinations for r in d.receivers))
+        return list(dict.fromkeys(r.directory for f in agent.feeds() for r in f.receivers))
 
     def acknowledged(key: str) -> int:
         """How far every destination reading ``key``'s spool has acknowledged it."""
-        directory = key.rsplit("/", 1)[0]
-        readers = [d for d in agent.destinations if any(str(r.directory) == directory for r in d.receivers)]
+        readers = agent.readers(Path(key.rsplit("/", 1)[0]))
         return min((d.checkpoint.get(key) for d in readers), default=0)
 
     return BalancesKeeper(
@@ -386,9 +389,3 @@ def _balance_keeper(agent: Agent) -> BalancesKeeper | None:
         agent.state_dir,
         on_refresh=lambda outcome: refreshes.add(1, {"outcome": outcome}),
     )
-
-
-def _build(registry: dict[str, str], cid: str, cfg: Any, *context: Any) -> Any:
-    found = factory(registry, cid)
-    assert found is not None, cid  # the configuration was validated against the same registry
-    return found.create(cid, cfg, *context)

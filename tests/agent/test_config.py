@@ -117,5 +117,5 @@ def test_the_fan_out_example_has_two_destinations(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("M3TER_CLIENT_ID", "id")
     monkeypatch.setenv("M3TER_CLIENT_SECRET", "s3cr3t-value")
     cfg = load_config(EXAMPLES / "agent-fanout.yaml")
-    assert cfg.destinations == [("billing", "m3ter"), ("record", "ledger")]
+    assert cfg.destinations == [("usage", "m3ter"), ("usage", "ledger")]
     assert cfg.service.spool_retention_hours == 168

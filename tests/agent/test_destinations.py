@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import meterkit
 from meterkit._spool import segments
 from tests.agent.conftest import TOKEN, FaultProxy, LedgerServer, cli_cmd, start_agent, start_ledger, wait_for
@@ -38,8 +40,25 @@ def in_ledger(ledger: LedgerServer) -> tuple[int, int]:
     return value("COUNT"), value("SUM", field="n")
 
 
-def write_config(tmp_path: Path, spool: Path, catalog: Path, billing: str, record: str, retention: float = 168) -> Path:
-    """Two pipelines over one spool: ``billing`` sends to one backend, ``record`` to another."""
+#: Two destinations in one pipeline (they share one read of the spool while both keep up),
+#: or each in a pipeline of its own (each reads the spool itself).
+PIPELINES = {
+    "shared": "usage: {receivers: [spool], processors: [validate, batch], exporters: [m3ter/billing, m3ter/record]}",
+    "apart": "billing: {receivers: [spool], processors: [validate, batch], exporters: [m3ter/billing]}\n"
+    "    record: {receivers: [spool], processors: [validate, batch], exporters: [m3ter/record]}",
+}
+
+
+def write_config(
+    tmp_path: Path,
+    spool: Path,
+    catalog: Path,
+    billing: str,
+    record: str,
+    retention: float = 168,
+    layout: str = "shared",
+) -> Path:
+    """One spool, two backends: ``m3ter/billing`` and ``m3ter/record``."""
     retry = "retry: {initial_interval_millis: 50, max_interval_millis: 300, request_timeout_millis: 2000}"
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(
@@ -57,8 +76,7 @@ service:
   drain_timeout_millis: 5000
   spool_retention_hours: {retention}
   pipelines:
-    billing: {{receivers: [spool], processors: [validate, batch], exporters: [m3ter/billing]}}
-    record: {{receivers: [spool], processors: [validate, batch], exporters: [m3ter/record]}}
+    {PIPELINES[layout]}
 """
     )
     return cfg
@@ -92,7 +110,8 @@ def reconcile(state: Path, url: str, *extra: str) -> dict[str, Any]:
     return report
 
 
-def test_a_destination_that_is_down_delays_only_itself_and_catches_up_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", sorted(PIPELINES))
+def test_a_destination_that_is_down_delays_only_itself_and_catches_up_exactly(tmp_path: Path, layout: str) -> None:
     catalog = tmp_path / "meters.yaml"
     catalog.write_text(CATALOG)
     billing = start_ledger(tmp_path / "billing")
@@ -100,7 +119,7 @@ def test_a_destination_that_is_down_delays_only_itself_and_catches_up_exactly(tm
     proxy = FaultProxy(record.url)
     proxy.plan = list(OUTAGE)
     spool = tmp_path / "spool"
-    agent = start_agent(tmp_path, write_config(tmp_path, spool, catalog, billing.url, proxy.url))
+    agent = start_agent(tmp_path, write_config(tmp_path, spool, catalog, billing.url, proxy.url, layout=layout))
     try:
         client = meterkit.Client(catalog, spool, flush_interval_millis=20, max_segment_bytes=32_000)
         values = list(range(1, 1201))
@@ -182,5 +201,34 @@ def test_a_destination_down_past_the_retention_gives_the_segments_up_and_says_so
     finally:
         agent.kill(signal.SIGKILL)
         proxy.close()
+        billing.proc.kill()
+        record.proc.kill()
+
+
+def test_destinations_that_keep_up_share_one_read_of_the_spool(tmp_path: Path) -> None:
+    """Two healthy destinations of one pipeline: the spool is read and prepared once (the
+    pipeline's feed received everything; neither destination read it on its own)."""
+    catalog = tmp_path / "meters.yaml"
+    catalog.write_text(CATALOG)
+    billing = start_ledger(tmp_path / "billing")
+    record = start_ledger(tmp_path / "record")
+    spool = tmp_path / "spool"
+    agent = start_agent(tmp_path, write_config(tmp_path, spool, catalog, billing.url, record.url))
+    try:
+        client = meterkit.Client(catalog, spool, flush_interval_millis=20, max_segment_bytes=32_000)
+        for n in range(1, 801):
+            client.record("jobs", account="acme", measure={"n": n})
+        client.shutdown(10)
+        expected = (800, sum(range(1, 801)))
+        wait_for(lambda: in_ledger(billing) == expected and in_ledger(record) == expected, what="both")
+        assert agent.kill(signal.SIGTERM) == 0
+        status = json.loads((tmp_path / "state" / "status.json").read_bytes())
+        received = {
+            tuple(sorted(p["attributes"].items())): p["value"] for p in status["metrics"]["meterkit.agent.received"]
+        }
+        assert received.get((("feed", "usage"),)) == 800, received
+        assert not any(v for k, v in received.items() if dict(k).get("destination")), received
+    finally:
+        agent.kill(signal.SIGKILL)
         billing.proc.kill()
         record.proc.kill()

@@ -80,16 +80,11 @@ class Committer:
             self.dead_letters.add(stage, entries)
         if rejected or p.broken:
             journal.append(dead_letter_entry(rejected, p.broken))
-        # Nothing refused: the frames' uids are exactly the delivered ones, sorted once per segment.
-        by_segment = None if rejected else {seg: _distinct(uids) for seg, (_, uids) in p.sources.items()}
         journal.append(
             {"type": "delivery", "batch": uuid.uuid4().hex}
-            | uid_fields(delivered, p.sources, everything=not rejected, by_segment=by_segment)
-            | {"count": len(delivered), "totals": delivery_totals(delivered, digests)}
-            | {"sources": _sources(delivered, p.sources, everything=not rejected, by_segment=by_segment)}
+            | _summary(p, delivered, digests, rejected)
             | {"exporters": answers, "positions": p.positions}
             | ({"epoch": self.fence.epoch} if self.fence.epoch is not None else {})
-            | _corrections(delivered)
         )
         self.journal.append(journal)
         self.checkpoint.advance(p.positions, self.journal.seq)
@@ -119,6 +114,28 @@ class Committer:
 
 
 _ts = itemgetter("ts")
+
+
+def _summary(
+    p: Prepared, delivered: list[dict[str, Any]], digests: list[bytes], rejected: list[Rejected]
+) -> dict[str, Any]:
+    """What a delivery entry says of what was delivered: uids, count, totals, sources and
+    corrections. When nothing was refused it depends on the batch alone, so destinations
+    sharing a prepared batch (:mod:`.feed`) compute it once (the journal copies, never
+    changes, what it is given)."""
+    if not rejected and p.summary is not None:
+        return p.summary
+    # Nothing refused: the frames' uids are exactly the delivered ones, sorted once per segment.
+    by_segment = None if rejected else {seg: _distinct(uids) for seg, (_, uids) in p.sources.items()}
+    summary = (
+        uid_fields(delivered, p.sources, everything=not rejected, by_segment=by_segment)
+        | {"count": len(delivered), "totals": delivery_totals(delivered, digests)}
+        | {"sources": _sources(delivered, p.sources, everything=not rejected, by_segment=by_segment)}
+        | _corrections(delivered)
+    )
+    if not rejected:
+        p.summary = summary
+    return summary
 
 
 def _delivered(p: Prepared, refused: list[Rejected]) -> tuple[list[dict[str, Any]], list[bytes]]:

@@ -65,6 +65,8 @@ class Deliverer:
         self.drain = drain
         self.metrics = metrics
         self.paused: dict[str, Misconfigured] = {}  # exporter -> why, while its episode lasts
+        #: retrying a batch the destination refused for now (down, 5xx, timeouts, paused)
+        self.failing = False
         metrics.observe_paused(lambda: {name: exc.status for name, exc in self.paused.items()})
 
     def __call__(self, records: list[dict[str, Any]]) -> tuple[list[Rejected], list[dict[str, Any]]]:
@@ -111,6 +113,7 @@ class Deliverer:
             return (state.seconds_since_start or 0.0) > OUTAGE_SECONDS
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
+            self.failing = True
             self.metrics.retried.add(1)
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, Misconfigured):
@@ -136,6 +139,7 @@ class Deliverer:
         except Misconfigured as exc:
             self._pause(exporter.name, exc)
             raise
+        self.failing = False
         self._resume(exporter.name)
         return refused
 

@@ -10,9 +10,9 @@ at their own pace. This is the difference from a fan-out that waits for every br
 succeeded get duplicates): here every destination is a complete, crash-safe delivery
 path of its own, and uids make any replay harmless.
 
-The price is that each destination reads and prepares the frames itself; the spool's
-pages are in the page cache for the second reader, and ``make bench`` measures what a
-second destination costs.
+The destinations of one pipeline share the reading and preparing (:mod:`.feed`) while
+they keep up; one that falls behind is detached and reads on its own. ``make bench``
+measures what a second destination costs.
 
 A segment is retired only when every destination that reads its directory has it
 acknowledged (:class:`.retire.Retirer`), or when a lagging destination's retention runs
@@ -22,13 +22,11 @@ loss.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meterkit._batch import BatchWorker
 from meterkit._spool import private_dir
 
 from ..audit.journal import Journal
@@ -37,19 +35,17 @@ from ..exporters.exporterhelper import IngestExporter, RetryConfig
 from ..lease import Fenced, Lease
 from ..processors.batch import BatchConfig
 from ..processors.validate import ValidateProcessor
-from ..receivers.spool import Envelope, SpoolReceiver
+from ..receivers.spool import SpoolReceiver
 from .checkpoint import Checkpoint
 from .commit import Committer
 from .deadletters import REPLAY_SPOOL, DeadLetters
 from .deliver import Deliverer
 from .drain import Drain
+from .feed import Feed
 from .fence import Fence
-from .prepare import Prepared, Preparer
+from .prepare import Preparer
 from .sender import Sender
 from .telemetry import AgentMetrics
-
-#: At most this many bytes of frames read and not yet prepared (and always at least one frame).
-QUEUE_BYTES = 16 * 1024 * 1024
 
 
 class Destination:
@@ -78,7 +74,6 @@ class Destination:
             self.checkpoint.advance(entry.get("positions") or {}, int(entry["seq"]), save=False)
         self.dead_letters = DeadLetters(self.state_dir)
         self.drain = Drain()
-        self.batch_cfg = batch_cfg
         if isinstance(exporter, IngestExporter):
             # One request never exceeds the batch processor's limits (m3ter's, by default).
             exporter.max_count, exporter.max_bytes = batch_cfg.max_measurements, batch_cfg.max_bytes
@@ -90,66 +85,51 @@ class Destination:
         if isinstance(last, ValidateProcessor) and hasattr(exporter, "validated_token"):
             exporter.validated_token = last.token
 
-        self.worker: BatchWorker[Envelope] = BatchWorker(
-            self._export,
-            name=f"meterkit-agent-delivery:{self.name}",
-            max_queue_size=max(10 * batch_cfg.max_measurements, 10_000),
-            max_batch_size=batch_cfg.max_measurements,
-            schedule_delay_millis=batch_cfg.timeout_millis,
-            max_backoff_millis=5_000,
-        )
-        self.metrics = metrics.for_destination(self.name, lambda: len(self.worker.queue))
-        self.prepare = Preparer(processors, self.metrics)
-        # Frames read but not yet prepared, in payload bytes: a batch frame holds hundreds
-        # of measurements, so the queue is bounded by bytes as well as by frames.
-        self._queued_bytes = 0
-        self._room = threading.Condition(threading.Lock())
-        self.receivers: list[SpoolReceiver] = []
+        self.feed: Feed
+        self.metrics = metrics.for_destination(self.name, lambda: len(self.feed.worker.queue))
         self.sender = Sender(
             Deliverer([exporter], {exporter.name: retry}, self.drain, self.metrics, self.fence),
             Committer(self.journal, self.checkpoint, self.dead_letters, self.metrics, self.fence),
             retire,
             self.drain,
         )
+        #: what this destination reads on its own: its replay spool, the pipeline's spools
+        #: too unless a shared feed (:mod:`.feed`) reads them for it
+        self.feed = Feed(self.name, processors, batch_cfg, self.metrics, [self])
         # `meterkit dlq replay` hands this destination's dead letters back through this
         # spool; the agent tails it after the pipeline's own receivers.
         self.replay_dir = self.state_dir / REPLAY_SPOOL
 
+    @property
+    def receivers(self) -> list[SpoolReceiver]:
+        """The tailers of this destination's own feed."""
+        return self.feed.receivers
+
+    @property
+    def prepare(self) -> Preparer:
+        return self.feed.prepare
+
     def tail(self, directory: Path, poll_interval: float) -> None:
-        """Read a spool directory into this destination (once per directory)."""
-        if any(r.directory == Path(directory) for r in self.receivers):
-            return
-        self.receivers.append(
-            SpoolReceiver(
-                Path(directory),
-                self.checkpoint.get,
-                self._emit,
-                poll_interval=poll_interval,
-                on_corrupt=lambda _key, n: self.metrics.corrupt_bytes.add(n),
-                on_abandoned=lambda _key, reason: self.metrics.segments_abandoned.add(1, {"reason": reason}),
-            )
-        )
+        """Read a spool directory with this destination's own feed (once per directory)."""
+        self.feed.tail(directory, poll_interval)
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
         self.sender.start()
-        self.worker.start()
-        for receiver in self.receivers:
-            receiver.start()
+        self.feed.start()
 
     def begin_stop(self, timeout: float) -> None:
         """Set the drain deadline: from now on nothing waits past it."""
         self.drain.begin(timeout)
 
     def stop_reading(self) -> None:
-        for receiver in self.receivers:
-            receiver.shutdown(max(1.0, self.drain.left()))
+        self.feed.stop_reading(self.drain.left())
 
     def finish(self, timeout: float) -> bool:
         """Deliver what was read within the drain deadline, checkpoint, close. True if
         everything read was acknowledged."""
-        drained = self.worker.shutdown(timeout)
+        drained = self.feed.finish(timeout)
         drained = self.sender.stop() and drained
         try:
             with self.fence.committing():  # a leader that lost the lease leaves the file alone
@@ -162,60 +142,9 @@ class Destination:
 
     def flush(self, deadline: float) -> bool:
         """Deliver everything read so far, by ``deadline`` (monotonic)."""
-        if not self.worker.flush(max(0.0, deadline - time.monotonic())):
+        if not self.feed.worker.flush(max(0.0, deadline - time.monotonic())):
             return False
         return self.sender.wait_idle(deadline)
-
-    # -- the delivery worker's step ------------------------------------------------------
-
-    def _emit(self, envelope: Envelope) -> bool:
-        """Queue a frame for the delivery worker; False if there was no room within half a
-        second (the receiver tries again)."""
-        size = len(envelope.payload)
-        with self._room:
-            if self._queued_bytes and not self._room.wait_for(
-                lambda: self._queued_bytes + size <= QUEUE_BYTES or not self._queued_bytes, 0.5
-            ):
-                return False
-            self._queued_bytes += size
-            full = self._queued_bytes >= self.batch_cfg.max_bytes
-        if not self.worker.put(envelope, 0.5):
-            self._release(size)
-            return False
-        if full:
-            self.worker.wake()  # a batch's worth is waiting: no need to wait for the timer
-        return True
-
-    def _release(self, size: int) -> None:
-        with self._room:
-            self._queued_bytes -= size
-            self._room.notify_all()
-
-    def _export(self, batch: list[Envelope]) -> bool:
-        """Prepare a batch and hand it to the sender: preparing batch N+1 while batch N is
-        on the wire keeps the agent busy while the backend works.
-
-        The worker's batch is counted in frames, and a batch frame holds many measurements,
-        so a batch is handed on once it holds ``max_measurements``. A frame is never cut in
-        two: the checkpoint moves by whole frames, so a frame half delivered and journaled
-        before a crash would be delivered and journaled again after it, and reconciliation
-        would count its first half twice. A batch may so exceed ``max_measurements`` by less
-        than one frame (the SDK's ``max_batch_size``); the exporters cut requests to their
-        backends' limits whatever its size."""
-        if not batch:
-            return True
-        try:
-            limit = self.batch_cfg.max_measurements
-            p = Prepared()
-            for envelope in batch:
-                self.prepare.take(p, envelope)
-                if len(p.records) >= limit:
-                    if not self.sender.put(self.prepare.finish(p)):
-                        return False
-                    p = Prepared()
-            return not p.taken or self.sender.put(self.prepare.finish(p))
-        finally:
-            self._release(sum(len(e.payload) for e in batch))
 
     def describe(self) -> dict[str, Any]:
         """Where this destination keeps its state (for status and logs)."""

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -38,26 +38,32 @@ from meterkit._spool import FRAME_HEADER_SIZE, KIND_BATCH, KIND_CONTROL, KIND_ME
 from ..audit.journal import compress_uids
 from .control import control_problem
 from .destination import Destination
+from .feed import Feed
 from .prepare import journal_entry
-from .retire import readers_by_directory
+from .retire import tailers_by_directory
 
 logger = logging.getLogger("meterkit.agent")
 
 REASON = "retention_exceeded"
 
 
+class Host(Protocol):
+    """What the expiry needs of the agent (:class:`...agent.Agent`)."""
+
+    destinations: list[Destination]
+
+    def feeds(self) -> list[Feed]: ...
+
+    def readers(self, directory: Path) -> list[Destination]: ...
+
+    def _restart(self, old: Destination, between: Callable[[Destination], None]) -> None: ...
+
+
 class Expiry:
     """Looks every ``interval`` seconds for segments a lagging destination must give up."""
 
-    def __init__(
-        self,
-        destinations: Callable[[], Sequence[Destination]],
-        restart: Callable[[Destination, Callable[[Destination], None]], None],
-        retention_hours: float,
-        interval: float,
-    ) -> None:
-        self.destinations = destinations
-        self.restart = restart
+    def __init__(self, host: Host, retention_hours: float, interval: float) -> None:
+        self.host = host
         self.retention = retention_hours * 3600
         self.interval = interval
         self._stop = threading.Event()
@@ -84,22 +90,21 @@ class Expiry:
         destination has acknowledged and that has outlived the retention."""
         cutoff = time.time() - self.retention
         due: dict[str, tuple[Destination, dict[str, Path]]] = {}
-        for readers in readers_by_directory(self.destinations()).values():
+        for directory, tailers in tailers_by_directory(self.host.feeds()).items():
+            readers = self.host.readers(directory)
             if len(readers) < 2:
                 continue  # nobody else has it: retention never costs a sole destination
-            done = [{seg.key: seg.path for seg in tailer.retirable()} for _, tailer in readers]
-            had = {key: path for segs in done for key, path in segs.items()}
-            for key, path in had.items():
-                if not _older(path, cutoff):
+            read = {seg.key: seg for tailer in tailers for seg in tailer.read_through()}
+            for key, seg in read.items():
+                if not _older(seg.path, cutoff):
                     continue
-                # As far as the destinations that have it acknowledged it (its last frame).
-                end = max(d.checkpoint.get(key) for (d, _), segs in zip(readers, done, strict=True) if key in segs)
-                for (destination, _), segs in zip(readers, done, strict=True):
-                    if key not in segs and destination.checkpoint.get(key) < end:
-                        due.setdefault(destination.name, (destination, {}))[1][key] = path
+                have = [d for d in readers if d.checkpoint.get(key) >= seg.last_frame_end]
+                for destination in readers:
+                    if have and destination not in have:
+                        due.setdefault(destination.name, (destination, {}))[1][key] = seg.path
         for destination, segments in due.values():
             if not self._stop.is_set():
-                self.restart(destination, functools.partial(write_off, segments=segments))
+                self.host._restart(destination, functools.partial(write_off, segments=segments))
 
 
 def _older(path: Path, cutoff: float) -> bool:

@@ -62,6 +62,9 @@ class Prepared:
     digests: list[bytes] = field(default_factory=list)
     #: the frames taken in, in order, and how many of ``records`` each gave
     taken: list[Taken] = field(default_factory=list)
+    #: a delivery entry's account of the batch when nothing was refused (commit._summary),
+    #: kept for the next destination the batch was handed to
+    summary: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

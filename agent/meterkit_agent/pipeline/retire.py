@@ -13,37 +13,34 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from meterkit._guard import background_error
 from meterkit._spool import private_dir
 
 from ..lease import Fenced
 from ..receivers.spool import SpoolReceiver
+from .feed import Feed
 from .fence import Fence
 
-if TYPE_CHECKING:
-    from .destination import Destination
 
-
-def readers_by_directory(destinations: Sequence[Destination]) -> dict[Path, list[tuple[Destination, SpoolReceiver]]]:
-    """Each spool directory with every destination's tailer of it."""
-    readers: dict[Path, list[tuple[Destination, SpoolReceiver]]] = {}
-    for destination in destinations:
-        for tailer in destination.receivers:
-            readers.setdefault(tailer.directory, []).append((destination, tailer))
-    return readers
+def tailers_by_directory(feeds: Sequence[Feed]) -> dict[Path, list[SpoolReceiver]]:
+    """Each spool directory with every tailer of it (shared feeds' and destinations' own)."""
+    tailers: dict[Path, list[SpoolReceiver]] = {}
+    for feed in feeds:
+        for tailer in feed.receivers:
+            tailers.setdefault(tailer.directory, []).append(tailer)
+    return tailers
 
 
 class Retirer:
     def __init__(
         self,
-        destinations: Callable[[], Sequence[Destination]],
+        feeds: Callable[[], Sequence[Feed]],
         state_dir: Path,
         retain_hours: float,
         fence: Fence | None = None,
     ) -> None:
-        self.destinations = destinations
+        self.feeds = feeds
         self.fence = fence or Fence()
         self.state_dir = state_dir
         self.retain_hours = retain_hours
@@ -55,16 +52,17 @@ class Retirer:
         with self._lock:
             try:
                 with self.fence.committing():
-                    for readers in readers_by_directory(self.destinations()).values():
-                        self._retire(readers)
+                    for tailers in tailers_by_directory(self.feeds()).values():
+                        self._retire(tailers)
             except Fenced:
                 return
             if self.retain_hours > 0:
                 self._purge_retained()
 
-    def _retire(self, readers: list[tuple[Destination, SpoolReceiver]]) -> None:
-        """Retire the segments every reader of one directory has acknowledged."""
-        done = [{seg.key: seg for seg in tailer.retirable()} for _, tailer in readers]
+    def _retire(self, tailers: list[SpoolReceiver]) -> None:
+        """Retire the segments every tailer of one directory has acknowledged (each asks
+        its own feed: a shared feed's members, or a destination reading alone)."""
+        done = [{seg.key: seg for seg in tailer.retirable()} for tailer in tailers]
         for key in set(done[0]).intersection(*done[1:]):
             seg = done[0][key]
             try:
@@ -76,9 +74,11 @@ class Retirer:
             except OSError as exc:
                 background_error("segment retirement", exc)
                 continue
-            for (destination, tailer), segs in zip(readers, done, strict=True):
+            for tailer, segs in zip(tailers, done, strict=True):
                 tailer.forget(segs[key])
-                destination.checkpoint.forget(key)
+            for feed in self.feeds():
+                for member in feed.members:
+                    member.checkpoint.forget(key)
 
     def _purge_retained(self) -> None:
         folder = self.state_dir / "retained"

@@ -25,7 +25,9 @@ class Sender:
         self.commit = commit
         self.retire = retire
         self.drain = drain
-        self.inflight: queue.Queue[Prepared | None] = queue.Queue(maxsize=2)
+        # A few batches ahead: a shared feed hands the same batch to several senders, and
+        # one whose request takes a little longer should not hold the others back.
+        self.inflight: queue.Queue[Prepared | None] = queue.Queue(maxsize=4)
         self.abandoning = False
         self._thread = threading.Thread(target=self._run, name="meterkit-agent-sender", daemon=True)
 
@@ -41,6 +43,20 @@ class Sender:
                 return True
             except queue.Full:
                 if self.drain.out_of_time():
+                    return False
+
+    def offer(self, prepared: Prepared, timeout: float | None) -> bool:
+        """Queue a batch within ``timeout`` seconds (None: as :meth:`put`). False if it was
+        not queued: no room in time, or the drain deadline passed."""
+        if timeout is None:
+            return self.put(prepared)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.inflight.put(prepared, timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+                return True
+            except queue.Full:
+                if self.drain.out_of_time() or time.monotonic() >= deadline:
                     return False
 
     def stop(self) -> bool:

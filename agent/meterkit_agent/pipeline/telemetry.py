@@ -190,12 +190,12 @@ class AgentMetrics:
         self._bind()
         # Shared by every view: each destination adds its queue and its paused exporters.
         self._queues: dict[str, Callable[[], int]] = {"": queue_depth}
+        self._queue_attributes: dict[str, dict[str, str]] = {"": {}}
         self._paused: list[Callable[[], dict[str, int]]] = []
 
         def observe(_options: CallbackOptions) -> Sequence[Observation]:
             return [
-                Observation(depth(), {"destination": name} if name else {})
-                for name, depth in list(self._queues.items())
+                Observation(depth(), self._queue_attributes.get(name, {})) for name, depth in list(self._queues.items())
             ]
 
         meter.create_observable_gauge("meterkit.agent.queue_depth", callbacks=[observe], unit="{frame}")
@@ -216,11 +216,19 @@ class AgentMetrics:
     def for_destination(self, name: str, queue_depth: Callable[[], int]) -> AgentMetrics:
         """A view of these instruments whose every update says ``destination=name``, with
         ``queue_depth`` observed as that destination's queue."""
+        return self._view({"destination": name}, queue_depth)
+
+    def for_feed(self, name: str, queue_depth: Callable[[], int]) -> AgentMetrics:
+        """A view for a pipeline's shared feed (:mod:`.feed`): ``feed=name``."""
+        return self._view({"feed": name}, queue_depth)
+
+    def _view(self, attributes: dict[str, str], queue_depth: Callable[[], int]) -> AgentMetrics:
         view = copy.copy(self)
-        view._attributes = {"destination": name}
+        view._attributes = attributes
         view._bind()
         self._queues.pop("", None)  # the agent-wide queue is the destinations' queues now
-        self._queues[name] = queue_depth
+        self._queues[",".join(f"{k}={v}" for k, v in attributes.items())] = queue_depth
+        self._queue_attributes[",".join(f"{k}={v}" for k, v in attributes.items())] = attributes
         return view
 
     def observe_paused(self, paused: Callable[[], dict[str, int]]) -> None:

@@ -132,9 +132,13 @@ class SpoolReceiver:
         on_abandoned: Callable[[str, str], None] | None = None,
         new_segment_grace: float = NEW_SEGMENT_GRACE_SECONDS,
         empty_segment_timeout: float = EMPTY_SEGMENT_TIMEOUT_SECONDS,
+        start: Callable[[str], int] | None = None,
     ) -> None:
         self.directory = directory
         self.acknowledged = acknowledged  # segment key -> offset acknowledged up to
+        # segment key -> where to begin reading it: what was acknowledged, unless frames past
+        # that were handed on another way (a destination leaving a shared feed)
+        self.start_at = start or acknowledged
         self.emit = emit
         self.poll_interval = poll_interval
         self.on_corrupt = on_corrupt or (lambda _key, _n: None)
@@ -177,7 +181,7 @@ class SpoolReceiver:
             with self._lock:
                 seg = self._segments.get(key)
                 if seg is None:
-                    start = self.acknowledged(key)
+                    start = self.start_at(key)
                     seg = self._segments[key] = _Segment(path, key, start, last_frame_end=start)
             if seg.done:
                 continue
@@ -274,6 +278,11 @@ class SpoolReceiver:
         """Segments fully read and fully acknowledged."""
         with self._lock:
             return [s for s in self._segments.values() if s.done and self.acknowledged(s.key) >= s.last_frame_end]
+
+    def read_through(self) -> list[_Segment]:
+        """Segments read to their end (sealed, or their writer gone), acknowledged or not."""
+        with self._lock:
+            return [s for s in self._segments.values() if s.done]
 
     def forget(self, seg: _Segment) -> None:
         with self._lock:
