@@ -294,6 +294,10 @@ def redundancy_section(figures: dict[str, Any], ranges: Ranges) -> list[str]:
         f" the serialisation one destination needs"
         f" ({with_range(sd['serialisation_us'], ranges, (*path, 'serialisation_us'), ' µs')}: orjson with sorted"
         " keys, the request body, gzip level 1; one thread, measured alone)",
+        f"    what the second still does on its own, each measured alone: its commit (journal entry,"
+        f" checkpoint) {with_range(sd.get('own_commit_us'), ranges, (*path, 'own_commit_us'), ' µs')},"
+        f" its HTTP requests (requests, 1,000 a request)"
+        f" {with_range(sd.get('own_http_us'), ranges, (*path, 'own_http_us'), ' µs')}",
         f"    every sink exact (uids and sum): {sd['exact']}; sent again: {sd['resent']:,}",
     ]
     times, tpath = tk["times"], ("redundancy", "takeover", "times")
