@@ -47,7 +47,7 @@ from .config import AgentConfig
 from .lease import AgentRunning as AgentRunning
 from .lease import Lease
 from .lease import running_pid as running_pid
-from .paths import destination_dir
+from .paths import destination_dir, stranded_segments
 from .pipeline.checkpoint import Checkpoint
 from .pipeline.deadletters import REPLAY_SPOOL, DeadLetters
 from .pipeline.destination import Destination
@@ -264,6 +264,13 @@ class Agent:
             self.balances.start()
         self.expiry.start()
         startup_logger.info("%s", describe(self.config))
+        if stranded := stranded_segments([r.directory for f in self.feeds() for r in f.receivers]):
+            logger.warning(
+                "meterkit agent: %d segment(s) wait in %s, the default spool of SDKs before per-project state,"
+                " and no receiver reads it: add it as a spool receiver to deliver them",
+                stranded[1],
+                stranded[0],
+            )
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop reading, deliver what was read within ``timeout``, checkpoint, close.

@@ -4,6 +4,7 @@ so one project's agent, spool and ledger are found together and never mixed with
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -24,6 +25,27 @@ def default_ledger_path(project: Path | None = None) -> Path:
 
 def default_ledger_url(project: Path | None = None) -> str:
     return f"sqlite:///{default_ledger_path(project)}"
+
+
+def legacy_spool_dir() -> Path:
+    """``$XDG_STATE_HOME/meterkit/spool``: where SDKs before per-project state spooled by
+    default, one spool for every application of the user."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "meterkit" / "spool"
+
+
+def stranded_segments(read: list[Path]) -> tuple[Path, int] | None:
+    """The old shared default spool and how many segments wait in it, when it holds some
+    and no receiver in ``read`` tails it: measurements an older SDK wrote that nothing
+    would ever deliver."""
+    legacy = legacy_spool_dir()
+    if any(Path(d).resolve() == legacy.resolve() for d in read):
+        return None
+    try:
+        waiting = sum(1 for p in legacy.iterdir() if p.name.endswith(".mks"))
+    except OSError:
+        return None
+    return (legacy, waiting) if waiting else None
 
 
 #: Where an agent's destinations other than the first keep their state.

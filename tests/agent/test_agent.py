@@ -5,6 +5,7 @@ every bad one is in the dead-letter store with its reason, nothing else is missi
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 import sqlite3
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 import meterkit
@@ -346,3 +348,29 @@ def test_frames_validated_by_their_writer_under_the_same_catalog_are_not_validat
         for agent in (same, other):
             agent.dead_letters.close()
             agent.metrics.shutdown()
+
+
+def test_segments_left_in_the_old_shared_default_spool_are_named_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An SDK from before per-project state spooled to one user-wide directory; an agent
+    that reads only the new one says what waits there instead of leaving it undelivered."""
+    from meterkit_agent.agent import Agent
+    from meterkit_agent.config import simple_config
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state-home"))
+    old = tmp_path / "state-home" / "meterkit" / "spool"
+    produce(old, 3)
+    spool = tmp_path / "spool"
+    agent = Agent(simple_config(spool_dir=spool, state_dir=tmp_path / "a", ledger_db=f"sqlite:///{tmp_path / 'l.db'}"))
+    with caplog.at_level(logging.WARNING, logger="meterkit.agent"):
+        agent.start()
+        agent.stop(5)
+    assert f"1 segment(s) wait in {old}" in caplog.text
+
+    caplog.clear()
+    reads_it = Agent(simple_config(spool_dir=old, state_dir=tmp_path / "b", ledger_db=f"sqlite:///{tmp_path / 'l.db'}"))
+    with caplog.at_level(logging.WARNING, logger="meterkit.agent"):
+        reads_it.start()
+        reads_it.stop(5)
+    assert "wait in" not in caplog.text
