@@ -264,13 +264,7 @@ class Agent:
             self.balances.start()
         self.expiry.start()
         startup_logger.info("%s", describe(self.config))
-        if stranded := stranded_segments([r.directory for f in self.feeds() for r in f.receivers]):
-            logger.warning(
-                "meterkit agent: %d segment(s) wait in %s, the default spool of SDKs before per-project state,"
-                " and no receiver reads it: add it as a spool receiver to deliver them",
-                stranded[1],
-                stranded[0],
-            )
+        warn_stranded([r.directory for f in self.feeds() for r in f.receivers])
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop reading, deliver what was read within ``timeout``, checkpoint, close.
@@ -348,6 +342,18 @@ class Agent:
         deadline = time.monotonic() + timeout
         shared = all([f.worker.flush(max(0.0, deadline - time.monotonic())) for f in self.shared])
         return all([d.flush(deadline) for d in self.destinations]) and shared
+
+
+def warn_stranded(read: list[Path]) -> None:
+    """Name the segments an older SDK left in the user-wide default spool that no receiver
+    in ``read`` tails: nothing would ever deliver them."""
+    if stranded := stranded_segments(read):
+        logger.warning(
+            "meterkit agent: %d segment(s) wait in %s, the default spool of SDKs before per-project state,"
+            " and no receiver reads it: add it as a spool receiver to deliver them",
+            stranded[1],
+            stranded[0],
+        )
 
 
 def side_by_side(work: dict[str, Callable[[], bool]]) -> dict[str, bool]:
