@@ -59,7 +59,11 @@ def register(
 
     @app.get("/console/api/orgs", dependencies=auth)
     async def orgs() -> Response:
-        return _json({"orgs": await run_in_threadpool(ledger.orgs)})
+        """The organisations, and what this ledger was started with: the pages never ask
+        for what it cannot answer (bills and caps need ``--plans``, the privacy view
+        ``--catalog``), so a browser logs no failed request for them."""
+        has = {"plans": plans is not None and caps is not None, "catalog": catalog is not None}
+        return _json({"orgs": await run_in_threadpool(ledger.orgs), "has": has})
 
     @app.get("/organizations/{org_id}/console/accounts", dependencies=auth)
     async def accounts(

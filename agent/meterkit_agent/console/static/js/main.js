@@ -30,11 +30,13 @@ export function go(name, arg = "", params = {}) {
 }
 
 let rendering = 0;
+// What the ledger was started with (GET /console/api/orgs): pages skip what it cannot answer.
+let has = { plans: true, catalog: true };
 async function render() {
   const { name, arg, params } = route();
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === (name === "account" ? "accounts" : name)));
   const el = document.getElementById("page");
-  const ctx = { org: orgSelect.value, base: `/organizations/${encodeURIComponent(orgSelect.value)}`, month: periodInput.value, ...monthBounds(periodInput.value), go };
+  const ctx = { org: orgSelect.value, base: `/organizations/${encodeURIComponent(orgSelect.value)}`, month: periodInput.value, ...monthBounds(periodInput.value), go, has };
   const mine = ++rendering;
   el.dataset.state = "loading";
   el.innerHTML = `<p class="muted">Loading…</p>`;
@@ -53,7 +55,9 @@ async function render() {
 async function start() {
   const now = new Date();
   periodInput.value = sessionStorage.getItem("meterkit-console-month") || `${now.getUTCFullYear()}-${String(now.getUTCMonth() + 1).padStart(2, "0")}`;
-  const { orgs } = await api("/console/api/orgs");
+  const answer = await api("/console/api/orgs");
+  const { orgs } = answer;
+  has = answer.has || { plans: true, catalog: true };
   const wanted = new URLSearchParams(location.search).get("org") || sessionStorage.getItem("meterkit-console-org");
   orgSelect.innerHTML = orgs.map((o) => `<option${o === wanted ? " selected" : ""}>${esc(o)}</option>`).join("");
   orgSelect.onchange = () => { sessionStorage.setItem("meterkit-console-org", orgSelect.value); render(); };

@@ -64,7 +64,10 @@ async function usage(el, ctx, account, { meter, measure, bucket, groupBy }) {
     ${data.map((r) => `<tr><td>${esc(when(r.bucket))}</td>${groupBy ? `<td>${shown(r[groupBy])}</td>` : ""}<td class="num">${dec(r.value)}</td></tr>`).join("")}</table>`;
 }
 
+const NO_PLANS = "The ledger was started without --plans: no bills and no caps.";
+
 async function bill(el, ctx, account) {
+  if (!ctx.has.plans) return void (el.innerHTML = `<p class="muted">${esc(NO_PLANS)}</p>`);
   let bills;
   try {
     ({ bills } = await api(`${ctx.base}/bills`, { account, from: ctx.from, to: ctx.to }));
@@ -88,6 +91,7 @@ function bands(list) {
 }
 
 async function limits(el, ctx, account) {
+  if (!ctx.has.plans) return void (el.innerHTML = `<p class="muted">${esc(NO_PLANS)}</p>`);
   try {
     const answer = await api(`${ctx.base}/console/limits`, { account });
     const caps = answer.limits[account] || [];

@@ -86,6 +86,7 @@ export function capCells(caps) {
 
 async function limitsOf(ctx, names) {
   if (!names.length) return { by: {}, billed: [] };
+  if (!ctx.has.plans) return { by: {}, billed: null };
   try {
     const { limits, billed } = await api(`${ctx.base}/console/limits`, { account: names });
     return { by: Object.fromEntries(names.map((n) => [n, capCells(limits[n])])), billed };

@@ -10,6 +10,9 @@ const PROTECTION = {
 };
 
 export async function render(el, ctx) {
+  if (!ctx.has.catalog) {
+    return void (el.innerHTML = `<h1>Privacy</h1><p class="muted">The ledger was started without --catalog: no meters described, no report.</p>`);
+  }
   let report;
   try {
     report = await api(`${ctx.base}/console/privacy`);
