@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from .ledger import secret_option
-from .output import StateDir, fail, print_json, state_dir_or_default
+from .output import LedgerOrg, LedgerToken, LedgerTokenFile, StateDir, fail, print_json, state_dir_or_default
 
 audit_app = typer.Typer(
     help="The audit journal: verify it against the backend's anchor, trace a measurement, list corrections.",
@@ -33,14 +33,9 @@ def audit_verify(
     ledger_db: Annotated[
         str | None, typer.Option("--db", "--ledger-db", help="ledger database holding the anchor")
     ] = None,
-    org: Annotated[str, typer.Option("--org", help="the organisation id in the ledger")] = "default",
-    token: Annotated[
-        str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="prefer --token-file")
-    ] = None,
-    token_file: Annotated[
-        Path | None,
-        typer.Option("--token-file", envvar="METERKIT_LEDGER_TOKEN_FILE", help="the ledger's bearer token (mode 600)"),
-    ] = None,
+    org: LedgerOrg = "default",
+    token: LedgerToken = None,
+    token_file: LedgerTokenFile = None,
 ) -> None:
     """Walk the chain (keyed entries with journal.key) and check it against the anchor the
     backend keeps: names the first edited, removed or reordered entry, a cut end, a rewrite."""

@@ -34,7 +34,7 @@ from .correcting import (
     live_version,
     resolve,
 )
-from .output import fail, print_json
+from .output import LedgerOrg, fail, print_json
 
 LOAD = "load"
 #: JSON lines have no header: a ``--key`` none of the first this many rows holds is misspelled.
@@ -226,7 +226,7 @@ def revert(
     batch: Annotated[str, typer.Argument(help="the batch id `meterkit backfill` printed")],
     reason: Annotated[str, typer.Option("--reason", help="why (required): the audit journal keeps it")],
     ledger: Annotated[str, typer.Option("--url", "--ledger", help="ledger base URL: lists the batch's measurements")],
-    org: Annotated[str, typer.Option("--org", help="the organisation id in the ledger")] = "default",
+    org: LedgerOrg = "default",
     spool_dir: Annotated[Path | None, typer.Option("--spool-dir", help="default: METERKIT_SPOOL_DIR")] = None,
     catalog: Annotated[Path | None, typer.Option("--catalog", help="meters.yaml to validate against")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="count what would be reversed; write nothing")] = False,

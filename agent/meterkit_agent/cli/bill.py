@@ -17,14 +17,13 @@ before the subcommand).
 from __future__ import annotations
 
 from decimal import Decimal
-from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
 
 from .ledger import answer_message, secret_option
-from .output import fail
+from .output import LedgerOrg, LedgerToken, LedgerTokenFile, fail
 
 #: the columns of a bill's table, and which of them hold numbers (aligned right)
 _COLUMNS = ("kind", "description", "quantity", "units", "amount")
@@ -51,14 +50,9 @@ def bill_cmd(
     url: Annotated[
         str, typer.Option("--url", "--ledger", help="ledger base URL (started with --plans)")
     ] = "http://127.0.0.1:8765",
-    org: Annotated[str, typer.Option("--org", help="the organisation id in the ledger")] = "default",
-    token: Annotated[
-        str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="prefer --token-file")
-    ] = None,
-    token_file: Annotated[
-        Path | None,
-        typer.Option("--token-file", envvar="METERKIT_LEDGER_TOKEN_FILE", help="the ledger's bearer token (mode 600)"),
-    ] = None,
+    org: LedgerOrg = "default",
+    token: LedgerToken = None,
+    token_file: LedgerTokenFile = None,
     as_json: Annotated[bool, typer.Option("--json", help="the ledger's answer: amounts as decimal strings")] = False,
 ) -> None:
     """Show the bills of an account for every bill period that intersects [--from, --to)

@@ -57,7 +57,7 @@ from .correcting import (
     spool_lock,
     spooled_corrections,
 )
-from .output import fail, print_json, print_table
+from .output import LedgerOrg, fail, print_json, print_table
 
 _INT = re.compile(r"[+-]?[0-9]+\Z")
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
@@ -195,7 +195,7 @@ def correct_cmd(
     ledger: Annotated[
         str | None, typer.Option("--url", "--ledger", help="ledger base URL to read the measurement from")
     ] = None,
-    org: Annotated[str, typer.Option("--org", help="the organisation id in the ledger")] = "default",
+    org: LedgerOrg = "default",
     original: Annotated[
         Path | None, typer.Option("--original", help="the measurement as JSON, for a backend without read-back")
     ] = None,

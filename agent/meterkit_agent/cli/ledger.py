@@ -44,7 +44,7 @@ import typer
 import meterkit
 
 from ..credentials import SecretFileError, command_line_warning, read_secret_file, redact_logs, secret_values
-from .output import fail, print_table
+from .output import LedgerOrg, fail, print_table
 
 #: How ``ledger serve`` hands its options to its worker processes (inherited environment).
 _WORKER_OPTIONS = "METERKIT_LEDGER_WORKER_OPTIONS"
@@ -237,7 +237,7 @@ def usage(
     ctx: typer.Context,
     meter: Annotated[str, typer.Option("--meter", help="the meter's code")],
     url: Annotated[str, typer.Option("--url", help="ledger base URL")] = "http://127.0.0.1:8765",
-    org: Annotated[str, typer.Option("--org", help="the organisation id in the ledger")] = "default",
+    org: LedgerOrg = "default",
     account: Annotated[str | None, typer.Option("--account", help="one account only (default: every account)")] = None,
     start: Annotated[
         str | None, typer.Option("--from", help="inclusive: 2026-11-01T00:00:00Z, ...+01:00, or 2026-11-01 (UTC)")

@@ -4,14 +4,13 @@ stands. Read from the ledger's ``GET /organizations/{org}/notifications``."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
 
 from .ledger import secret_option
-from .output import fail, print_table
+from .output import LedgerOrg, LedgerToken, LedgerTokenFile, fail, print_table
 
 notifications_app = typer.Typer(help="Threshold, drop and spike notifications recorded by a ledger.")
 
@@ -24,14 +23,9 @@ def list_cmd(
         str | None, typer.Option("--since", help="recorded at or after: 2026-03-01 or 2026-03-01T08:00:00Z")
     ] = None,
     ledger: Annotated[str, typer.Option("--url", "--ledger", help="ledger base URL")] = "http://127.0.0.1:8765",
-    org: Annotated[str, typer.Option("--org", help="the organisation id in the ledger")] = "default",
-    token: Annotated[
-        str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="prefer --token-file")
-    ] = None,
-    token_file: Annotated[
-        Path | None,
-        typer.Option("--token-file", envvar="METERKIT_LEDGER_TOKEN_FILE", help="the ledger's bearer token (mode 600)"),
-    ] = None,
+    org: LedgerOrg = "default",
+    token: LedgerToken = None,
+    token_file: LedgerTokenFile = None,
     as_json: Annotated[bool, typer.Option("--json", help="the ledger's answer, as JSON")] = False,
 ) -> None:
     """List notifications as a table (or JSON): when, what, whose, and each delivery's

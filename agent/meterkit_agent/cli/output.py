@@ -13,6 +13,13 @@ import typer
 import meterkit
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="the agent's state directory")]
+# The options of every command that reads a ledger over its API, declared once.
+LedgerOrg = Annotated[str, typer.Option("--org", help="the organisation id in the ledger")]
+LedgerToken = Annotated[str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="prefer --token-file")]
+LedgerTokenFile = Annotated[
+    Path | None,
+    typer.Option("--token-file", envvar="METERKIT_LEDGER_TOKEN_FILE", help="the ledger's bearer token (mode 600)"),
+]
 DestinationOpt = Annotated[
     str | None,
     typer.Option(

@@ -9,7 +9,17 @@ from typing import Annotated, Any
 import typer
 
 from .ledger import secret_option
-from .output import DestinationOpt, StateDir, fail, print_json, print_table, state_dir_or_default
+from .output import (
+    DestinationOpt,
+    LedgerOrg,
+    LedgerToken,
+    LedgerTokenFile,
+    StateDir,
+    fail,
+    print_json,
+    print_table,
+    state_dir_or_default,
+)
 
 
 def backend_for(
@@ -87,14 +97,9 @@ def reconcile_cmd(
         str | None,
         typer.Option("--db", "--ledger-db", help="database URL of the embedded ledger (default: the project's)"),
     ] = None,
-    org: Annotated[str, typer.Option("--org", help="the organisation id in the ledger")] = "default",
-    token: Annotated[
-        str | None, typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="prefer --token-file")
-    ] = None,
-    token_file: Annotated[
-        Path | None,
-        typer.Option("--token-file", envvar="METERKIT_LEDGER_TOKEN_FILE", help="the ledger's bearer token (mode 600)"),
-    ] = None,
+    org: LedgerOrg = "default",
+    token: LedgerToken = None,
+    token_file: LedgerTokenFile = None,
     spool_dir: Annotated[
         list[Path] | None,
         typer.Option(
