@@ -251,6 +251,8 @@ class Agent:
         held = lease or Lease.acquire(self.state_dir, standby=False)
         assert held is not None  # only a standby's wait returns None
         held.on_lost = self._on_lost
+        if held.lost is not None:  # lost while this agent was being built (paused, say)
+            self._on_lost(held.lost)
         self.fence.lease = held
         for destination in self.destinations:
             destination.fence.lease = held
