@@ -23,7 +23,7 @@ Collector configures what is not a pipeline component::
       extensions: [balances]
 
 An ``https://`` ledger's certificate is verified as the exporters verify theirs
-(``exporterhelper.TlsConfig``): ``tls: {ca_file: ...}`` for a private CA, ``cert_file`` and
+(``transport.TlsConfig``): ``tls: {ca_file: ...}`` for a private CA, ``cert_file`` and
 ``key_file`` for mutual TLS.
 """
 
@@ -50,7 +50,7 @@ from meterkit._permissions import is_shared
 from meterkit._spool import MAGIC, segments
 
 from .component import Settings
-from .exporters.exporterhelper import TlsConfig, session
+from .exporters.transport import TlsConfig, session
 from .instants import InstantError, iso, parse_instant
 
 logger = logging.getLogger("meterkit.agent")

@@ -1,5 +1,6 @@
 """Real parts: the ledger and the agent run as processes on 127.0.0.1, PostgreSQL as a
-real server, and a fault-injecting HTTP proxy sits between agent and ledger."""
+real server, and a fault-injecting HTTP proxy sits between agent and ledger. And ``http``:
+``responses`` over the exporters' transport adapter, for request shapes and retry rules."""
 
 from __future__ import annotations
 
@@ -18,10 +19,23 @@ from typing import Any
 
 import pytest
 import requests
+import responses
 
 from meterkit_agent.testing import PostgresUnavailable, postgres_server
 
 TOKEN = "test-token-4f9a"
+
+#: What the exporters' sessions send through (:class:`meterkit_agent.exporters.adapter.Adapter`):
+#: ``responses`` patches ``HTTPAdapter.send`` by default, which that adapter overrides.
+EXPORTER_TRANSPORT = "meterkit_agent.exporters.adapter.Adapter.send"
+
+
+@pytest.fixture
+def http() -> Iterator[responses.RequestsMock]:
+    """``responses`` for the exporters, the m3ter token exchange, Stripe and the balance
+    lookups: request shapes and retry rules. Delivery is proven against real servers."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False, target=EXPORTER_TRANSPORT) as mock:
+        yield mock
 
 
 #: A meter whose derived fields poison a record on demand: ``big`` passes 64 bits for

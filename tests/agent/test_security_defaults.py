@@ -29,7 +29,8 @@ from meterkit_agent.cli import app as cli_app
 from meterkit_agent.component import RetryLater
 from meterkit_agent.config import ConfigFileError, parse_config
 from meterkit_agent.credentials import REDACTOR, Redactor, SecretFileError, read_secret_file
-from meterkit_agent.exporters.exporterhelper import IngestExporter, RetryConfig, TlsConfig
+from meterkit_agent.exporters.exporterhelper import IngestExporter, RetryConfig
+from meterkit_agent.exporters.transport import TlsConfig
 from meterkit_agent.httpserver import is_loopback
 from meterkit_agent.ledger import Ledger
 from meterkit_agent.ledger.api import create_app

@@ -5,21 +5,15 @@ exporters that POST batches.
 The delivery rules are small pure functions with table-driven tests. What is retried and
 what is final is decided in :func:`classify`; nothing else in the agent decides it.
 Retried: 408, 429, every 5xx, connection errors and timeouts. Paused: 401, 403 and 404,
-which say the destination or its credentials are wrong, not the data; delivery keeps
+which say the destination or its credentials are wrong, not the data, and a redirect (the
+URL moved; :mod:`.transport` follows none); delivery keeps
 trying with backoff (and says so loudly) until the configuration is fixed, and nothing is
 dead-lettered for them. Final: any other 4xx, which isolates the bad measurements (from
 the backend's answer if it names them, else by splitting the batch) so the good ones are
 delivered and the bad ones are dead-lettered with the backend's reason.
 
-An exporter is called by one delivery thread at a time, so each keeps one
-``requests.Session`` (connection pooling) without sharing it across threads.
-
-TLS. Every session verifies the server's certificate, against the system's trusted CAs
-(``requests``' default; meterkit never turns verification off), or against ``tls.ca_file``
-when one is configured (a private CA), which then wins over ``REQUESTS_CA_BUNDLE`` in the
-environment. ``tls.cert_file`` and ``tls.key_file`` present a client certificate (mutual
-TLS). A certificate that does not verify is a connection error: retried, and logged with
-its reason, until the configuration or the server is fixed.
+An exporter is called by one delivery thread at a time, so each keeps one session
+(:mod:`.transport`: connection pooling, TLS) without sharing it across threads.
 
 Every ingest request carries the audit journal's head (``X-Meterkit-Journal`` and
 ``X-Meterkit-Journal-Head: <seq>:<hash>``) when the pipeline provides it through
@@ -43,25 +37,23 @@ from __future__ import annotations
 import email.utils
 import gzip
 import hashlib
+import threading
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import replace
 from itertools import accumulate, count
 from operator import add, itemgetter
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import orjson
 import requests
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from meterkit._corrections import EXTENSION_KEYS
 
 from ..component import Misconfigured, Rejected, RetryLater, Settings
-from ..credentials import private_key_problem
-
-USER_AGENT = "meterkit-agent/0.1"
+from .transport import TlsConfig, session
 
 Outcome = Literal["ok", "retry", "pause", "isolate"]
 
@@ -85,40 +77,6 @@ class RetryConfig(Settings):
     request_timeout_millis: int = Field(10_000, gt=0)
 
 
-class TlsConfig(Settings):
-    """How a session checks the server and shows itself: ``ca_file``, the CA bundle (PEM)
-    that signed the server's certificate (default: the system's); ``cert_file`` and
-    ``key_file``, a client certificate and its private key (PEM) for mutual TLS."""
-
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _files(self) -> TlsConfig:
-        if self.key_file is not None and self.cert_file is None:
-            raise ValueError("key_file needs cert_file (the client certificate it belongs to)")
-        for name in ("ca_file", "cert_file", "key_file"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name}: {path} is not a file")
-        if self.key_file is not None and (problem := private_key_problem(self.key_file)) is not None:
-            raise ValueError(f"key_file: {problem}")
-        return self
-
-    @property
-    def verify(self) -> str | bool:
-        """``requests``' ``verify``: the CA bundle's path, or True (the system's CAs)."""
-        return str(self.ca_file) if self.ca_file is not None else True
-
-    @property
-    def cert(self) -> str | tuple[str, str] | None:
-        """``requests``' ``cert``: the client certificate, with its key if in another file."""
-        if self.cert_file is None:
-            return None
-        return (str(self.cert_file), str(self.key_file)) if self.key_file is not None else str(self.cert_file)
-
-
 def classify(status: int) -> Outcome:
     """The retry predicate: what to do with an HTTP status."""
     if 200 <= status < 300:
@@ -129,7 +87,10 @@ def classify(status: int) -> Outcome:
         return "pause"
     if 400 <= status < 500:
         return "isolate"
-    return "retry"  # 1xx/3xx from an ingest endpoint: a proxy misbehaving; try again
+    if 300 <= status < 400:
+        return "pause"  # the URL moved: follow it in the configuration, not blindly (a POST
+        # answered 301/302 would be sent again as a GET, whose 200 would look delivered)
+    return "retry"  # 1xx from an ingest endpoint: a proxy misbehaving; try again
 
 
 def parse_retry_after(value: str | None, now: float | None = None, cap_seconds: float = 300.0) -> float | None:
@@ -172,9 +133,25 @@ class Serialised(list[dict[str, Any]]):
     def __init__(self, records: list[dict[str, Any]], encoded: list[bytes]) -> None:
         super().__init__(records)
         self.encoded = encoded
+        self._shared: dict[Hashable, Any] = {}
+        self._lock = threading.Lock()
+
+    def shared(self, key: Hashable, make: Callable[[], T]) -> T:
+        """``make()``, made once per ``key`` for this batch, whichever destination asks
+        first: the destinations a pipeline hands one batch to build the same requests from
+        it (:meth:`IngestExporter.requests_for`). One that asks while another makes it waits."""
+        with self._lock:
+            found = self._shared.get(key)
+            if found is None:
+                found = self._shared[key] = make()
+            return cast(T, found)
 
 
 Encoded = tuple[dict[str, Any], bytes]
+#: A request's body and the headers that say what it holds (``Idempotency-Key``,
+#: ``Content-Encoding``): the same for every exporter of a kind sending the same records.
+Encoding = tuple[bytes, dict[str, str]]
+T = TypeVar("T")
 
 
 def without_extensions(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
@@ -249,48 +226,6 @@ def request_body(chunk: list[Encoded]) -> bytes:
 _record, _data, _uid = itemgetter(0), itemgetter(1), itemgetter("uid")
 
 
-class _Session(requests.Session):
-    """A session that reads the environment's proxy and CA bundle settings once per URL.
-
-    ``requests`` reads them again on every request (every environment variable, twice:
-    about a quarter of a request's CPU); an exporter posts to one URL many times, and the
-    agent's environment does not change while it runs. What is kept is what ``requests``
-    itself worked out, for the same arguments and the same session settings.
-
-    A configured CA bundle (``tls.ca_file``) wins over ``REQUESTS_CA_BUNDLE`` and
-    ``CURL_CA_BUNDLE``, which ``requests`` would otherwise prefer to a session's own
-    ``verify`` (psf/requests#3829): the configuration names this destination's CA."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._environment: dict[tuple[Any, ...], dict[str, Any]] = {}
-
-    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
-        if isinstance(self.verify, str) and verify in (None, True):
-            verify = self.verify
-        if proxies or not self.trust_env:  # proxies given for this request: as requests does it
-            return super().merge_environment_settings(url, proxies, stream, verify, cert)
-        own = (self.stream, self.verify, self.cert, tuple(sorted(self.proxies.items())))
-        key = (url, stream, verify, cert, own)
-        settings = self._environment.get(key)
-        if settings is None:
-            if len(self._environment) > 64:
-                self._environment.clear()
-            settings = dict(super().merge_environment_settings(url, {}, stream, verify, cert))
-            self._environment[key] = settings
-        return {**settings, "proxies": dict(settings["proxies"])}
-
-
-def session(tls: TlsConfig | None = None, **headers: str) -> requests.Session:
-    """A pooled session that says who is calling, verifying certificates as ``tls`` says
-    (the system's CAs by default)."""
-    s = _Session()
-    s.headers.update({"User-Agent": USER_AGENT, **headers})
-    if tls is not None:
-        s.verify, s.cert = tls.verify, tls.cert
-    return s
-
-
 def short(exc: BaseException) -> str:
     text = str(exc)
     return text if len(text) <= 200 else text[:200] + "..."
@@ -341,17 +276,34 @@ class IngestExporter:
 
     def export(self, records: list[dict[str, Any]]) -> list[Rejected]:
         rejected: list[Rejected] = []
-        for chunk in chunks(records, self.max_count, self.max_bytes):
-            rejected.extend(self._deliver(chunk))
+        for chunk, encoding in self.requests_for(records):
+            rejected.extend(self._deliver(chunk, encoding))
         return rejected
 
-    def _post(self, chunk: list[Encoded]) -> requests.Response:
+    def requests_for(self, records: list[dict[str, Any]]) -> Iterable[tuple[list[Encoded], Encoding]]:
+        """``records`` cut into requests, each with its body (:meth:`encode`).
+
+        Every exporter of one kind and the same limits cuts and encodes a batch the same
+        way, so the requests of a batch the pipeline serialised (:class:`Serialised`, handed
+        to each destination of a pipeline) are built once, by whichever destination sends
+        first, and reused by the others: a second destination costs its own requests, not
+        a second serialisation."""
+        if not isinstance(records, Serialised):
+            return ((chunk, self.encode(chunk)) for chunk in chunks(records, self.max_count, self.max_bytes))
+        return records.shared(
+            (type(self).encode, self.max_count, self.max_bytes),
+            lambda: [(chunk, self.encode(chunk)) for chunk in chunks(records, self.max_count, self.max_bytes)],
+        )
+
+    def encode(self, chunk: list[Encoded]) -> Encoding:
+        """A request's body: ``{"measurements": [...]}``, gzipped (level 1: most of gzip's
+        saving on this JSON at a fraction of its cost), keyed by its uids."""
         body = gzip.compress(request_body(chunk), compresslevel=1)
-        headers = {
-            **self.headers(),
-            "Idempotency-Key": idempotency_key(map(_uid, map(_record, chunk))),
-            "Content-Encoding": "gzip",
-        }
+        return body, {"Idempotency-Key": idempotency_key(map(_uid, map(_record, chunk))), "Content-Encoding": "gzip"}
+
+    def _post(self, chunk: list[Encoded], encoding: Encoding | None = None) -> requests.Response:
+        body, described = encoding or self.encode(chunk)
+        headers = {**self.headers(), **described}
         head = self.journal_head() if self.journal_head is not None else None
         if head is not None:
             headers[JOURNAL_HEADER], headers[JOURNAL_HEAD_HEADER] = head
@@ -364,12 +316,12 @@ class IngestExporter:
     def _send(self, body: bytes, headers: dict[str, str]) -> requests.Response:
         self.requests_sent += 1
         try:
-            return self.session.post(self.url, data=body, headers=headers, timeout=self.timeout)
+            return self.session.post_bytes(self.url, body, headers, self.timeout)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise RetryLater(f"{type(exc).__name__}: {short(exc)}") from None
 
-    def _deliver(self, chunk: list[Encoded]) -> list[Rejected]:
-        response = self._post(chunk)
+    def _deliver(self, chunk: list[Encoded], encoding: Encoding | None = None) -> list[Rejected]:
+        response = self._post(chunk, encoding)
         self.last_answer = f"HTTP {response.status_code} {response.text[:200]}".rstrip()
         outcome = classify(response.status_code)
         if outcome == "ok":
@@ -379,7 +331,8 @@ class IngestExporter:
             raise RetryLater("401: token refreshed", 0.0)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if outcome == "pause":
-            raise Misconfigured(f"{self.name} ({self.url})", response.status_code, retry_after)
+            where = f"{self.name} ({self.url}{_redirect(response)})"
+            raise Misconfigured(where, response.status_code, retry_after)
         if outcome == "retry":
             raise RetryLater(f"HTTP {response.status_code}", retry_after)
         return self._isolate(chunk, response)
@@ -401,6 +354,11 @@ class IngestExporter:
 
     def shutdown(self) -> None:
         self.session.close()
+
+
+def _redirect(response: requests.Response) -> str:
+    location = response.headers.get("Location") if 300 <= response.status_code < 400 else None
+    return f", which redirects to {location[:200]}" if location else ""
 
 
 def _named_errors(response: requests.Response, size: int) -> dict[int, tuple[str, str]]:

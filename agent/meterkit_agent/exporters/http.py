@@ -11,7 +11,8 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 
 from ..component import Factory, Settings
-from .exporterhelper import IngestExporter, RetryConfig, TlsConfig
+from .exporterhelper import IngestExporter, RetryConfig
+from .transport import TlsConfig
 
 
 class HttpExporterConfig(Settings):

@@ -43,12 +43,12 @@ from ..component import Factory, Misconfigured, Rejected, RetryLater, Settings
 from .exporterhelper import (
     IngestExporter,
     RetryConfig,
-    TlsConfig,
     classify,
     parse_retry_after,
     restored,
     without_extensions,
 )
+from .transport import TlsConfig
 
 #: m3ter's production hosts, used when no ``base_url`` is configured.
 M3TER_API = "https://api.m3ter.com"

@@ -36,13 +36,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import requests
 from pydantic import Field, SecretStr
 
 from meterkit._model import CATEGORIES
 
 from ..component import Factory, Rejected, Settings
-from .exporterhelper import Encoded, IngestExporter, RetryConfig, TlsConfig, idempotency_key
+from .exporterhelper import Encoded, Encoding, IngestExporter, RetryConfig, idempotency_key
+from .transport import TlsConfig
 
 
 class OpenMeterExporterConfig(Settings):
@@ -83,9 +83,9 @@ class OpenMeterExporter(IngestExporter):
         rejected = super().export(events)
         return [Rejected(by_id.get(r.measurement["id"], r.measurement), r.reason, r.detail) for r in rejected]
 
-    def _post(self, chunk: list[Encoded]) -> requests.Response:
+    def encode(self, chunk: list[Encoded]) -> Encoding:
         body = b"[" + b",".join(data for _, data in chunk) + b"]"
-        return self._send(body, {"Idempotency-Key": idempotency_key(e["id"] for e, _ in chunk)})
+        return body, {"Idempotency-Key": idempotency_key(e["id"] for e, _ in chunk)}
 
 
 FACTORY = Factory(OpenMeterExporterConfig, OpenMeterExporter)

@@ -60,7 +60,8 @@ from meterkit._model import NUMERIC_CATEGORIES
 from meterkit._timefmt import wire_ts_ns
 
 from ..component import Factory, Misconfigured, Rejected, RetryLater, Settings
-from .exporterhelper import RetryConfig, TlsConfig, answer, classify, parse_retry_after, session, short
+from .exporterhelper import RetryConfig, answer, classify, parse_retry_after, short
+from .transport import TlsConfig, session
 
 STRIPE_MAX_AGE_SECONDS = 35 * 86_400
 #: The dead letter's reason for a reversal Stripe can no longer cancel.

@@ -189,15 +189,14 @@ def test_the_ingest_api_anchors_the_head_of_authorized_requests(tmp_path: Path) 
     assert bad.status_code == 400
 
 
-@responses.activate
-def test_an_ingest_exporter_carries_the_journal_head() -> None:
-    responses.post(URL, json={"result": "accepted"})
+def test_an_ingest_exporter_carries_the_journal_head(http: responses.RequestsMock) -> None:
+    http.post(URL, json={"result": "accepted"})
     exporter = HttpExporter("http", HttpExporterConfig(url=URL, retry=FAST))
     assert exporter.export([m("u1")]) == []
-    assert "X-Meterkit-Journal-Head" not in responses.calls[0].request.headers  # until the pipeline sets it
+    assert "X-Meterkit-Journal-Head" not in http.calls[0].request.headers  # until the pipeline sets it
     exporter.journal_head = lambda: ("12" * 16, f"7:{'b' * 64}")
     assert exporter.export([m("u2")]) == []
-    sent = responses.calls[1].request.headers
+    sent = http.calls[1].request.headers
     assert sent["X-Meterkit-Journal"] == "12" * 16 and sent["X-Meterkit-Journal-Head"] == f"7:{'b' * 64}"
 
 

@@ -68,24 +68,26 @@ def test_only_m3ters_own_hosts_are_spared_the_keys_they_do_not_know(base_url: st
     assert M3terExporter("m3ter", cfg)._send_extensions is sends
 
 
-@responses.activate
-def test_a_ledger_behind_the_m3ter_exporter_gets_corrections_and_batches_as_they_are() -> None:
-    responses.post(URL, json={"result": "accepted"})
+def test_a_ledger_behind_the_m3ter_exporter_gets_corrections_and_batches_as_they_are(
+    http: responses.RequestsMock,
+) -> None:
+    http.post(URL, json={"result": "accepted"})
     records = [dict(REVERSAL), dict(REPLACEMENT), dict(BACKFILLED)]
     assert m3ter(send_extensions=None).export(records) == []
-    assert body_of(responses.calls[0])["measurements"] == [REVERSAL, REPLACEMENT, BACKFILLED]
+    assert body_of(http.calls[0])["measurements"] == [REVERSAL, REPLACEMENT, BACKFILLED]
 
 
 # -- m3ter ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", [list, serialised], ids=["records", "serialised"])
-@responses.activate
-def test_m3ter_gets_the_reversal_as_negative_usage_at_the_original_time_then_the_replacement(shape: Any) -> None:
-    responses.post(URL, json={"result": "accepted"})
+def test_m3ter_gets_the_reversal_as_negative_usage_at_the_original_time_then_the_replacement(
+    shape: Any, http: responses.RequestsMock
+) -> None:
+    http.post(URL, json={"result": "accepted"})
     records = [dict(REVERSAL), dict(REPLACEMENT), dict(BACKFILLED)]
     assert m3ter().export(shape(records)) == []
-    call = responses.calls[0]
+    call = http.calls[0]
     sent = body_of(call)["measurements"]
     assert sent == [bare(REVERSAL), bare(REPLACEMENT), bare(BACKFILLED)]  # in order, unknown keys stripped
     assert sent[0]["uid"] == reversal_uid(ORIGINAL["uid"]) and sent[1]["uid"] == replacement_uid(ORIGINAL["uid"])
@@ -101,19 +103,18 @@ def test_m3ter_gets_the_reversal_as_negative_usage_at_the_original_time_then_the
     assert records[2]["batch"] == "backfill-2026-01"
 
 
-@responses.activate
-def test_m3ter_dead_letter_names_the_pipelines_record_with_its_correction() -> None:
+def test_m3ter_dead_letter_names_the_pipelines_record_with_its_correction(http: responses.RequestsMock) -> None:
     """The ledger-style answer names index 1 (the reversal) as bad: the dead letter is the
     pipeline's own record (matched by identity), correction included; the rest is delivered."""
-    responses.post(URL, status=400, json={"errors": [{"index": 1, "reason": "bad_correction"}]})
-    responses.post(URL, json={"result": "accepted"})
+    http.post(URL, status=400, json={"errors": [{"index": 1, "reason": "bad_correction"}]})
+    http.post(URL, json={"result": "accepted"})
     records = serialised([dict(ORIGINAL), dict(REVERSAL), dict(BACKFILLED)])
     rejected = m3ter().export(records)
     assert [(r.measurement["uid"], r.reason) for r in rejected] == [
         (REVERSAL["uid"], "rejected_by_backend:bad_correction")
     ]
     assert rejected[0].measurement is records[1]
-    assert body_of(responses.calls[1])["measurements"] == [bare(ORIGINAL), bare(BACKFILLED)]
+    assert body_of(http.calls[1])["measurements"] == [bare(ORIGINAL), bare(BACKFILLED)]
 
 
 def test_without_extensions_leaves_a_plain_batch_and_its_bytes_alone() -> None:
@@ -133,15 +134,14 @@ def test_without_extensions_leaves_a_plain_batch_and_its_bytes_alone() -> None:
 OM_URL = "http://openmeter.test/api/v1/events"
 
 
-@responses.activate
-def test_openmeter_gets_the_reversal_as_a_negated_event_at_the_original_time() -> None:
-    responses.post(OM_URL, status=204)
+def test_openmeter_gets_the_reversal_as_a_negated_event_at_the_original_time(http: responses.RequestsMock) -> None:
+    http.post(OM_URL, status=204)
     exporter = OpenMeterExporter(
         "openmeter",
         OpenMeterExporterConfig(base_url="http://openmeter.test", source="service-0", types={"api_calls": "request"}),
     )
     assert exporter.export([ORIGINAL, REVERSAL, REPLACEMENT, BACKFILLED]) == []
-    events = json.loads(responses.calls[0].request.body)
+    events = json.loads(http.calls[0].request.body)
     common = {"specversion": "1.0", "source": "service-0", "type": "request", "subject": "customer-1"}
     assert events == [
         {
@@ -207,12 +207,13 @@ def test_the_ledger_exporter_dead_letters_a_reversal_the_ledger_refuses_alone(tm
         exporter.shutdown()
 
 
-@responses.activate
-def test_the_http_exporter_sends_corrections_and_batches_as_the_pipeline_encoded_them() -> None:
-    responses.post(URL, json={})
+def test_the_http_exporter_sends_corrections_and_batches_as_the_pipeline_encoded_them(
+    http: responses.RequestsMock,
+) -> None:
+    http.post(URL, json={})
     records = serialised([dict(REVERSAL), dict(REPLACEMENT), dict(BACKFILLED)])
     assert HttpExporter("http", HttpExporterConfig(url=URL, retry=FAST)).export(records) == []
-    assert body_of(responses.calls[0]) == {"measurements": [REVERSAL, REPLACEMENT, BACKFILLED]}
+    assert body_of(http.calls[0]) == {"measurements": [REVERSAL, REPLACEMENT, BACKFILLED]}
 
 
 def test_the_file_exporter_writes_corrections_and_batches(tmp_path: Path) -> None:

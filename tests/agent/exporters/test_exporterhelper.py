@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 from typing import Any
 
 import orjson
 import pytest
-import requests
 import responses
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,13 +18,14 @@ from pydantic import SecretStr
 from meterkit_agent.component import Misconfigured, RetryLater
 from meterkit_agent.exporters.exporterhelper import (
     Encoded,
+    Encoding,
+    IngestExporter,
     Serialised,
     chunks,
     classify,
     idempotency_key,
     parse_retry_after,
     request_body,
-    session,
 )
 from meterkit_agent.exporters.http import HttpExporter, HttpExporterConfig
 from tests.agent.exporters.helpers import FAST, URL, body_of, m
@@ -49,7 +50,10 @@ from tests.agent.exporters.helpers import FAST, URL, body_of, m
         (409, "isolate"),
         (413, "isolate"),
         (422, "isolate"),
-        (302, "retry"),
+        (301, "pause"),  # the URL moved: never followed blindly (a POST would become a GET)
+        (302, "pause"),
+        (308, "pause"),
+        (101, "retry"),
     ],
 )
 def test_retry_predicate(status: int, outcome: str) -> None:
@@ -82,51 +86,47 @@ def test_chunks_respect_count_and_bytes() -> None:
     assert orjson.loads(request_body(out[0])) == {"measurements": [r for r, _ in out[0]]}
 
 
-@responses.activate
-def test_transient_answers_raise_retry_later_with_retry_after() -> None:
-    responses.post(URL, status=429, headers={"Retry-After": "3"})
+def test_transient_answers_raise_retry_later_with_retry_after(http: responses.RequestsMock) -> None:
+    http.post(URL, status=429, headers={"Retry-After": "3"})
     exporter = HttpExporter("http", HttpExporterConfig(url=URL, retry=FAST))
     with pytest.raises(RetryLater) as info:
         exporter.export([m("1")])
     assert info.value.retry_after == 3.0
 
 
-@responses.activate
-def test_bad_records_named_by_the_backend_are_isolated() -> None:
-    responses.post(URL, status=400, json={"errors": [{"index": 1, "reason": "wrong_type"}]})
-    responses.post(URL, json={"result": "accepted"})
+def test_bad_records_named_by_the_backend_are_isolated(http: responses.RequestsMock) -> None:
+    http.post(URL, status=400, json={"errors": [{"index": 1, "reason": "wrong_type"}]})
+    http.post(URL, json={"result": "accepted"})
     exporter = HttpExporter("http", HttpExporterConfig(url=URL, headers={"X-Api-Key": SecretStr("k")}, retry=FAST))
     rejected = exporter.export([m("1"), m("2"), m("3")])
     assert [(r.measurement["uid"], r.reason) for r in rejected] == [("2", "rejected_by_backend:wrong_type")]
-    assert [x["uid"] for x in body_of(responses.calls[1])["measurements"]] == ["1", "3"]
-    assert responses.calls[0].request.headers["X-Api-Key"] == "k"
+    assert [x["uid"] for x in body_of(http.calls[1])["measurements"]] == ["1", "3"]
+    assert http.calls[0].request.headers["X-Api-Key"] == "k"
 
 
-@responses.activate
-def test_unnamed_bad_records_are_isolated_by_splitting() -> None:
+def test_unnamed_bad_records_are_isolated_by_splitting(http: responses.RequestsMock) -> None:
     def callback(request: Any) -> tuple[int, dict[str, str], str]:
         uids = [x["uid"] for x in json.loads(gzip.decompress(request.body))["measurements"]]
         return (422, {}, "bad record in here") if "3" in uids else (200, {}, "{}")
 
-    responses.add_callback(responses.POST, URL, callback=callback)
+    http.add_callback(responses.POST, URL, callback=callback)
     exporter = HttpExporter("http", HttpExporterConfig(url=URL, retry=FAST))
     rejected = exporter.export([m(str(i)) for i in range(8)])
     assert [r.measurement["uid"] for r in rejected] == ["3"]
     assert rejected[0].detail == "HTTP 422: bad record in here"
-    delivered = [x["uid"] for c in responses.calls if c.response.status_code == 200 for x in body_of(c)["measurements"]]
+    delivered = [x["uid"] for c in http.calls if c.response.status_code == 200 for x in body_of(c)["measurements"]]
     assert sorted(delivered) == [str(i) for i in range(8) if i != 3]
 
 
-@responses.activate
 @pytest.mark.parametrize("status", [401, 403, 404])
-def test_wrong_url_or_credentials_pause_and_dead_letter_nothing(status: int) -> None:
-    responses.post(URL, status=status, json={"message": "no"})
+def test_wrong_url_or_credentials_pause_and_dead_letter_nothing(status: int, http: responses.RequestsMock) -> None:
+    http.post(URL, status=status, json={"message": "no"})
     exporter = HttpExporter("http", HttpExporterConfig(url=URL, retry=FAST))
     with pytest.raises(Misconfigured) as info:
         exporter.export([m("1"), m("2")])
     assert info.value.status == status and isinstance(info.value, RetryLater)
     assert "http" in str(info.value) and URL in str(info.value)
-    assert len(responses.calls) == 1  # no splitting of the batch to find a "bad" record
+    assert len(http.calls) == 1  # no splitting of the batch to find a "bad" record
 
 
 def _greedy_chunks(records: list[dict[str, Any]], max_count: int, max_bytes: int) -> list[list[Encoded]]:
@@ -159,21 +159,42 @@ def test_chunks_cut_where_the_record_by_record_rule_cuts(
     assert list(chunks(given_records, max_count, max_bytes)) == _greedy_chunks(records, max_count, max_bytes)
 
 
-def test_a_session_reads_the_environment_as_requests_does(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/bundle.pem")
-    ours, theirs = session(), requests.Session()
-    for url in (
-        "https://api.example.invalid/ingest",
-        "http://127.0.0.1:9/ingest",
-        "https://api.example.invalid/ingest",
-    ):
-        for args in (({}, None, None, None), ({"https": "http://other.invalid:1"}, None, False, None)):
-            got = ours.merge_environment_settings(url, dict(args[0]), *args[1:])
-            assert got == theirs.merge_environment_settings(url, dict(args[0]), *args[1:])
-            got["proxies"]["https"] = "changed by a caller"  # not kept for the next request
-    assert ours.merge_environment_settings("https://api.example.invalid/ingest", {}, None, None, None)["proxies"] == {
-        "https": "http://proxy.invalid:3128",
-        "no": "127.0.0.1",
-    }
+def test_destinations_handed_one_batch_share_its_request_bodies(
+    monkeypatch: pytest.MonkeyPatch, http: responses.RequestsMock
+) -> None:
+    """Exporters of one kind and the same limits build a serialised batch's requests once,
+    whichever asks first, also when they ask at the same moment; other limits, another
+    kind (its own body) or a plain list get requests of their own."""
+    http.post(URL, json={})
+    made: list[int] = []
+    encode = IngestExporter.encode
+
+    def counting(self: IngestExporter, chunk: list[Encoded]) -> Encoding:
+        made.append(len(chunk))
+        return encode(self, chunk)
+
+    monkeypatch.setattr(IngestExporter, "encode", counting)
+    records = [m(str(i)) for i in range(5)]
+    batch = Serialised(records, [orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in records])
+    exporters = [HttpExporter(f"http/{i}", HttpExporterConfig(url=URL, retry=FAST)) for i in range(3)]
+    for e in exporters:
+        e.max_count = 2
+    start = threading.Barrier(3)
+
+    def send(e: HttpExporter) -> None:
+        start.wait()
+        assert e.export(batch) == []
+
+    threads = [threading.Thread(target=send, args=(e,)) for e in exporters]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert made == [2, 2, 1]  # three requests' bodies, made once for three exporters
+    assert len(http.calls) == 9 and len({id(c.request.body) for c in http.calls}) == 3  # the same bytes
+    sent = sorted(r["uid"] for c in http.calls for r in body_of(c)["measurements"])
+    assert sent == sorted([str(i) for i in range(5)] * 3)
+
+    other = HttpExporter("http/other", HttpExporterConfig(url=URL, retry=FAST))  # max_count 1000: one request
+    assert other.export(batch) == [] and made == [2, 2, 1, 5]
+    assert exporters[0].export(list(records)) == [] and made == [2, 2, 1, 5, 2, 2, 1]

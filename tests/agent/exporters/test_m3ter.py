@@ -17,14 +17,13 @@ from meterkit_agent.exporters.m3ter import M3terExporter, M3terExporterConfig
 from tests.agent.exporters.helpers import FAST, URL, body_of, m
 
 
-@responses.activate
-def test_m3ter_request_shape_with_bearer_token() -> None:
-    responses.post(URL, json={"result": "accepted"})
+def test_m3ter_request_shape_with_bearer_token(http: responses.RequestsMock) -> None:
+    http.post(URL, json={"result": "accepted"})
     exporter = M3terExporter(
         "m3ter", M3terExporterConfig(base_url="http://backend.test", org_id="o1", token=SecretStr("t0k"), retry=FAST)
     )
     assert exporter.export([m("1"), m("2")]) == []
-    call = responses.calls[0]
+    call = http.calls[0]
     assert call.request.headers["Authorization"] == "Bearer t0k"
     assert call.request.headers["Content-Encoding"] == "gzip"
     assert call.request.headers["Idempotency-Key"] == idempotency_key(["1", "2"])
@@ -40,18 +39,17 @@ def client_credentials_exporter() -> M3terExporter:
     )
 
 
-@responses.activate
-def test_m3ter_client_credentials_exchange_and_refresh_on_401() -> None:
-    token = responses.post("http://backend.test/oauth/token", json={"access_token": "first", "expires_in": 3600})
-    responses.post(URL, status=401)
-    responses.post(URL, json={"result": "accepted"})
+def test_m3ter_client_credentials_exchange_and_refresh_on_401(http: responses.RequestsMock) -> None:
+    token = http.post("http://backend.test/oauth/token", json={"access_token": "first", "expires_in": 3600})
+    http.post(URL, status=401)
+    http.post(URL, json={"result": "accepted"})
     exporter = client_credentials_exporter()
     with pytest.raises(RetryLater, match="token refreshed"):
         exporter.export([m("1")])
     assert exporter.export([m("1")]) == []
     assert token.call_count == 2  # refreshed after the 401
-    assert responses.calls[0].request.headers["Authorization"].startswith("Basic ")
-    keys = {c.request.headers.get("Idempotency-Key") for c in responses.calls if c.request.url == URL}
+    assert http.calls[0].request.headers["Authorization"].startswith("Basic ")
+    keys = {c.request.headers.get("Idempotency-Key") for c in http.calls if c.request.url == URL}
     assert keys == {idempotency_key(["1"])}  # the retry carries the same key
 
 
@@ -64,19 +62,19 @@ def credentials(base_url: str | None) -> M3terExporterConfig:
     )
 
 
-@responses.activate
-def test_m3ter_by_default_posts_to_the_ingest_host_and_gets_tokens_from_the_api_host() -> None:
-    token = responses.post("https://api.m3ter.com/oauth/token", json=TOKEN_ANSWER)
-    ingest = responses.post("https://ingest.m3ter.com/organizations/o1/measurements", json={"result": "accepted"})
+def test_m3ter_by_default_posts_to_the_ingest_host_and_gets_tokens_from_the_api_host(
+    http: responses.RequestsMock,
+) -> None:
+    token = http.post("https://api.m3ter.com/oauth/token", json=TOKEN_ANSWER)
+    ingest = http.post("https://ingest.m3ter.com/organizations/o1/measurements", json={"result": "accepted"})
     assert M3terExporter("m3ter", credentials(None)).export([m("1")]) == []
     assert token.call_count == 1 and ingest.call_count == 1
     assert ingest.calls[0].request.headers["Authorization"] == "Bearer tok"
 
 
-@responses.activate
-def test_m3ter_a_base_url_replaces_both_hosts() -> None:
-    token = responses.post("https://m3ter.staging.test/oauth/token", json=TOKEN_ANSWER)
-    ingest = responses.post("https://m3ter.staging.test/organizations/o1/measurements", json={"result": "accepted"})
+def test_m3ter_a_base_url_replaces_both_hosts(http: responses.RequestsMock) -> None:
+    token = http.post("https://m3ter.staging.test/oauth/token", json=TOKEN_ANSWER)
+    ingest = http.post("https://m3ter.staging.test/organizations/o1/measurements", json={"result": "accepted"})
     assert M3terExporter("m3ter", credentials("https://m3ter.staging.test/")).export([m("1")]) == []
     assert token.call_count == 1 and ingest.call_count == 1
 
@@ -121,20 +119,22 @@ def official_client_calls(base_url: str | None) -> list[str]:
         "https://api.staging-org.m3ter.test",  # a staging organisation
     ],
 )
-@responses.activate
-def test_m3ter_calls_the_urls_the_official_client_calls(base_url: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_m3ter_calls_the_urls_the_official_client_calls(
+    base_url: str | None, monkeypatch: pytest.MonkeyPatch, http: responses.RequestsMock
+) -> None:
     for var in ("M3TER_BASE_URL", "M3TER_API_TOKEN"):  # the official client reads them when not given
         monkeypatch.delenv(var, raising=False)
     expected = official_client_calls(base_url)
-    responses.post(re.compile(r".*"), json={**TOKEN_ANSWER, "result": "accepted"})
+    http.post(re.compile(r".*"), json={**TOKEN_ANSWER, "result": "accepted"})
     assert M3terExporter("m3ter", credentials(base_url)).export([m("1")]) == []
-    assert [c.request.url for c in responses.calls] == expected
+    assert [c.request.url for c in http.calls] == expected
 
 
-@responses.activate
-def test_m3ter_a_second_401_with_a_fresh_token_pauses_instead_of_refreshing_forever() -> None:
-    token = responses.post("http://backend.test/oauth/token", json={"access_token": "t", "expires_in": 3600})
-    responses.post(URL, status=401)
+def test_m3ter_a_second_401_with_a_fresh_token_pauses_instead_of_refreshing_forever(
+    http: responses.RequestsMock,
+) -> None:
+    token = http.post("http://backend.test/oauth/token", json={"access_token": "t", "expires_in": 3600})
+    http.post(URL, status=401)
     exporter = client_credentials_exporter()
     with pytest.raises(RetryLater, match="token refreshed"):
         exporter.export([m("1")])
@@ -143,9 +143,8 @@ def test_m3ter_a_second_401_with_a_fresh_token_pauses_instead_of_refreshing_fore
     assert info.value.status == 401 and token.call_count == 2
 
 
-@responses.activate
-def test_m3ter_a_refused_client_secret_pauses() -> None:
-    responses.post("http://backend.test/oauth/token", status=401, json={"error": "invalid_client"})
+def test_m3ter_a_refused_client_secret_pauses(http: responses.RequestsMock) -> None:
+    http.post("http://backend.test/oauth/token", status=401, json={"error": "invalid_client"})
     exporter = client_credentials_exporter()
     with pytest.raises(Misconfigured, match="token exchange") as info:
         exporter.export([m("1")])

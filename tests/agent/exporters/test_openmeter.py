@@ -33,11 +33,10 @@ def openmeter() -> OpenMeterExporter:
     )
 
 
-@responses.activate
-def test_openmeter_cloudevents_batch_shape() -> None:
-    responses.post(OM_URL, status=204)
+def test_openmeter_cloudevents_batch_shape(http: responses.RequestsMock) -> None:
+    http.post(OM_URL, status=204)
     assert openmeter().export([m("00001"), m("00002")]) == []
-    call = responses.calls[0]
+    call = http.calls[0]
     assert call.request.headers["Content-Type"] == "application/cloudevents-batch+json"
     assert call.request.headers["Authorization"] == "Bearer om-token"
     events = json.loads(json_body(call))
@@ -60,9 +59,8 @@ def json_body(call: Any) -> bytes:
     return gzip.decompress(body) if call.request.headers.get("Content-Encoding") == "gzip" else body
 
 
-@responses.activate
-def test_openmeter_retries_and_isolates() -> None:
-    responses.post(OM_URL, status=503)
+def test_openmeter_retries_and_isolates(http: responses.RequestsMock) -> None:
+    http.post(OM_URL, status=503)
     with pytest.raises(RetryLater):
         openmeter().export([m("1")])
 
@@ -70,7 +68,7 @@ def test_openmeter_retries_and_isolates() -> None:
         ids = [e["id"] for e in json.loads(json_body_raw(request))]
         return (400, {}, '{"title": "invalid event"}') if "bad" in ids else (204, {}, "")
 
-    responses.add_callback(responses.POST, OM_URL, callback=callback)
+    http.add_callback(responses.POST, OM_URL, callback=callback)
     rejected = openmeter().export([m("1"), m("bad"), m("3")])
     assert [(r.measurement["uid"], r.reason) for r in rejected] == [("bad", "rejected_by_backend:http_400")]
     assert rejected[0].measurement["meter"] == "api_calls"  # the measurement, not the CloudEvent

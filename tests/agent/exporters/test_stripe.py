@@ -37,11 +37,10 @@ def stripe(rate: float = 1000) -> StripeMeterEventsExporter:
     )
 
 
-@responses.activate
-def test_stripe_meter_event_shape_and_idempotency() -> None:
-    responses.post(ST_URL, json={"object": "billing.meter_event"})
+def test_stripe_meter_event_shape_and_idempotency(http: responses.RequestsMock) -> None:
+    http.post(ST_URL, json={"object": "billing.meter_event"})
     assert stripe().export([m("identifier_123")]) == []
-    call = responses.calls[0]
+    call = http.calls[0]
     form = {k: v[0] for k, v in parse_qs(call.request.body).items()}
     # the fields of Stripe's documented example request
     assert form == {
@@ -55,17 +54,15 @@ def test_stripe_meter_event_shape_and_idempotency() -> None:
     assert call.request.headers["Idempotency-Key"] == "identifier_123"
 
 
-@responses.activate
-def test_stripe_rate_limit_answers_are_retried_with_retry_after() -> None:
-    responses.post(ST_URL, status=429, headers={"Retry-After": "2"})
+def test_stripe_rate_limit_answers_are_retried_with_retry_after(http: responses.RequestsMock) -> None:
+    http.post(ST_URL, status=429, headers={"Retry-After": "2"})
     with pytest.raises(RetryLater) as info:
         stripe().export([m("a")])
     assert info.value.retry_after == 2.0
 
 
-@responses.activate
-def test_stripe_refusals_and_unmappable_measurements_are_dead_lettered() -> None:
-    responses.post(ST_URL, status=400, json={"error": {"type": "invalid_request_error", "code": "resource_missing"}})
+def test_stripe_refusals_and_unmappable_measurements_are_dead_lettered(http: responses.RequestsMock) -> None:
+    http.post(ST_URL, status=400, json={"error": {"type": "invalid_request_error", "code": "resource_missing"}})
     old = iso_ms(int((time.time() - 40 * 86_400) * 1e9))
     rejected = stripe().export([m("x"), m("y", meter="other"), m("z", measure={"seconds": 1}), m("w", ts=old)])
     assert [(r.measurement["uid"], r.reason) for r in rejected] == [
@@ -74,7 +71,7 @@ def test_stripe_refusals_and_unmappable_measurements_are_dead_lettered() -> None
         ("z", "stripe:no_value"),
         ("w", "stripe:too_old"),
     ]
-    assert len(responses.calls) == 1  # the unmappable ones never left
+    assert len(http.calls) == 1  # the unmappable ones never left
 
 
 class FakeClock:
@@ -95,10 +92,11 @@ class FakeClock:
         return time.time()
 
 
-@responses.activate
-def test_stripe_requests_are_paced_under_the_rate_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stripe_requests_are_paced_under_the_rate_limit(
+    monkeypatch: pytest.MonkeyPatch, http: responses.RequestsMock
+) -> None:
     clock = FakeClock()
     monkeypatch.setattr(stripe_module, "time", clock)
-    responses.post(ST_URL, json={})
+    http.post(ST_URL, json={})
     stripe(rate=50).export([m(str(i)) for i in range(11)])
     assert clock.slept == pytest.approx(10 / 50)  # 11 requests, 10 gaps of 1/50 s

@@ -59,21 +59,18 @@ def form_of(call: Any) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(call.request.body).items()}
 
 
-@responses.activate
-def test_a_reversal_becomes_a_cancel_adjustment_and_a_replacement_a_meter_event() -> None:
-    adjustments = responses.post(
-        ADJUSTMENTS_URL, json={"object": "billing.meter_event_adjustment", "status": "pending"}
-    )
-    events = responses.post(EVENTS_URL, json={"object": "billing.meter_event"})
+def test_a_reversal_becomes_a_cancel_adjustment_and_a_replacement_a_meter_event(http: responses.RequestsMock) -> None:
+    adjustments = http.post(ADJUSTMENTS_URL, json={"object": "billing.meter_event_adjustment", "status": "pending"})
+    events = http.post(EVENTS_URL, json={"object": "billing.meter_event"})
     assert stripe().export([REVERSAL, REPLACEMENT]) == []
     assert adjustments.call_count == 1 and events.call_count == 1
-    cancel = responses.calls[0]
+    cancel = http.calls[0]
     assert cancel.request.url == ADJUSTMENTS_URL
     # the fields of Stripe's documented example request
     assert form_of(cancel) == {"event_name": "ai_search_api", "type": "cancel", "cancel[identifier]": "identifier_123"}
     assert cancel.request.headers["Idempotency-Key"] == reversal_uid("identifier_123")
     assert cancel.request.headers["Authorization"] == "Bearer sk_test_123"
-    meter_event = responses.calls[1]
+    meter_event = http.calls[1]
     form = form_of(meter_event)
     assert form["identifier"] == replacement_uid("identifier_123")
     assert form["payload[value]"] == "3"
@@ -81,17 +78,15 @@ def test_a_reversal_becomes_a_cancel_adjustment_and_a_replacement_a_meter_event(
     assert meter_event.request.headers["Idempotency-Key"] == replacement_uid("identifier_123")
 
 
-@responses.activate
-def test_a_backfilled_measurement_is_a_meter_event_without_its_batch() -> None:
-    responses.post(EVENTS_URL, json={})
+def test_a_backfilled_measurement_is_a_meter_event_without_its_batch(http: responses.RequestsMock) -> None:
+    http.post(EVENTS_URL, json={})
     assert stripe().export([event("b1", batch="backfill-7")]) == []
-    form = form_of(responses.calls[0])
+    form = form_of(http.calls[0])
     assert set(form) == {"event_name", "payload[stripe_customer_id]", "payload[value]", "identifier", "timestamp"}
-    assert "backfill-7" not in responses.calls[0].request.body
+    assert "backfill-7" not in http.calls[0].request.body
 
 
-@responses.activate
-def test_a_closed_cancel_window_dead_letters_that_reversal_alone() -> None:
+def test_a_closed_cancel_window_dead_letters_that_reversal_alone(http: responses.RequestsMock) -> None:
     late = reversal(event("sent-two-days-ago"))
 
     def adjust(request: Any) -> tuple[int, dict[str, str], str]:
@@ -100,26 +95,27 @@ def test_a_closed_cancel_window_dead_letters_that_reversal_alone() -> None:
             return 400, {}, json.dumps(WINDOW_CLOSED)
         return 200, {}, '{"object": "billing.meter_event_adjustment", "status": "pending"}'
 
-    responses.add_callback(responses.POST, ADJUSTMENTS_URL, callback=adjust)
-    events = responses.post(EVENTS_URL, json={})
+    http.add_callback(responses.POST, ADJUSTMENTS_URL, callback=adjust)
+    events = http.post(EVENTS_URL, json={})
     rejected = stripe().export([REVERSAL, late, REPLACEMENT, event("next")])
     assert [(r.measurement["uid"], r.reason) for r in rejected] == [(late["uid"], CANCEL_WINDOW_CLOSED)]
     assert rejected[0].measurement is late
     assert late["uid"] in rejected[0].detail and "sent-two-days-ago" in rejected[0].detail
     assert "HTTP 400" in rejected[0].detail  # and what Stripe said
-    assert len(responses.calls) == 4  # every other record was delivered
+    assert len(http.calls) == 4  # every other record was delivered
     assert [form_of(c)["identifier"] for c in events.calls] == [REPLACEMENT["uid"], "next"]
 
 
-@responses.activate
 @pytest.mark.parametrize("replacement_first", [False, True])
-def test_the_replacement_of_a_reversal_past_the_window_is_not_sent(replacement_first: bool) -> None:
+def test_the_replacement_of_a_reversal_past_the_window_is_not_sent(
+    replacement_first: bool, http: responses.RequestsMock
+) -> None:
     """Stripe would count the original and the replacement: both dead-lettered, with the
     reversal's reason, whatever their order in the batch."""
     old = event("sent-two-days-ago")
     late, fixed = reversal(old), replacement(old, {"measure.calls": 1})
-    responses.post(ADJUSTMENTS_URL, status=400, json=WINDOW_CLOSED)
-    events = responses.post(EVENTS_URL, json={})
+    http.post(ADJUSTMENTS_URL, status=400, json=WINDOW_CLOSED)
+    events = http.post(EVENTS_URL, json={})
     exporter = stripe()
     batch = [fixed, event("next"), late] if replacement_first else [late, event("next"), fixed]
     rejected = exporter.export(batch)
@@ -137,9 +133,8 @@ def test_the_replacement_of_a_reversal_past_the_window_is_not_sent(replacement_f
     assert stripe().export([fixed]) == [] and len(events.calls) == 2
 
 
-@responses.activate
-def test_other_cancel_refusals_follow_the_meter_event_rules() -> None:
-    responses.post(
+def test_other_cancel_refusals_follow_the_meter_event_rules(http: responses.RequestsMock) -> None:
+    http.post(
         ADJUSTMENTS_URL,
         status=400,
         json={"error": {"type": "invalid_request_error", "code": "resource_missing", "message": "No such meter event"}},
@@ -149,14 +144,14 @@ def test_other_cancel_refusals_follow_the_meter_event_rules() -> None:
         (REVERSAL["uid"], "rejected_by_backend:resource_missing"),
         (reversal_uid("x"), "stripe:unmapped_meter"),
     ]
-    assert len(responses.calls) == 1  # the unmapped one never left
+    assert len(http.calls) == 1  # the unmapped one never left
 
-    responses.replace(responses.POST, ADJUSTMENTS_URL, status=429, headers={"Retry-After": "3"})
+    http.replace(responses.POST, ADJUSTMENTS_URL, status=429, headers={"Retry-After": "3"})
     with pytest.raises(RetryLater) as info:
         stripe().export([REVERSAL])
     assert info.value.retry_after == 3.0
 
-    responses.replace(responses.POST, ADJUSTMENTS_URL, status=401, json={"error": {"type": "invalid_request_error"}})
+    http.replace(responses.POST, ADJUSTMENTS_URL, status=401, json={"error": {"type": "invalid_request_error"}})
     with pytest.raises(Misconfigured, match="meter_event_adjustments"):
         stripe().export([REVERSAL])
 

@@ -36,24 +36,25 @@ def agent(tmp_path: Path, processors: list[str]) -> Agent:
     )
 
 
-def sent_headers(a: Agent) -> Any:
-    with responses.RequestsMock() as mock:
-        mock.post(f"{BASE}/organizations/o1/measurements", json={})
-        try:
-            assert a.exporters[0].export([m("u1"), m("u2")]) == []
-        finally:
-            a.metrics.shutdown()
-        return mock.calls[0].request.headers
+def sent_headers(http: responses.RequestsMock, a: Agent) -> Any:
+    http.post(f"{BASE}/organizations/o1/measurements", json={})
+    try:
+        assert a.exporters[0].export([m("u1"), m("u2")]) == []
+    finally:
+        a.metrics.shutdown()
+    return http.calls[0].request.headers
 
 
-def test_sent_when_validation_comes_last(tmp_path: Path) -> None:
-    headers = sent_headers(agent(tmp_path, ["enrich", "validate"]))
+def test_sent_when_validation_comes_last(tmp_path: Path, http: responses.RequestsMock) -> None:
+    headers = sent_headers(http, agent(tmp_path, ["enrich", "validate"]))
     assert headers[VALIDATED_HEADER] == validation_token(None)
 
 
-def test_not_sent_when_a_processor_changes_records_after_validation(tmp_path: Path) -> None:
-    assert VALIDATED_HEADER not in sent_headers(agent(tmp_path, ["validate", "enrich"]))
+def test_not_sent_when_a_processor_changes_records_after_validation(
+    tmp_path: Path, http: responses.RequestsMock
+) -> None:
+    assert VALIDATED_HEADER not in sent_headers(http, agent(tmp_path, ["validate", "enrich"]))
 
 
-def test_not_sent_without_validation(tmp_path: Path) -> None:
-    assert VALIDATED_HEADER not in sent_headers(agent(tmp_path, ["enrich"]))
+def test_not_sent_without_validation(tmp_path: Path, http: responses.RequestsMock) -> None:
+    assert VALIDATED_HEADER not in sent_headers(http, agent(tmp_path, ["enrich"]))
