@@ -141,8 +141,10 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.state_dir = private_dir(config.service.state_dir)
-        self.metrics = AgentMetrics(self.state_dir, lambda: 0, telemetry=config.service.telemetry)
         self.fence = Fence()  # holds the lease from start() on
+        self.metrics = AgentMetrics(
+            self.state_dir, lambda: 0, telemetry=config.service.telemetry, writable=self.fence.holds
+        )
         self.catalog = catalog_at(
             next((c.catalog for c in config.processors.values() if isinstance(c, ValidateConfig) and c.catalog), None)
         )

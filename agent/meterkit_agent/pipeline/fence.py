@@ -36,6 +36,16 @@ class Fence:
         if self.lease is not None:
             self.lease.check()
 
+    def holds(self) -> bool:
+        """Whether this process may still write its state (the status file, say): what
+        :meth:`check` says, now (a leader woken from SIGSTOP may not have heard yet that it
+        lost the lease)."""
+        try:
+            self.check()
+        except Fenced:
+            return False
+        return True
+
     def epoch_to_send(self) -> int | None:
         """Check, then the epoch a request goes out under (an exporter's ``fence``)."""
         self.check()

@@ -43,13 +43,17 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 
 
 class StatusFileExporter(MetricExporter):
-    """Writes the latest cumulative values to a JSON file, atomically."""
+    """Writes the latest cumulative values to a JSON file, atomically, while ``writable()``
+    (an agent that lost its lease to another leaves the new leader's file alone)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, writable: Callable[[], bool] = lambda: True) -> None:
         super().__init__(preferred_temporality={})
         self.path = path
+        self.writable = writable
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        if not self.writable():
+            return MetricExportResult.SUCCESS
         snapshot: dict[str, Any] = {"at": time.time(), "pid": os.getpid(), "metrics": {}}
         for rm in metrics_data.resource_metrics:
             for sm in rm.scope_metrics:
@@ -168,10 +172,15 @@ class AgentMetrics:
     latency: _Bound
 
     def __init__(
-        self, state_dir: Path, queue_depth: Callable[[], int], interval_millis: int = 1000, telemetry: Any = None
+        self,
+        state_dir: Path,
+        queue_depth: Callable[[], int],
+        interval_millis: int = 1000,
+        telemetry: Any = None,
+        writable: Callable[[], bool] = lambda: True,
     ) -> None:
         self.reader = PeriodicExportingMetricReader(
-            StatusFileExporter(state_dir / "status.json"),
+            StatusFileExporter(state_dir / "status.json", writable),
             export_interval_millis=interval_millis,
         )
         latency_view = View(

@@ -13,6 +13,9 @@ import requests
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 import meterkit
+from meterkit_agent.lease import Lease
+from meterkit_agent.pipeline.fence import Fence
+from meterkit_agent.pipeline.telemetry import AgentMetrics
 from tests.agent.conftest import free_port, start_agent, start_ledger, wait_for, write_agent_config
 from tests.sdk.helpers import spooled
 
@@ -86,3 +89,29 @@ def test_agent_metrics_on_prometheus_and_otlp(tmp_path: Path) -> None:
         agent.kill(signal.SIGTERM)
         ledger.proc.kill()
         sink.server.shutdown()
+
+
+def test_the_status_file_is_left_to_the_agent_that_took_the_lease_over(tmp_path: Path) -> None:
+    """A leader that lost its lease (to a standby, here in this process) writes no more
+    status: the file is the new leader's."""
+    state = tmp_path / "state"
+    fence = Fence()
+    fence.lease = Lease.acquire(state, standby=False)
+    metrics = AgentMetrics(state, lambda: 0, interval_millis=60_000, writable=fence.holds)
+    status = state / "status.json"
+    try:
+        metrics.delivered.add(3)
+        assert metrics.reader.force_flush() and status.exists()
+        status.unlink()
+        taken: list[Lease | None] = []
+        standby = threading.Thread(target=lambda: taken.append(Lease.acquire(state, standby=True)))
+        standby.start()
+        fence.lease.release()
+        standby.join(10)
+        assert taken and taken[0] is not None and not fence.holds()
+        metrics.delivered.add(1)
+        assert metrics.reader.force_flush()
+        assert not status.exists()
+        taken[0].release()
+    finally:
+        metrics.shutdown()
