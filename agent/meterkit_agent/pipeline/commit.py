@@ -88,9 +88,15 @@ class Committer:
         )
         self.journal.append(journal)
         self.checkpoint.advance(p.positions, self.journal.seq)
-        self._count(rejected, p.broken, delivered)
+        self._count(rejected, p.broken, delivered, _oldest(p, delivered))
 
-    def _count(self, rejected: list[Rejected], broken: list[tuple[Any, str, str, str]], delivered: list[Any]) -> None:
+    def _count(
+        self,
+        rejected: list[Rejected],
+        broken: list[tuple[Any, str, str, str]],
+        delivered: list[Any],
+        oldest: int | None,
+    ) -> None:
         """The batch's metrics: one addition per counter and reason, one latency observation."""
         isolated = Counter((r.stage or "agent", r.reason) for r in rejected)
         isolated.update((stage, reason) for _, reason, _, stage in broken)
@@ -107,13 +113,25 @@ class Committer:
             )
         self.metrics.delivered.add(len(delivered))
         # The oldest measurement's wait stands for the batch: every other one waited less.
-        with contextlib.suppress(KeyError, TypeError, ValueError):
-            if delivered:
-                oldest = wire_ts_ns(min(map(_ts, delivered)))
-                self.metrics.latency.record(max(0.0, (time.time_ns() - oldest) / 1e9))
+        if oldest is not None:
+            self.metrics.latency.record(max(0.0, (time.time_ns() - oldest) / 1e9))
 
 
 _ts = itemgetter("ts")
+
+
+def _oldest(p: Prepared, delivered: list[dict[str, Any]]) -> int | None:
+    """The oldest delivered measurement's time (ns), or None; when nothing was refused,
+    found once for every destination the batch was handed to (as its summary is)."""
+    everything = delivered is p.records
+    if everything and p.oldest is not None:
+        return p.oldest
+    found = None
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        found = wire_ts_ns(min(map(_ts, delivered))) if delivered else None
+    if everything:
+        p.oldest = found
+    return found
 
 
 def _summary(

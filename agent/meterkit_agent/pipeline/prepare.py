@@ -65,6 +65,8 @@ class Prepared:
     #: a delivery entry's account of the batch when nothing was refused (commit._summary),
     #: kept for the next destination the batch was handed to
     summary: dict[str, Any] | None = None
+    #: the oldest record's time (ns), found by the first commit when nothing was refused
+    oldest: int | None = None
 
 
 @dataclass(slots=True)
