@@ -178,8 +178,7 @@ class Agent:
         self.balances = _balance_keeper(self)
         retention = config.service.spool_retention_hours
         self.expiry = Expiry(self, retention, max(0.2, min(60.0, retention * 360)))
-        #: Set when this agent lost its lease to another (it stops sending at once).
-        self.lost = threading.Event()
+        self.lost = threading.Event()  #: set when another agent took the lease (this one stops sending)
 
     def _destination(self, pipeline: str, cid: str) -> Destination:
         return build_destination(self.config, pipeline, cid, self.metrics, self.retirer, self.fence.lease)
@@ -258,7 +257,6 @@ class Agent:
         self.fence.lease = held
         for destination in self.destinations:
             destination.fence.lease = held
-        for destination in self.destinations:
             destination.start()
         for feed in self.shared:
             feed.start()

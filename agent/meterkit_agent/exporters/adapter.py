@@ -62,6 +62,8 @@ class Adapter(HTTPAdapter):
         cert: Any = None,
         proxies: Any = None,
     ) -> requests.Response:
+        """Send ``request`` as :class:`HTTPAdapter` would, over a kept connection when it
+        is an exporter's kind of request (the module's docstring says which)."""
         parts = urlsplit(request.url or "")
         plain = (
             not stream
