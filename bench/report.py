@@ -290,13 +290,14 @@ def redundancy_section(figures: dict[str, Any], ranges: Ranges) -> list[str]:
     lines += [
         f"    two / one: {with_range(sd['two_x_one'], ranges, (*path, 'two_x_one'), 'x')};"
         f" the second costs {with_range(sd['extra_cpu_us'], ranges, (*path, 'extra_cpu_us'), ' µs')}"
+        f" (pairs {number(sd['extra_cpu_us_min'])}–{number(sd['extra_cpu_us_max'])})"
         f" = {with_range(sd['extra_x_serialisation'], ranges, (*path, 'extra_x_serialisation'), 'x')}"
         f" the serialisation one destination needs"
         f" ({with_range(sd['serialisation_us'], ranges, (*path, 'serialisation_us'), ' µs')}: orjson with sorted"
         " keys, the request body, gzip level 1; one thread, measured alone)",
         f"    what the second still does on its own, each measured alone: its commit (journal entry,"
         f" checkpoint) {with_range(sd.get('own_commit_us'), ranges, (*path, 'own_commit_us'), ' µs')},"
-        f" its HTTP requests (requests, 1,000 a request)"
+        f" its HTTP requests (the m3ter exporter, bodies shared, 1,000 a request)"
         f" {with_range(sd.get('own_http_us'), ranges, (*path, 'own_http_us'), ' µs')}",
         f"    every sink exact (uids and sum): {sd['exact']}; sent again: {sd['resent']:,}",
     ]
@@ -326,7 +327,8 @@ def redundancy_section(figures: dict[str, Any], ranges: Ranges) -> list[str]:
     ]
     lpath = ("redundancy", "latency_with_other_down")
     lines.append(
-        f"  destination A's latency, record → arrival at its sink ({lt['rate_per_s']:,}/s for {lt['seconds']} s):"
+        f"  destination A's latency, record → arrival at its sink ({lt['rate_per_s']:,}/s for {lt['seconds']} s;"
+        f" beside B down, {lt.get('outage_seconds', lt['seconds'])} s):"
     )
     lines += [f"    {line}" for line in table(rows, ["", "p50", "p99", "max", "A lost", "B requests"])]
     lines.append(

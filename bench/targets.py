@@ -262,8 +262,9 @@ def redis_round_trip(f: Figures) -> Outcome:
 
 
 def second_destination(f: Figures) -> Outcome:
-    """The agent's extra CPU per measurement with a second destination (median of two
-    minus median of one) against one destination's request encoding, measured alone."""
+    """The agent's extra CPU per measurement with a second destination (the median of two
+    minus one, over pairs run back to back) against one destination's request encoding,
+    measured alone."""
     extra = at(f, "redundancy", "second_destination", "extra_cpu_us")
     encode = at(f, "redundancy", "second_destination", "serialisation_us")
     if not (_number(extra) and _number(encode)):
