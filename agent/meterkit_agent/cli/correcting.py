@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import typer
 
@@ -38,6 +38,7 @@ from meterkit._settings import Settings
 from meterkit._spool import KIND_MEASUREMENT, iter_records
 from meterkit._timefmt import iso_ms
 
+from ..credentials import shown_url
 from .output import fail
 
 #: The environment variable holding the ledger's token: never an option, so never in argv.
@@ -46,20 +47,6 @@ ENV_LEDGER_TOKEN = "METERKIT_LEDGER_TOKEN"  # noqa: S105 - the name of a variabl
 LOCK_NAME = ".correct.lock"
 #: Replacements followed at most from one uid: a longer chain is a ledger that loops.
 MAX_CHAIN = 1000
-
-
-def shown_url(url: str) -> str:
-    """``url`` as it may be printed: without a ``user:password@`` part."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "the --url URL"
-    if "@" not in parts.netloc:
-        return url
-    netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class LedgerReader:

@@ -213,7 +213,7 @@ class Remote:
     def _send(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         import requests
 
-        from .correcting import shown_url
+        from ..credentials import shown_url
         from .ledger import answer_message
 
         try:

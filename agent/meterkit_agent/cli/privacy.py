@@ -44,7 +44,8 @@ Years = Annotated[int | None, typer.Option("--billing-years", help="keep account
 def _post(url: str, org: str, route: str, body: dict[str, Any]) -> dict[str, Any]:
     import requests
 
-    from .correcting import ENV_LEDGER_TOKEN, shown_url
+    from ..credentials import shown_url
+    from .correcting import ENV_LEDGER_TOKEN
     from .ledger import answer_message
 
     headers = {}

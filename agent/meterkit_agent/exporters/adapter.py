@@ -14,20 +14,23 @@ requests an exporter makes itself, one keep-alive connection per origin:
   or directory, or ``requests``' own bundle for ``True``), with the host name checked, and
   ``cert`` presented as the client certificate;
 - a kept connection the server has closed meanwhile is noticed before it is used (as
-  ``urllib3`` does), and a new one is opened;
+  ``urllib3`` does), and a new one is opened; one closed just as it is reused, with
+  nothing sent back, is tried once more on a new one (every request an exporter makes is
+  idempotent: uids, ``Idempotency-Key``);
+- an answer sent before the body was read (a 413, a 401) is read, not lost to a broken pipe;
 - the errors are ``requests``' own: :class:`~requests.exceptions.ConnectTimeout`,
   :class:`~requests.exceptions.ReadTimeout`, :class:`~requests.exceptions.SSLError`,
   :class:`~requests.exceptions.ConnectionError`.
 
 Anything else (a proxy from the environment, a stream, a timeout pair, verification turned
 off) goes through ``requests``' own :class:`~requests.adapters.HTTPAdapter`, unchanged.
+No exporter keeps cookies: a ``Set-Cookie`` answer is not put into the session's jar.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
-import select
 import ssl
 import zlib
 from datetime import timedelta
@@ -39,7 +42,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.exceptions import ConnectionError, ConnectTimeout, ReadTimeout, SSLError
 from requests.structures import CaseInsensitiveDict
-from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_encoding_from_headers, select_proxy
+from requests.utils import DEFAULT_ACCEPT_ENCODING, DEFAULT_CA_BUNDLE_PATH, get_encoding_from_headers, select_proxy
+from urllib3.util.wait import wait_for_read
 
 Origin = tuple[str, str, int, Any, Any]  # scheme, host, port, verify, cert
 
@@ -81,12 +85,13 @@ class Adapter(HTTPAdapter):
         try:
             try:
                 answer, body = _exchange(connection, request)
-            except ConnectionError:
+            except _Unanswered:
                 if not kept:
                     raise
                 # A kept connection the server closed just as it was reused (the check in
-                # _take cannot see a close still on its way): once more, on a new one. Every
-                # request an exporter makes may go twice (uids, Idempotency-Key).
+                # _take cannot see a close still on its way), and nothing came back: once
+                # more, on a new one. Every request an exporter makes may go twice (uids,
+                # Idempotency-Key); one that was answered, however badly, never goes again.
                 connection.close()
                 connection, _ = self._take(origin, float(timeout), keep=False)
                 answer, body = _exchange(connection, request)
@@ -147,6 +152,7 @@ class Adapter(HTTPAdapter):
                 if cert is not None:
                     certificate, key_file = (cert, None) if isinstance(cert, str) else cert
                     context.load_cert_chain(certificate, key_file)
+                    context.post_handshake_auth = True  # a server may ask for it after the handshake
             except (OSError, ssl.SSLError) as exc:
                 raise SSLError(f"TLS settings: {exc}") from None
             context.set_alpn_protocols(["http/1.1"])
@@ -164,30 +170,47 @@ def _dropped(connection: http.client.HTTPConnection) -> bool:
     if sock is None:
         return False
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
+        return wait_for_read(sock, timeout=0.0)
+    except OSError:
         return True
-    return bool(readable)
+
+
+class _Unanswered(ConnectionError):
+    """The connection failed and nothing came back: no answer says the server read it."""
 
 
 def _exchange(
     connection: http.client.HTTPConnection, request: requests.PreparedRequest
 ) -> tuple[http.client.HTTPResponse, bytes]:
     """Send ``request`` and read the answer in full, raising ``requests``' errors."""
-    # The codings this module decodes (requests' default also names br and zstd, when
-    # their packages are installed).
-    headers = {**request.headers, "Accept-Encoding": "gzip, deflate"}
+    headers = CaseInsensitiveDict(request.headers)
+    if headers.get("Accept-Encoding") == DEFAULT_ACCEPT_ENCODING:
+        headers["Accept-Encoding"] = "gzip, deflate"  # what _decoded decodes (the default may add br, zstd)
     body = request.body.encode() if isinstance(request.body, str) else request.body
     try:
-        connection.request(request.method or "GET", request.path_url, body=body, headers=headers)
-        answer = connection.getresponse()
-        return answer, _decoded(answer, answer.read())
+        try:
+            connection.request(request.method or "GET", request.path_url, body=body, headers=dict(headers))
+            sent = True
+        except (BrokenPipeError, ConnectionResetError):
+            sent = False  # a server may answer before it reads the body (a 413, a 401): read it
+        try:
+            answer = connection.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
+            raise _Unanswered(exc, request=request) from None
+        except OSError as exc:
+            if sent:
+                raise
+            raise _Unanswered(exc, request=request) from None
+        content = answer.read()
+    except requests.RequestException:
+        raise
     except ssl.SSLError as exc:  # before OSError: it is one
         raise SSLError(exc, request=request) from None
     except TimeoutError as exc:  # socket.timeout; no socket yet: the connection was never made
         raise (ReadTimeout if connection.sock is not None else ConnectTimeout)(exc, request=request) from None
     except (OSError, http.client.HTTPException) as exc:
         raise ConnectionError(exc, request=request) from None
+    return answer, _decoded(answer, content)
 
 
 def _decoded(answer: http.client.HTTPResponse, body: bytes) -> bytes:

@@ -53,6 +53,7 @@ from pydantic import Field
 from meterkit._corrections import EXTENSION_KEYS
 
 from ..component import Misconfigured, Rejected, RetryLater, Settings
+from ..credentials import shown_url
 from .transport import TlsConfig, session
 
 Outcome = Literal["ok", "retry", "pause", "isolate"]
@@ -297,7 +298,9 @@ class IngestExporter:
 
     def encode(self, chunk: list[Encoded]) -> Encoding:
         """A request's body: ``{"measurements": [...]}``, gzipped (level 1: most of gzip's
-        saving on this JSON at a fraction of its cost), keyed by its uids."""
+        saving on this JSON at a fraction of its cost), keyed by its uids. What an exporter's
+        ``encode`` returns may depend on the chunk alone: every exporter of its class
+        sending the same batch within the same limits shares it (:meth:`requests_for`)."""
         body = gzip.compress(request_body(chunk), compresslevel=1)
         return body, {"Idempotency-Key": idempotency_key(map(_uid, map(_record, chunk))), "Content-Encoding": "gzip"}
 
@@ -331,7 +334,7 @@ class IngestExporter:
             raise RetryLater("401: token refreshed", 0.0)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if outcome == "pause":
-            where = f"{self.name} ({self.url}{_redirect(response)})"
+            where = f"{self.name} ({shown_url(self.url)}{_redirect(response)})"
             raise Misconfigured(where, response.status_code, retry_after)
         if outcome == "retry":
             raise RetryLater(f"HTTP {response.status_code}", retry_after)
@@ -358,7 +361,7 @@ class IngestExporter:
 
 def _redirect(response: requests.Response) -> str:
     location = response.headers.get("Location") if 300 <= response.status_code < 400 else None
-    return f", which redirects to {location[:200]}" if location else ""
+    return f", which redirects to {shown_url(location)[:200]}" if location else ""
 
 
 def _named_errors(response: requests.Response, size: int) -> dict[int, tuple[str, str]]:

@@ -14,7 +14,7 @@ what matters and drops the rest:
 - the request goes through the session's own transport adapter (connection pooling, TLS,
   proxies, and what ``responses`` intercepts in tests);
 - no ``.netrc`` lookup and no cookies: an exporter's credentials come from its
-  configuration only;
+  configuration only (its headers, or a ``user:password@`` in its URL);
 - no redirects: an ingest endpoint that redirects is misconfigured (``requests`` would
   turn a POST answered 301/302 into a GET, whose 200 would look like a delivery), so a 3xx
   comes back as it is and pauses delivery (:func:`.exporterhelper.classify`).
@@ -38,7 +38,9 @@ from typing import Any, cast
 
 import requests
 from pydantic import model_validator
+from requests.auth import HTTPBasicAuth
 from requests.structures import CaseInsensitiveDict
+from requests.utils import get_auth_from_url
 
 from ..component import Settings
 from ..credentials import private_key_problem
@@ -93,7 +95,7 @@ class Session(requests.Session):
     def __init__(self) -> None:
         super().__init__()
         self._environment: dict[tuple[Any, ...], dict[str, Any]] = {}
-        self._urls: dict[str, str] = {}
+        self._urls: dict[str, tuple[str, HTTPBasicAuth | None]] = {}
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
         if isinstance(self.verify, str) and verify in (None, True):
@@ -111,29 +113,34 @@ class Session(requests.Session):
         return {**settings, "proxies": dict(settings["proxies"])}
 
     def post_bytes(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> requests.Response:
-        """POST ``body`` to ``url`` with the session's headers and ``headers``; the answer
-        is read in full. Raises what ``requests`` raises (connection errors, timeouts)."""
+        """POST ``body`` to ``url`` with the session's headers and ``headers`` (and Basic
+        authentication from a ``user:password@`` in the URL, as ``requests`` does); the
+        answer is read in full. Raises what ``requests`` raises (connection errors, timeouts)."""
+        prepared, auth = self._prepared_url(url)
         request = requests.PreparedRequest()
         request.method = "POST"
-        request.url = self._prepared_url(url)
+        request.url = prepared
         merged = CaseInsensitiveDict(cast(Mapping[str, str], self.headers))  # the session's are all str
         merged.update(headers)
         merged["Content-Length"] = str(len(body))
         request.headers = merged
         request.body = body
+        if auth is not None:
+            auth(request)
         settings = self.merge_environment_settings(request.url, {}, None, None, None)
         response: requests.Response = self.get_adapter(request.url).send(request, timeout=timeout, **settings)
         response.content  # noqa: B018 - read the answer in full, as post() does, so the connection is reused
         return response
 
-    def _prepared_url(self, url: str) -> str:
-        prepared = self._urls.get(url)
-        if prepared is None:
+    def _prepared_url(self, url: str) -> tuple[str, HTTPBasicAuth | None]:
+        found = self._urls.get(url)
+        if found is None:
             request = requests.PreparedRequest()
             request.prepare_url(url, None)
             assert request.url is not None
-            prepared = self._urls[url] = request.url
-        return prepared
+            user, password = get_auth_from_url(request.url)
+            found = self._urls[url] = (request.url, HTTPBasicAuth(user, password) if user or password else None)
+        return found
 
 
 def session(tls: TlsConfig | None = None, **headers: str) -> Session:

@@ -5,14 +5,20 @@ client certificates) is :mod:`tests.agent.exporters.test_tls`'."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
+import time
+from collections.abc import Callable
 
 import pytest
 import requests
 
+from meterkit_agent.component import Misconfigured
 from meterkit_agent.exporters.adapter import Adapter
+from meterkit_agent.exporters.http import HttpExporter, HttpExporterConfig
 from meterkit_agent.exporters.transport import session
-from tests.agent.exporters.helpers import Recorder
+from tests.agent.exporters.helpers import FAST, Recorder, m
 
 
 @pytest.fixture(autouse=True)
@@ -125,5 +131,120 @@ def test_closing_the_adapter_closes_its_kept_connections() -> None:
         assert len(kept) == 1 and kept[0] is not None
         s.close()
         assert adapter._idle == {} and kept[0].fileno() == -1
+    finally:
+        server.close()
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that hands each connection to ``serve`` (in a thread) and
+    counts the requests it reads."""
+
+    def __init__(self, serve: Callable[[socket.socket, RawServer], None]) -> None:
+        self.requests = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.serve = serve
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            self.serve(conn, self)
+
+    def read_head(self, conn: socket.socket) -> bytes:
+        """Read a request's head (up to the blank line); count the request."""
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            head += chunk
+        self.requests += 1
+        return head
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_an_answer_sent_before_the_body_was_read_is_read() -> None:
+    """A server that refuses a large body from its head alone (413) and closes: the 413
+    comes back (so the exporter splits the batch), not a broken pipe retried forever."""
+
+    def refuse(conn: socket.socket, server: RawServer) -> None:
+        server.read_head(conn)
+        conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
+        conn.shutdown(socket.SHUT_WR)
+        time.sleep(0.2)  # then close unread: the client's sending breaks
+
+    server = RawServer(refuse)
+    try:
+        answer = session().post_bytes(f"{server.url}/ingest", b"x" * 16_000_000, {}, timeout=10)
+        assert (answer.status_code, answer.text) == (413, "too big!")
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("second", "error"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}", requests.ConnectionError),  # cut short
+        (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope", requests.RequestException),
+        (b"garbage\r\n\r\n", requests.ConnectionError),
+    ],
+    ids=["short", "bad-gzip", "garbage"],
+)
+def test_a_request_answered_badly_on_a_kept_connection_is_never_sent_again(
+    second: bytes, error: type[Exception]
+) -> None:
+    def serve(conn: socket.socket, server: RawServer) -> None:
+        server.read_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        server.read_head(conn)
+        conn.sendall(second)
+
+    server = RawServer(serve)
+    try:
+        s = session()
+        assert s.post_bytes(f"{server.url}/ingest", b"", {}, timeout=5).status_code == 200
+        with pytest.raises(error) as info:
+            s.post_bytes(f"{server.url}/ingest", b"", {}, timeout=5)
+        if second.startswith(b"HTTP/1.1 200 OK\r\nContent-Encoding"):
+            assert isinstance(info.value, requests.exceptions.ContentDecodingError)
+        assert server.requests == 2
+    finally:
+        server.close()
+
+
+def test_credentials_in_the_url_are_sent_as_requests_sends_them_and_never_shown() -> None:
+    server = Recorder(status=401)
+    try:
+        host = server.url.removeprefix("http://")
+        url = f"http://user:p%40ss@{host}/ingest"
+        session().post_bytes(url, b"{}", {}, timeout=5)
+        requests.post(url, data=b"{}", timeout=5)
+        ours, theirs = server.seen
+        assert ours["headers"]["authorization"] == theirs["headers"]["authorization"] == "Basic dXNlcjpwQHNz"
+        exporter = HttpExporter("http", HttpExporterConfig(url=url, retry=FAST))
+        with pytest.raises(Misconfigured) as info:
+            exporter.export([m("1")])
+        assert "p%40ss" not in str(info.value) and "p@ss" not in str(info.value) and host in str(info.value)
+    finally:
+        server.close()
+
+
+def test_a_callers_accept_encoding_is_kept_once() -> None:
+    server = Recorder()
+    try:
+        session().post_bytes(f"{server.url}/x", b"{}", {"accept-encoding": "identity"}, timeout=5)
+        session().post_bytes(f"{server.url}/y", b"{}", {}, timeout=5)
+        assert server.seen[0]["headers"]["accept-encoding"] == "identity"
+        assert server.seen[1]["headers"]["accept-encoding"] == "gzip, deflate"
     finally:
         server.close()
