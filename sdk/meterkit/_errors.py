@@ -126,3 +126,25 @@ def safe_repr(value: object) -> str:
         return repr(value)
     except Exception:
         return f"<{type(value).__name__} object>"
+
+
+class ExpressionError(MeterkitError):
+    """An expression that does not parse, or that cannot be evaluated on given values."""
+
+    reason = "bad_calculation"  # of the catalog problem that reports it
+
+
+class NumberOutOfRange(ExpressionError):
+    """A calculation whose result (or a step of it) no backend can hold exactly: an
+    integer past 64 bits, an infinite or undefined float. The measurement it belongs to is
+    an error, never silently changed."""
+
+    reason = "number_out_of_range"
+
+
+class CalculationTooBig(ExpressionError):
+    """A calculation past a bound: ``calculation_too_long``, ``_too_deep`` or ``_too_large``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

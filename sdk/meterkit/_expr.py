@@ -39,7 +39,9 @@ from typing import Any
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import LarkError, UnexpectedInput, VisitError
 
-from ._errors import MeterkitError
+from ._errors import CalculationTooBig as CalculationTooBig
+from ._errors import ExpressionError as ExpressionError
+from ._errors import NumberOutOfRange as NumberOutOfRange
 
 _GRAMMAR = r"""
 ?start: expr
@@ -95,28 +97,6 @@ MAX_STRING_CHARS = 65536
 
 Env = Mapping[str, Any]
 Node = Callable[[Env], Any]
-
-
-class ExpressionError(MeterkitError):
-    """An expression that does not parse, or that cannot be evaluated on given values."""
-
-    reason = "bad_calculation"  # of the catalog problem that reports it
-
-
-class NumberOutOfRange(ExpressionError):
-    """A calculation whose result (or a step of it) no backend can hold exactly: an
-    integer past 64 bits, an infinite or undefined float. The measurement it belongs to is
-    an error, never silently changed."""
-
-    reason = "number_out_of_range"
-
-
-class CalculationTooBig(ExpressionError):
-    """A calculation past a bound: ``calculation_too_long``, ``_too_deep`` or ``_too_large``."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 #: m3ter's engine is Java: whole numbers are 64-bit longs, and JSON codecs stop there too.
@@ -230,6 +210,25 @@ def _apply(name: str, a: Any, b: Any) -> Any:
         raise NumberOutOfRange(f"{name} overflows") from None
 
 
+#: A backslash escape in a string literal: ``\uXXXX``, ``\UXXXXXXXX``, ``\xXX``, or one character.
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|x[0-9a-fA-F]{2}|.)", re.DOTALL)
+_SIMPLE_ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", "0": "\0"}
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    """One escape's character. The text around it is kept as written (non-ASCII too), and
+    an escape with no meaning is an error that names it, not a backslash kept by luck."""
+    escape = match.group(1)
+    if escape in _SIMPLE_ESCAPES:
+        return _SIMPLE_ESCAPES[escape]
+    if len(escape) > 1:
+        code = int(escape[1:], 16)
+        if code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF:
+            return chr(code)
+        raise ExpressionError(f"\\{escape} in a string is not a Unicode character")
+    raise ExpressionError(f"unknown escape \\{escape} in a string (write \\\\ for a backslash)")
+
+
 @v_args(inline=True)
 class _Compiler(Transformer[Token, Node]):
     def __init__(self) -> None:
@@ -261,8 +260,7 @@ class _Compiler(Transformer[Token, Node]):
 
     def string(self, tok: Token) -> Node:
         raw = str(tok)[1:-1]
-        value = raw.encode("utf-8").decode("unicode_escape") if "\\" in raw else raw
-        return self._constant(value)
+        return self._constant(_ESCAPE.sub(_unescaped, raw) if "\\" in raw else raw)
 
     def keyword(self, tok: Token) -> Node:
         return self._constant({"null": None, "true": True, "false": False}[str(tok)])

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 
 import pytest
 from hypothesis import given
@@ -132,3 +133,28 @@ def test_chains_and_names(text: str, env: dict[str, object], expected: object) -
 def test_arithmetic_takes_numbers(text: str, env: dict[str, object]) -> None:
     with pytest.raises(ExpressionError, match="cannot apply"):
         ev(text, **env)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("'caf\u00e9'", "café"),
+        ("'caf\\u00e9'", "café"),
+        ("'é\\n'", "é\n"),  # the text around an escape is kept as written
+        ("'a\\\\b'", "a\\b"),
+        ('"say \\"hi\\""', 'say "hi"'),
+        ("'it\\'s'", "it's"),
+        ("'\\x41\\U0001F600'", "A\U0001f600"),
+    ],
+)
+def test_string_escapes(text: str, expected: str) -> None:
+    assert ev(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [("'a\\ b'", "unknown escape \\ "), ("'\\q'", "unknown escape \\q"), ("'\\uD800'", "not a Unicode character")],
+)
+def test_an_escape_with_no_meaning_is_an_error_naming_it(text: str, fragment: str) -> None:
+    with pytest.raises(ExpressionError, match=re.escape(fragment)):
+        parse_expression(text)
