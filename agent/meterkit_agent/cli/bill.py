@@ -23,7 +23,7 @@ import orjson
 import typer
 
 from .ledger import answer_message, secret_option
-from .output import LedgerOrg, LedgerToken, LedgerTokenFile, fail
+from .output import LedgerOrg, LedgerToken, LedgerTokenFile, call_ledger, fail
 
 #: the columns of a bill's table, and which of them hold numbers (aligned right)
 _COLUMNS = ("kind", "description", "quantity", "units", "amount")
@@ -64,20 +64,17 @@ def bill_cmd(
     if not account:
         raise fail("--account is required")
     token = secret_option(ctx, "--token", token, "--token-file", token_file, "METERKIT_LEDGER_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     if action == "close":
-        _close(account, closing, start, end, f"{url.rstrip('/')}/organizations/{org}/bills/close", headers, as_json)
+        _close(account, closing, start, end, url, org, token, as_json)
         return
     if closing is not None:
         raise fail("--period is for meterkit bill close; show bills with --from and --to")
-    _show(account, start, end, url, org, headers, as_json)
+    _show(account, start, end, url, org, token, as_json)
 
 
 def _show(
-    account: str, start: str | None, end: str | None, url: str, org: str, headers: dict[str, str], as_json: bool
+    account: str, start: str | None, end: str | None, url: str, org: str, token: str | None, as_json: bool
 ) -> None:
-    import requests
-
     from ..ledger.queries import QueryError, period
 
     missing = [name for name, value in (("--from", start), ("--to", end)) if value is None]
@@ -87,15 +84,8 @@ def _show(
         period(start, end, names=("--from", "--to"))
     except QueryError as exc:
         raise fail("; ".join(exc.problems)) from None
-    try:
-        response = requests.get(
-            f"{url.rstrip('/')}/organizations/{org}/bills",
-            params={"account": account, "from": start, "to": end},
-            headers=headers,
-            timeout=60,
-        )
-    except requests.RequestException as exc:
-        raise fail(f"cannot reach {url}: {type(exc).__name__}") from None
+    params = {"account": account, "from": start, "to": end}
+    response = call_ledger("GET", url, f"/organizations/{org}/bills", token, params=params, timeout=60)
     if response.status_code in (400, 404, 422):
         raise fail(f"the ledger refused the bill preview: {answer_message(response)}")
     if response.status_code != 200:
@@ -118,11 +108,10 @@ def _close(
     start: str | None,
     end: str | None,
     url: str,
-    headers: dict[str, str],
+    org: str,
+    token: str | None,
     as_json: bool,
 ) -> None:
-    import requests
-
     from ..billing.adjustments import period_start_ms
 
     if start is not None or end is not None:
@@ -133,10 +122,8 @@ def _close(
         period_start_ms(named)
     except ValueError as exc:
         raise fail(f"--period: {exc}; or a month such as 2026-01") from None
-    try:
-        response = requests.post(url, json={"account": account, "period": named}, headers=headers, timeout=60)
-    except requests.RequestException as exc:
-        raise fail(f"cannot reach {url}: {type(exc).__name__}") from None
+    body = {"account": account, "period": named}
+    response = call_ledger("POST", url, f"/organizations/{org}/bills/close", token, json=body, timeout=60)
     if response.status_code in (400, 404, 409, 422):
         raise fail(f"the ledger refused to close the period: {answer_message(response)}")
     if response.status_code not in (200, 201):

@@ -44,7 +44,7 @@ import typer
 import meterkit
 
 from ..credentials import SecretFileError, command_line_warning, read_secret_file, redact_logs, secret_values
-from .output import LedgerOrg, fail, print_table
+from .output import LedgerOrg, call_ledger, fail, print_table
 
 #: How ``ledger serve`` hands its options to its worker processes (inherited environment).
 _WORKER_OPTIONS = "METERKIT_LEDGER_WORKER_OPTIONS"
@@ -268,8 +268,6 @@ def usage(
 ) -> None:
     """Query usage from a ledger and print it as a table. Values are exact decimals; a bad
     --from, --to or --quantity-per-unit, or a query the ledger refuses, exits 2."""
-    import requests
-
     from ..ledger.exact import per_unit
     from ..ledger.queries import QueryError, period
 
@@ -293,13 +291,7 @@ def usage(
             params[key] = value
     if group_by:
         params["groupBy"] = group_by
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = requests.get(
-            f"{url.rstrip('/')}/organizations/{org}/usage", params=params, headers=headers, timeout=30
-        )
-    except requests.RequestException as exc:
-        raise fail(f"cannot reach {url}: {type(exc).__name__}") from None
+    response = call_ledger("GET", url, f"/organizations/{org}/usage", token, params=params, timeout=30)
     if response.status_code == 400:
         raise fail(f"the ledger refused the query: {answer_message(response)}")
     if response.status_code != 200:

@@ -10,7 +10,7 @@ import orjson
 import typer
 
 from .ledger import secret_option
-from .output import LedgerOrg, LedgerToken, LedgerTokenFile, fail, print_table
+from .output import LedgerOrg, LedgerToken, LedgerTokenFile, call_ledger, fail, print_table
 
 notifications_app = typer.Typer(help="Threshold, drop and spike notifications recorded by a ledger.")
 
@@ -30,8 +30,6 @@ def list_cmd(
 ) -> None:
     """List notifications as a table (or JSON): when, what, whose, and each delivery's
     state. A ledger that refuses the request exits 2 with its message."""
-    import requests
-
     from ..instants import InstantError, boundary_ms
     from .ledger import answer_message
 
@@ -42,13 +40,7 @@ def list_cmd(
         except InstantError as exc:
             raise fail(str(exc)) from None
     params = {k: v for k, v in (("account", account), ("since", since)) if v is not None}
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = requests.get(
-            f"{ledger.rstrip('/')}/organizations/{org}/notifications", params=params, headers=headers, timeout=30
-        )
-    except requests.RequestException as exc:
-        raise fail(f"cannot reach {ledger}: {type(exc).__name__}") from None
+    response = call_ledger("GET", ledger, f"/organizations/{org}/notifications", token, params=params, timeout=30)
     if response.status_code != 200:
         raise fail(f"{ledger} answered {response.status_code}: {answer_message(response)}")
     found = response.json()["notifications"]

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 import meterkit
+
+if TYPE_CHECKING:
+    import requests
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="the agent's state directory")]
 # The options of every command that reads a ledger over its API, declared once.
@@ -32,6 +35,23 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``error: message`` on stderr; raise what this returns to exit with ``code``."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def call_ledger(
+    method: str, base: str, path: str, token: str | None, *, timeout: float, code: int = 2, **request: Any
+) -> requests.Response:
+    """``method`` ``path`` of the ledger at ``base``, with ``token`` as its bearer; a ledger
+    that cannot be reached exits ``code``, naming it without credentials. What the ledger
+    answered is the caller's to judge."""
+    import requests
+
+    from ..credentials import shown_url
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        return requests.request(method, f"{base.rstrip('/')}{path}", headers=headers, timeout=timeout, **request)
+    except requests.RequestException as exc:
+        raise fail(f"cannot reach the ledger at {shown_url(base)}: {type(exc).__name__}", code) from None
 
 
 def print_problems(exc: meterkit.CatalogError) -> None:

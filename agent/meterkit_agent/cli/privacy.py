@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import typer
 
-from .output import fail, print_json
+from .output import call_ledger, fail, print_json
 
 privacy_app = typer.Typer(help="Erase a person, age out per-person detail, write the transparency report.")
 
@@ -42,21 +42,12 @@ Years = Annotated[int | None, typer.Option("--billing-years", help="keep account
 
 
 def _post(url: str, org: str, route: str, body: dict[str, Any]) -> dict[str, Any]:
-    import requests
-
     from ..credentials import shown_url
     from .correcting import ENV_LEDGER_TOKEN
     from .ledger import answer_message
 
-    headers = {}
-    token = os.environ.get(ENV_LEDGER_TOKEN)
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    target = f"{url.rstrip('/')}/organizations/{quote(org, safe='')}/privacy/{route}"
-    try:
-        response = requests.post(target, json=body, headers=headers, timeout=600)
-    except requests.RequestException as exc:
-        raise fail(f"cannot reach the ledger at {shown_url(url)}: {type(exc).__name__}", 1) from None
+    path = f"/organizations/{quote(org, safe='')}/privacy/{route}"
+    response = call_ledger("POST", url, path, os.environ.get(ENV_LEDGER_TOKEN), json=body, timeout=600, code=1)
     if response.status_code in (401, 403):
         raise fail(
             f"the ledger at {shown_url(url)} refused the request ({response.status_code}); check {ENV_LEDGER_TOKEN}"
