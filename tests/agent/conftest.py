@@ -272,6 +272,21 @@ service:
     return cfg
 
 
+def spawn_producer(spool: Path, count: int, pause_every: int) -> subprocess.Popen[bytes]:
+    """A process recording ``count`` measurements of ``data_downloaded`` (``bytes`` = 0, 1,
+    ...) into ``spool``, pausing 50 ms every ``pause_every``, then shutting its client down."""
+    script = f"""
+import time, meterkit
+c = meterkit.Client(spool_dir={str(spool)!r}, flush_interval_millis=20, max_segment_bytes=64_000)
+for i in range({count}):
+    c.record("data_downloaded", account="acme", measure={{"bytes": i}})
+    if i % {pause_every} == 0:
+        time.sleep(0.05)
+c.shutdown(30)
+"""
+    return subprocess.Popen([sys.executable, "-c", script])
+
+
 def start_agent(tmp_path: Path, config: Path) -> Proc:
     """Start the agent and wait until it says it has started (its signal handlers are in)."""
     log = tmp_path / "agent.log"

@@ -10,8 +10,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from tests.agent.conftest import (
     FaultProxy,
     LedgerServer,
     cli_cmd,
+    spawn_producer,
     start_agent,
     start_ledger,
     wait_for,
@@ -97,23 +96,7 @@ def test_sigkill_repeatedly_mid_stream_loses_and_doubles_nothing(tmp_path: Path)
     spool = tmp_path / "spool"
     config = write_agent_config(tmp_path, spool, ledger.url)
     # A producer process writes while the agent is killed again and again.
-    producer = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                f"""
-                import time, meterkit
-                c = meterkit.Client(spool_dir={str(spool)!r}, flush_interval_millis=20, max_segment_bytes=64_000)
-                for i in range(20_000):
-                    c.record("data_downloaded", account="acme", measure={{"bytes": i}})
-                    if i % 1000 == 0:
-                        time.sleep(0.05)
-                c.shutdown(30)
-                """
-            ),
-        ]
-    )
+    producer = spawn_producer(spool, 20_000, pause_every=1000)
     rng = random.Random(3)
     try:
         for _ in range(6):

@@ -10,13 +10,20 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 from meterkit_agent.audit.journal import Journal
 from meterkit_agent.lease import read_lease
-from tests.agent.conftest import TOKEN, FaultProxy, Proc, cli_cmd, start_ledger, wait_for, write_agent_config
+from tests.agent.conftest import (
+    TOKEN,
+    FaultProxy,
+    Proc,
+    cli_cmd,
+    spawn_producer,
+    start_ledger,
+    wait_for,
+    write_agent_config,
+)
 
 N = 12_000
 ROUNDS = 6
@@ -39,23 +46,7 @@ def test_the_standby_takes_over_from_a_killed_or_paused_leader_and_nothing_is_lo
     proxy = FaultProxy(ledger.url)
     spool, state = tmp_path / "spool", tmp_path / "agent-state"
     config = write_agent_config(tmp_path, spool, proxy.url)
-    producer = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                f"""
-                import time, meterkit
-                c = meterkit.Client(spool_dir={str(spool)!r}, flush_interval_millis=20, max_segment_bytes=64_000)
-                for i in range({N}):
-                    c.record("data_downloaded", account="acme", measure={{"bytes": i}})
-                    if i % 500 == 0:
-                        time.sleep(0.05)
-                c.shutdown(30)
-                """
-            ),
-        ]
-    )
+    producer = spawn_producer(spool, N, pause_every=500)
     agents = {name: start_standby(tmp_path, config, name) for name in ("a", "b")}
     try:
         wait_for(lambda: leader_epoch(state)[0] == 1, what="a leader")
