@@ -58,22 +58,19 @@ class Fence:
         with self._lock:
             if self.closed:
                 raise Fenced("the destination was stopped")
-            if self.lease is None:
+            with self._leased():
                 yield
-            else:
-                with self.lease.committing():
-                    yield
 
     @contextlib.contextmanager
     def writing_off(self) -> Iterator[None]:
         """Commit for a closed destination (its expired segments, :mod:`.expiry`):
         under the lease's commit lock like any commit, closed or not."""
-        with self._lock:
-            if self.lease is None:
-                yield
-            else:
-                with self.lease.committing():
-                    yield
+        with self._lock, self._leased():
+            yield
+
+    def _leased(self) -> contextlib.AbstractContextManager[None]:
+        """The lease's commit lock, checked, once this fence holds a lease."""
+        return self.lease.committing() if self.lease is not None else contextlib.nullcontext()
 
     def close(self) -> None:
         """From now on nothing is sent or committed; waits for a commit in progress."""

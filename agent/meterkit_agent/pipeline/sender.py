@@ -4,6 +4,7 @@ and retires idle segments between batches."""
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -35,23 +36,11 @@ class Sender:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, prepared: Prepared) -> bool:
-        """Queue a batch; False if the drain deadline passed first (it is not committed,
-        so the spool replays it on the next start)."""
-        while True:
-            try:
-                self.inflight.put(prepared, timeout=0.5)
-                return True
-            except queue.Full:
-                if self.drain.out_of_time():
-                    return False
-
-    def offer(self, prepared: Prepared, timeout: float | None) -> bool:
-        """Queue a batch within ``timeout`` seconds (None: as :meth:`put`). False if it was
-        not queued: no room in time, or the drain deadline passed."""
-        if timeout is None:
-            return self.put(prepared)
-        deadline = time.monotonic() + timeout
+    def offer(self, prepared: Prepared, timeout: float | None = None) -> bool:
+        """Queue a batch within ``timeout`` seconds (None: for as long as it takes). False
+        if it was not queued: no room in time, or the drain deadline passed first (it is not
+        committed, so the spool replays it on the next start)."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
         while True:
             try:
                 self.inflight.put(prepared, timeout=max(0.0, min(0.5, deadline - time.monotonic())))
