@@ -12,7 +12,7 @@ from .config import AgentConfig
 from .exporters import EXPORTERS
 from .exporters.exporterhelper import RetryConfig
 from .lease import Lease
-from .paths import claim_state, destination_dir
+from .paths import claim_state
 from .pipeline.destination import Destination
 from .pipeline.feed import Feed
 from .pipeline.retire import Retirer
@@ -51,9 +51,8 @@ def build_destination(
     destination's worker runs them on its own thread), its state claimed for it."""
     processors, batch_cfg = _processors(config, pipeline)
     cfg = config.component("exporters", cid)
-    names = [c for _, c in config.destinations]
-    state = private_dir(destination_dir(config.service.state_dir, cid, primary=cid == names[0]))
-    claim_state(state, cid, alone=len(names) == 1)
+    state = private_dir(config.state_dir_of(cid))
+    claim_state(state, cid, alone=len(config.destinations) == 1)
     exporter = build(EXPORTERS, cid, cfg)
     return Destination(
         exporter, getattr(cfg, "retry", RetryConfig()), processors, batch_cfg, state, metrics, retire, lease

@@ -55,7 +55,7 @@ from .balances import BalancesConfig
 from .component import HostPort, Settings, factory, type_of
 from .credentials import SecretFileError, read_secret_file
 from .exporters import EXPORTERS
-from .paths import default_state_dir
+from .paths import default_state_dir, destination_dir
 from .processors import PROCESSORS
 from .receivers import RECEIVERS
 
@@ -154,6 +154,11 @@ class AgentConfig(BaseModel):
         """Every destination as (pipeline, exporter id), in order: the first is the one
         whose progress the state directory itself holds."""
         return [(name, cid) for name, pipe in self.service.pipelines.items() for cid in pipe.exporters]
+
+    def state_dir_of(self, cid: str) -> Path:
+        """Where destination ``cid`` keeps its progress: the state directory itself for the
+        first destination, ``destinations/<id>`` for the others (:func:`.paths.destination_dir`)."""
+        return destination_dir(self.service.state_dir, cid, primary=cid == self.destinations[0][1])
 
     @property
     def balances(self) -> BalancesConfig | None:

@@ -36,7 +36,6 @@ def backend_for(
     from ..config import load_config
     from ..exporters.ledger import LedgerExporter, LedgerExporterConfig
     from ..exporters.m3ter import M3terExporter, M3terExporterConfig
-    from ..paths import destination_dir
 
     if config is not None:
         cfg = load_config(config)
@@ -44,7 +43,7 @@ def backend_for(
         chosen = destination or names[0]
         if chosen not in names:
             raise fail(f"{config}: no destination {chosen!r}; its exporters are {', '.join(names)}", 2)
-        state = destination_dir(cfg.service.state_dir, chosen, primary=chosen == names[0])
+        state = cfg.state_dir_of(chosen)
         exporter_cfg = cfg.component("exporters", chosen)
         if isinstance(exporter_cfg, LedgerExporterConfig):
             ledger_cfg = exporter_cfg
