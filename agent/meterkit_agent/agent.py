@@ -31,7 +31,6 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,14 +39,13 @@ from urllib.parse import urlsplit
 from meterkit._spool import private_dir
 
 from .assembly import build, build_destination, shared_feed
-from .audit.journal import Journal
 from .balances import SNAPSHOT_NAME, BalancesKeeper, SpoolWatermark
 from .component import Exporter, Receiver, catalog_at, type_of
 from .config import AgentConfig
 from .lease import AgentRunning as AgentRunning
 from .lease import Lease
 from .lease import running_pid as running_pid
-from .paths import destination_dir, stranded_segments
+from .paths import stranded_segments
 from .pipeline.checkpoint import Checkpoint
 from .pipeline.deadletters import REPLAY_SPOOL, DeadLetters
 from .pipeline.destination import Destination
@@ -85,7 +83,7 @@ def describe(config: AgentConfig) -> str:
     sends = []
     for i, (_, cid) in enumerate(config.destinations):
         where = _destination(config.component("exporters", cid))
-        sends.append(f"{cid} {where}" + ("" if i == 0 else f" (state {destination_dir(state, cid, primary=False)})"))
+        sends.append(f"{cid} {where}" + ("" if i == 0 else f" (state {config.state_dir_of(cid)})"))
     return f"meterkit agent started: reads {', '.join(reads)}; sends to {', '.join(sends)}; state {state}"
 
 
@@ -153,7 +151,7 @@ class Agent:
         self.shared: list[Feed] = []
         self.retirer = Retirer(self.feeds, self.state_dir, config.service.retain_segments_hours, self.fence)
         self.http_servers: list[Receiver] = []
-        self._building: list[Feed] = []  # what reads the spools of the pipeline being built
+        self._building: Feed | None = None  # what reads the spools of the pipeline being built
         self._tails: list[tuple[Path, float]] = []
         tailed: dict[str, list[tuple[Path, float]]] = {}  # receiver id -> the spools it feeds
         for name, pipe in config.service.pipelines.items():
@@ -161,11 +159,11 @@ class Agent:
             self.destinations.extend(members)
             if len(members) > 1:
                 self.shared.append(shared_feed(config, name, self.metrics, members))
-            self._building = [self.shared[-1] if len(members) > 1 else members[0].feed]
+            self._building = self.shared[-1] if len(members) > 1 else members[0].feed
             for cid in pipe.receivers:
                 if cid in tailed:  # built for an earlier pipeline: tail its spools here too
                     for directory, poll in tailed[cid]:
-                        self._building[0].tail(directory, poll)
+                        self._building.tail(directory, poll)
                     continue
                 self._tails = []
                 server = build(RECEIVERS, cid, config.component("receivers", cid), self)
@@ -174,7 +172,7 @@ class Agent:
                     self.http_servers.append(server)
             for destination in members:
                 destination.tail(destination.replay_dir, 0.5)
-        self._building = []
+        self._building = None
         self.balances = _balance_keeper(self)
         retention = config.service.spool_retention_hours
         self.expiry = Expiry(self, retention, max(0.2, min(60.0, retention * 360)))
@@ -188,8 +186,8 @@ class Agent:
     def tail(self, directory: Path, poll_interval: float) -> None:
         """Read a spool directory for every destination of the pipeline being built."""
         self._tails.append((Path(directory), poll_interval))
-        for feed in self._building:
-            feed.tail(directory, poll_interval)
+        if self._building is not None:
+            self._building.tail(directory, poll_interval)
 
     def feeds(self) -> list[Feed]:
         """Everything that reads a spool: the shared feeds, then each destination's own."""
@@ -214,10 +212,6 @@ class Agent:
         return self.primary.checkpoint
 
     @property
-    def journal(self) -> Journal:
-        return self.primary.journal
-
-    @property
     def dead_letters(self) -> DeadLetters:
         return self.primary.dead_letters
 
@@ -227,21 +221,11 @@ class Agent:
 
     @property
     def prepare(self) -> Preparer:
-        return self.primary.prepare
-
-    @property
-    def replay_dir(self) -> Path:
-        return self.primary.replay_dir
+        return self.primary.feed.prepare
 
     @property
     def exporters(self) -> list[Exporter]:
         return [d.exporter for d in self.destinations]
-
-    @property
-    def sdk_losses(self) -> Counter[str]:
-        """Losses the SDKs reported in their control records, by reason (as the first feed
-        read them: every feed reads the same control records)."""
-        return self.feeds()[0].prepare.sdk_losses
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -185,12 +185,12 @@ def agent_status(
     """Print whether an agent is running with this state directory, its health counters
     (from its status file: a stopped agent's last ones) and how fresh its balance snapshots
     are (from the snapshot files themselves). Exit 1 when no agent is running there."""
-    from ..lease import read_lease, running_pid
+    from ..lease import read_lease
     from ..pipeline.telemetry import read_status
 
     directory = state_dir_or_default(state_dir)
-    pid = running_pid(directory)
-    lease = read_lease(directory)
+    lease = read_lease(directory)  # one reading: the pid and the epoch shown always agree
+    pid = lease.pid if lease is not None and lease.alive else None
     status = read_status(directory)
     snapshots = _balance_snapshots(directory, balances)
     if as_json:

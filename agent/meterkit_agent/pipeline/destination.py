@@ -43,7 +43,6 @@ from .deliver import Deliverer
 from .drain import Drain
 from .feed import Feed
 from .fence import Fence
-from .prepare import Preparer
 from .sender import Sender
 from .telemetry import AgentMetrics
 
@@ -104,10 +103,6 @@ class Destination:
     def receivers(self) -> list[SpoolReceiver]:
         """The tailers of this destination's own feed."""
         return self.feed.receivers
-
-    @property
-    def prepare(self) -> Preparer:
-        return self.feed.prepare
 
     def tail(self, directory: Path, poll_interval: float) -> None:
         """Read a spool directory with this destination's own feed (once per directory)."""

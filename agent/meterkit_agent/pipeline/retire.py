@@ -19,7 +19,7 @@ from meterkit._spool import private_dir
 
 from ..lease import Fenced
 from ..receivers.spool import SpoolReceiver
-from .feed import Feed
+from .feed import Destination, Feed
 from .fence import Fence
 
 
@@ -52,14 +52,17 @@ class Retirer:
         with self._lock:
             try:
                 with self.fence.committing():
-                    for tailers in tailers_by_directory(self.feeds()).values():
-                        self._retire(tailers)
+                    feeds = self.feeds()
+                    # every destination once (a shared feed's members read on their own too)
+                    members = list({id(m): m for feed in feeds for m in feed.members}.values())
+                    for tailers in tailers_by_directory(feeds).values():
+                        self._retire(tailers, members)
             except Fenced:
                 return
             if self.retain_hours > 0:
                 self._purge_retained()
 
-    def _retire(self, tailers: list[SpoolReceiver]) -> None:
+    def _retire(self, tailers: list[SpoolReceiver], members: list[Destination]) -> None:
         """Retire the segments every tailer of one directory has acknowledged (each asks
         its own feed: a shared feed's members, or a destination reading alone)."""
         done = [{seg.key: seg for seg in tailer.retirable()} for tailer in tailers]
@@ -76,9 +79,8 @@ class Retirer:
                 continue
             for tailer, segs in zip(tailers, done, strict=True):
                 tailer.forget(segs[key])
-            for feed in self.feeds():
-                for member in feed.members:
-                    member.checkpoint.forget(key)
+            for member in members:
+                member.checkpoint.forget(key)
 
     def _purge_retained(self) -> None:
         folder = self.state_dir / "retained"

@@ -198,14 +198,12 @@ class AgentMetrics:
         self._attributes: dict[str, str] = {}
         self._bind()
         # Shared by every view: each destination adds its queue and its paused exporters.
-        self._queues: dict[str, Callable[[], int]] = {"": queue_depth}
-        self._queue_attributes: dict[str, dict[str, str]] = {"": {}}
+        #: each queue's depth and the attributes it is observed under, by those attributes
+        self._queues: dict[str, tuple[Callable[[], int], dict[str, str]]] = {"": (queue_depth, {})}
         self._paused: list[Callable[[], dict[str, int]]] = []
 
         def observe(_options: CallbackOptions) -> Sequence[Observation]:
-            return [
-                Observation(depth(), self._queue_attributes.get(name, {})) for name, depth in list(self._queues.items())
-            ]
+            return [Observation(depth(), attributes) for depth, attributes in list(self._queues.values())]
 
         meter.create_observable_gauge("meterkit.agent.queue_depth", callbacks=[observe], unit="{frame}")
 
@@ -236,8 +234,7 @@ class AgentMetrics:
         view._attributes = attributes
         view._bind()
         self._queues.pop("", None)  # the agent-wide queue is the destinations' queues now
-        self._queues[",".join(f"{k}={v}" for k, v in attributes.items())] = queue_depth
-        self._queue_attributes[",".join(f"{k}={v}" for k, v in attributes.items())] = attributes
+        self._queues[",".join(f"{k}={v}" for k, v in attributes.items())] = (queue_depth, attributes)
         return view
 
     def observe_paused(self, paused: Callable[[], dict[str, int]]) -> None:
