@@ -54,6 +54,7 @@ from time import monotonic_ns
 from typing import Any
 
 from ._gcra import Rate, gcra
+from ._permissions import PRIVATE_DIR_MODE, _make_dirs
 
 SLOTS = 65_536
 PROBES = 32
@@ -159,8 +160,8 @@ def named_holder_gone(word: int) -> bool:
 def _private_dir(directory: Path) -> None:
     """``directory``, made if missing, this user's alone; every directory made on the way
     to it is 0700 too (``mkdir(parents=True)`` would make them with the umask's mode)."""
-    for missing in reversed([d for d in (directory, *directory.parents) if not d.exists()]):
-        missing.mkdir(mode=0o700, exist_ok=True)
+    if not directory.is_dir():
+        _make_dirs(directory, PRIVATE_DIR_MODE, PRIVATE_DIR_MODE)
     owned = os.lstat(directory)
     if owned.st_uid != os.getuid() or not stat_is_dir(owned.st_mode):
         raise PermissionError(f"{directory} is not a directory of this user's; refusing to share limits there")
