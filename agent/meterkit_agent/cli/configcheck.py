@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 import meterkit
 
+from ..component import catalog_at
 from ..credentials import without_url_passwords
 
 
@@ -64,7 +65,7 @@ def _walk(path: list[str], model: BaseModel) -> Iterator[tuple[list[str], str, A
 
 def _catalog_problems(path: Path) -> list[str]:
     try:
-        meterkit.load_catalog(path)
+        catalog_at(path)  # the components' loader: a catalog that loads is read once, here
     except meterkit.CatalogError as exc:
         return [f"{problem}  [{problem.reason}]" for problem in exc.problems]  # names the file
     return []
