@@ -44,7 +44,7 @@ import typer
 import meterkit
 
 from ..credentials import SecretFileError, command_line_warning, read_secret_file, redact_logs, secret_values
-from .output import LedgerOrg, call_ledger, fail, print_table
+from .output import LedgerOrg, LedgerToken, LedgerTokenFile, call_ledger, fail, print_table
 
 #: How ``ledger serve`` hands its options to its worker processes (inherited environment).
 _WORKER_OPTIONS = "METERKIT_LEDGER_WORKER_OPTIONS"
@@ -257,13 +257,8 @@ def usage(
     rounding: Annotated[
         str, typer.Option("--rounding", help="UP, DOWN, NEAREST or NONE, applied to each quantity per unit")
     ] = "NONE",
-    token: Annotated[
-        str | None,
-        typer.Option("--token", envvar="METERKIT_LEDGER_TOKEN", help="the ledger's bearer token (prefer --token-file)"),
-    ] = None,
-    token_file: Annotated[
-        Path | None, typer.Option("--token-file", envvar="METERKIT_LEDGER_TOKEN_FILE", help="mode 600")
-    ] = None,
+    token: LedgerToken = None,
+    token_file: LedgerTokenFile = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Query usage from a ledger and print it as a table. Values are exact decimals; a bad

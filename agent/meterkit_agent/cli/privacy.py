@@ -25,12 +25,11 @@ from urllib.parse import quote
 
 import typer
 
-from .output import call_ledger, fail, print_json
+from .output import LedgerOrg, call_ledger, fail, print_json
 
 privacy_app = typer.Typer(help="Erase a person, age out per-person detail, write the transparency report.")
 
 LedgerUrl = Annotated[str, typer.Option("--url", "--ledger", help="the ledger's URL (token: METERKIT_LEDGER_TOKEN)")]
-Org = Annotated[str, typer.Option("--org", help="the organisation")]
 SpoolDir = Annotated[Path | None, typer.Option("--spool-dir", help="default: METERKIT_SPOOL_DIR")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="say what would change; change and journal nothing")]
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
@@ -93,7 +92,7 @@ def erase_cmd(
     subject: Annotated[str, typer.Option("--subject", help="the person's value as recorded; - reads it from stdin")],
     reason: Annotated[str, typer.Option("--reason", help="why (the journal keeps it)")],
     ledger: LedgerUrl,
-    org: Org,
+    org: LedgerOrg,
     spool_dir: SpoolDir = None,
     dry_run: DryRun = False,
     as_json: AsJson = False,
@@ -172,7 +171,7 @@ def _retention(path: Path | None, days: int | None, years: int | None) -> tuple[
 @privacy_app.command("retain")
 def retain_cmd(
     ledger: LedgerUrl,
-    org: Org,
+    org: LedgerOrg,
     retention: RetentionFile = None,
     per_person_days: Days = None,
     billing_years: Years = None,

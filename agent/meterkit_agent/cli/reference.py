@@ -56,7 +56,7 @@ def first_line(text: str | None) -> str:
     return head + "." if dot else flat
 
 
-def _row(param: Any, ctx: Any) -> str:
+def _row(param: Any) -> str:
     if param.param_type_name == "argument":
         name = param.metavar or (param.name or "").upper()
     else:
@@ -73,7 +73,7 @@ def render(root: Any) -> str:
         ctx = typer.Context(command, info_name=" ".join(("meterkit", *path)))
         out.append(f"## `meterkit {' '.join(path)}`\n")
         out.append(first_line(command.help) + "\n")
-        rows = [_row(p, ctx) for p in command.get_params(ctx) if p.name != "help" and not getattr(p, "hidden", False)]
+        rows = [_row(p) for p in command.get_params(ctx) if p.name != "help" and not getattr(p, "hidden", False)]
         if rows:
             out.append("| option or argument | what it does |\n|--------------------|--------------|")
             out.extend(rows)
