@@ -155,30 +155,51 @@ def _usage(
     if not accounts:
         return found
     m = ledger.mark
-    names = ", ".join([m] * len(accounts))
-    scope = f"s.org = {m} AND s.account IN ({names})"
-    span = [org, *accounts, lo, hi]
-    summed = "SUM(r.total)" if ledger.postgres else "mk_sum(r.total)"
-    statements = {
-        "count": f"SELECT s.account, s.meter, SUM(h.count) FROM series s JOIN hours h ON h.series = s.id"  # noqa: S608
-        f" WHERE {scope} AND h.hour >= {m} AND h.hour < {m} GROUP BY s.account, s.meter",
-        "voided": f"SELECT s.account, s.meter, COUNT(*) FROM series s JOIN voids v ON v.series = s.id"  # noqa: S608
-        f" WHERE {scope} AND v.hour >= {m} AND v.hour < {m} GROUP BY s.account, s.meter",
-    }
-    for what, sql in statements.items():
-        cur.execute(sql, span)
-        for account, meter, n in cur.fetchall():
-            entry = found.setdefault(account, {}).setdefault(meter, {"count": 0, "sums": {}})
-            entry["count"] += int(n) if what == "count" else -int(n)
-    cur.execute(
-        f"SELECT s.account, s.meter, r.code, {summed} FROM series s JOIN num_rollup r ON r.series = s.id"  # noqa: S608
-        f" WHERE {scope} AND r.hour >= {m} AND r.hour < {m} GROUP BY s.account, s.meter, r.code",
-        span,
+    scope = (
+        f"s.org = {m} AND s.account IN ({', '.join([m] * len(accounts))}) AND {{t}}.hour >= {m} AND {{t}}.hour < {m}"
     )
-    for account, meter, code, total in cur.fetchall():
-        entry = found.setdefault(account, {}).setdefault(meter, {"count": 0, "sums": {}})
-        entry["sums"][code] = exact_text(total)
+    for (account, meter), entry in rollup_usage(ledger, cur, scope, [org, *accounts, lo, hi], "s.account, s.meter"):
+        found.setdefault(account, {})[meter] = entry
     return found
+
+
+def rollup_usage(
+    ledger: Ledger, cur: Any, scope: str, params: list[Any], by: str, counted_too: str = ""
+) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """Per group of series (``by``: the ``s.`` columns grouped by), over what ``scope``
+    selects (its ``{t}.hour`` bounds apply to each rollup table): ``count``, the
+    measurements that count (stored hours minus voided ones, as the ledger's usage counts),
+    and ``sums``, each number field's exact sum as decimal text. ``counted_too``: one more
+    aggregate over the hours, kept as ``extra``."""
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    extra = f", {counted_too}" if counted_too else ""
+    cur.execute(
+        f"SELECT {by}, SUM(h.count){extra} FROM series s JOIN hours h ON h.series = s.id"  # noqa: S608
+        f" WHERE {scope.format(t='h')} GROUP BY {by}",
+        params,
+    )
+    width = by.count(",") + 1
+    for row in cur.fetchall():
+        entry = found[tuple(row[:width])] = {"count": int(row[width]), "sums": {}}
+        if counted_too:
+            entry["extra"] = row[width + 1]
+    cur.execute(
+        f"SELECT {by}, COUNT(*) FROM series s JOIN voids v ON v.series = s.id"  # noqa: S608
+        f" WHERE {scope.format(t='v')} GROUP BY {by}",
+        params,
+    )
+    for row in cur.fetchall():
+        found.setdefault(tuple(row[:width]), {"count": 0, "sums": {}})["count"] -= int(row[width])
+    summed = "SUM(r.total)" if ledger.postgres else "mk_sum(r.total)"
+    cur.execute(
+        f"SELECT {by}, r.code, {summed} FROM series s JOIN num_rollup r ON r.series = s.id"  # noqa: S608
+        f" WHERE {scope.format(t='r')} GROUP BY {by}, r.code",
+        params,
+    )
+    for row in cur.fetchall():
+        entry = found.setdefault(tuple(row[:width]), {"count": 0, "sums": {}})
+        entry["sums"][row[width]] = exact_text(row[width + 1])
+    return list(found.items())
 
 
 def exact_text(value: Any) -> str:

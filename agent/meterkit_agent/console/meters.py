@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from meterkit import Catalog
 
 from ..instants import HOUR_MS
-from .accounts import exact_text
+from .accounts import rollup_usage
 
 if TYPE_CHECKING:
     from ..ledger.store import Ledger
@@ -34,7 +34,6 @@ TOP_VALUES = 12
 def meter_summary(ledger: Ledger, org: str, lo_ms: int, hi_ms: int, catalog: Catalog | None) -> dict[str, Any]:
     m = ledger.mark
     span = [org, lo_ms // HOUR_MS, hi_ms // HOUR_MS]
-    summed = "SUM(r.total)" if ledger.postgres else "mk_sum(r.total)"
     meters: dict[str, dict[str, Any]] = {}
 
     def entry(meter: str) -> dict[str, Any]:
@@ -44,27 +43,8 @@ def meter_summary(ledger: Ledger, org: str, lo_ms: int, hi_ms: int, catalog: Cat
     try:
         cur = conn.cursor()
         scope = f"s.org = {m} AND {{t}}.hour >= {m} AND {{t}}.hour < {m}"
-        cur.execute(
-            f"SELECT s.meter, COUNT(DISTINCT s.account), SUM(h.count) FROM series s JOIN hours h ON h.series = s.id"  # noqa: S608
-            f" WHERE {scope.format(t='h')} GROUP BY s.meter",
-            span,
-        )
-        for meter, accounts, n in cur.fetchall():
-            entry(meter).update(accounts=int(accounts), count=int(n))
-        cur.execute(
-            f"SELECT s.meter, COUNT(*) FROM series s JOIN voids v ON v.series = s.id"  # noqa: S608
-            f" WHERE {scope.format(t='v')} GROUP BY s.meter",
-            span,
-        )
-        for meter, n in cur.fetchall():
-            entry(meter)["count"] -= int(n)
-        cur.execute(
-            f"SELECT s.meter, r.code, {summed} FROM series s JOIN num_rollup r ON r.series = s.id"  # noqa: S608
-            f" WHERE {scope.format(t='r')} GROUP BY s.meter, r.code",
-            span,
-        )
-        for meter, code, total in cur.fetchall():
-            entry(meter)["sums"][code] = exact_text(total)
+        for (meter,), usage in rollup_usage(ledger, cur, scope, span, "s.meter", "COUNT(DISTINCT s.account)"):
+            entry(meter).update(accounts=int(usage.pop("extra", 0)), **usage)
         cur.execute(
             f"SELECT s.meter, r.code, r.value, SUM(r.count) AS n FROM series s JOIN str_rollup r ON r.series = s.id"  # noqa: S608
             f" WHERE {scope.format(t='r')} GROUP BY s.meter, r.code, r.value ORDER BY s.meter, r.code, n DESC, r.value",
