@@ -119,7 +119,7 @@ class CapCheck:
 
     def __init__(self, engine: Engine, cap: Cap) -> None:
         self.engine, self.cap, self.hard, self.text = engine, cap, cap.mode == "hard", cap.describe()
-        limit = cap.hard_limit if self.hard else cap.cap
+        limit = cap.limit
         # an int when whole: int arithmetic is several times cheaper than Decimal's, and exact
         self.limit: int | Decimal = int(limit) if limit == limit.to_integral_value() else limit
 

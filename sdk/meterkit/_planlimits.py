@@ -86,6 +86,11 @@ class Cap:
         """Where a hard cap refuses: the cap plus its grace."""
         return self.cap * (1 + self.grace_percent / 100)
 
+    @property
+    def limit(self) -> Decimal:
+        """Where the cap is over: a hard cap's :attr:`hard_limit`, a soft cap itself."""
+        return self.hard_limit if self.mode == "hard" else self.cap
+
     def describe(self) -> str:
         what = f"{self.meter}.{self.field}" if self.field else self.meter
         grace = f" + {self.grace_percent}%" if self.grace_percent else ""

@@ -39,10 +39,8 @@ def limits_state(caps: CapBalances, plans: Plans, org: str, accounts: Sequence[s
         value = Decimal(found["value"]) if found else Decimal(0)
         share = (value * 100 / cap.cap).quantize(TENTH, ROUND_DOWN) if cap.cap else None
         first = min(plans.plans[held.plan].thresholds, default=None)
-        limit = cap.hard_limit if cap.mode == "hard" else cap.cap
-        state = (
-            "over" if value >= limit else "near" if first is not None and share is not None and share >= first else "ok"
-        )
+        near = first is not None and share is not None and share >= first
+        state = "over" if value >= cap.limit else "near" if near else "ok"
         out[held.account].append(
             {
                 "plan": held.plan,
